@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Predict a volume from a trained network: python NeurcompVisualization.py --config experiments/<expname>/config.txt"""
+
+import sys
+
+from config.cli import run_cli
+
+
+def main(argv=None):
+    from training.visualize import visualize_main
+
+    visualize_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

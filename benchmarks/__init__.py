@@ -1,0 +1,1 @@
+"""Rate-distortion benchmarks: classic codecs (SZ3, ZFP) behind one `Codec` interface."""

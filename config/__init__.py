@@ -1,0 +1,1 @@
+"""Configuration shared by every entry script: one option definition, typed dataclasses."""

@@ -1,0 +1,1 @@
+"""Volume readers, writers, normalisation, sampling and error metrics."""

@@ -1,0 +1,61 @@
+"""A scalar volume in physical units, and the map between physical values and the network's [-1, 1]."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def normalize(values, vmin: float, vmax: float) -> np.ndarray:
+    """Map [vmin, vmax] linearly onto [-1, 1] as float32 (values outside the range map outside)."""
+    if not vmax > vmin:
+        raise ValueError(f"cannot normalise with an empty value range [{vmin}, {vmax}]")
+    scale = np.float32(2.0 / (float(vmax) - float(vmin)))
+    out = (np.asarray(values, dtype=np.float32) - np.float32(vmin)) * scale
+    out -= np.float32(1.0)
+    return out
+
+
+def denormalize(values_in_minus1_1, vmin: float, vmax: float) -> np.ndarray:
+    """Inverse of `normalize`: map [-1, 1] back to [vmin, vmax] physical units, as float32."""
+    half_range = np.float32((float(vmax) - float(vmin)) / 2.0)
+    out = (np.asarray(values_in_minus1_1, dtype=np.float32) + np.float32(1.0)) * half_range
+    out += np.float32(vmin)
+    return out
+
+
+@dataclass
+class Volume:
+    """Scalar field on a regular grid; `values` is float32 in C order (Z, Y, X)."""
+
+    values: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (x, y, z) world units per voxel
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (x, y, z) world position of voxel 0
+    source_dtype: str = "float32"  # numpy dtype name as stored on disk, e.g. "uint8"
+    path: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(Z, Y, X) voxel counts."""
+        return tuple(int(n) for n in self.values.shape)
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def vmin(self) -> float:
+        return float(self.values.min())
+
+    @property
+    def vmax(self) -> float:
+        return float(self.values.max())
+
+    @property
+    def value_range(self) -> float:
+        """vmax - vmin, the denominator of PSNR."""
+        return self.vmax - self.vmin
+
+    def normalized(self) -> np.ndarray:
+        """Values mapped to [-1, 1] as float32 (clipped, so float rounding cannot step outside)."""
+        out = normalize(self.values, self.vmin, self.vmax)
+        return np.clip(out, -1.0, 1.0, out=out)

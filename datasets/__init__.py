@@ -1,0 +1,28 @@
+"""The project's bundled volumes: small analytic fields generated on first use (not stored in git)."""
+
+from pathlib import Path
+
+from datasets.marschner_lobb import marschner_lobb
+
+# File name -> (generator(shape) -> float32 (Z, Y, X) array, shape (Z, Y, X)).
+GENERATED_VOLUMES = {
+    f"marschner_lobb_{n}.npy": (marschner_lobb, (n, n, n)) for n in (32, 64, 128)
+}
+
+DEFAULT_VOLUME = Path(__file__).resolve().parent / "marschner_lobb_64.npy"
+
+
+def ensure_default_volume(path) -> bool:
+    """Generate `path` if its file name is a known generated volume and it is missing.
+
+    Returns True when the file was written now, False otherwise (already there, or not ours).
+    """
+    path = Path(path)
+    entry = GENERATED_VOLUMES.get(path.name)
+    if entry is None or path.exists():
+        return False
+    from data.writers import write_npy  # late import: data.readers imports this package
+
+    generator, shape = entry
+    write_npy(path, generator(shape))
+    return True

@@ -1,0 +1,48 @@
+"""Marschner-Lobb test signal (Marschner & Lobb 1994), the project's default volume.
+
+rho(x, y, z) = (1 - sin(pi z / 2) + alpha (1 + rho_r(sqrt(x^2 + y^2)))) / (2 (1 + alpha)),
+rho_r(r) = cos(2 pi f_M cos(pi r / 2)), with f_M = 6 and alpha = 0.25, sampled on [-1, 1]^3
+(grid points include both ends). Values lie in [0, 1]; the radial ripple makes it hard to fit.
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+F_M = 6.0
+ALPHA = 0.25
+
+
+def marschner_lobb(shape=(64, 64, 64), f_m: float = F_M, alpha: float = ALPHA) -> np.ndarray:
+    """The signal on a (Z, Y, X) grid over [-1, 1]^3, as float32 in C order."""
+    if isinstance(shape, int):
+        shape = (shape, shape, shape)
+    nz, ny, nx = shape
+    z, y, x = np.meshgrid(
+        np.linspace(-1.0, 1.0, nz), np.linspace(-1.0, 1.0, ny), np.linspace(-1.0, 1.0, nx), indexing="ij"
+    )
+    rho_r = np.cos(2.0 * np.pi * f_m * np.cos(np.pi * np.sqrt(x * x + y * y) / 2.0))
+    rho = (1.0 - np.sin(np.pi * z / 2.0) + alpha * (1.0 + rho_r)) / (2.0 * (1.0 + alpha))
+    return rho.astype(np.float32)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64, help="voxels per axis (default 64)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="output file, .npy/.raw/.vti/.cvol (default datasets/marschner_lobb_<size>.npy)")
+    args = parser.parse_args(argv)
+    if args.size < 2:
+        parser.error("--size must be at least 2")
+    output = args.output or Path(__file__).resolve().parent / f"marschner_lobb_{args.size}.npy"
+    from data.writers import write_volume
+
+    write_volume(output, marschner_lobb(args.size))
+    print(f"wrote {output} ({args.size}^3 float32)")
+
+
+if __name__ == "__main__":
+    from config.cli import run_cli
+
+    raise SystemExit(run_cli(main))

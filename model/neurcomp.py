@@ -1,0 +1,96 @@
+"""SIREN layers and the Neurcomp network.
+
+Sitzmann et al. 2020, "Implicit Neural Representations with Periodic Activation Functions":
+    y = sin(omega_0 (W x + b)),
+initialised so activations stay arcsine-distributed through depth:
+    first layer W ~ U(-1/n_in, 1/n_in),   others W ~ U(-sqrt(6/n_in)/omega_0, sqrt(6/n_in)/omega_0).
+
+Lu, Jiang, Berger 2021, "Compressive Neural Representations of Volumetric Scalar Fields"
+(Neurcomp) stacks residual sine blocks  x -> a2 (x + sin(omega_0 W2 sin(omega_0 W1 (a1 x)))),
+where a1 = 1/2 for every block after the first and a2 = 1/2 for the last one, keeping the
+residual sum's magnitude bounded, and ends in a linear layer.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from model.architecture import Architecture
+
+
+def siren_uniform_(linear: nn.Linear, omega_0: float, is_first: bool) -> None:
+    """SIREN's weight initialisation (biases keep PyTorch's default U(-1/sqrt(n_in), 1/sqrt(n_in)))."""
+    n_in = linear.in_features
+    bound = 1.0 / n_in if is_first else math.sqrt(6.0 / n_in) / omega_0
+    with torch.no_grad():
+        linear.weight.uniform_(-bound, bound)
+
+
+class SineLayer(nn.Module):
+    """y = sin(omega_0 (W x + b))."""
+
+    def __init__(self, in_features: int, out_features: int, omega_0: float = 30.0, is_first: bool = False):
+        super().__init__()
+        self.omega_0 = omega_0
+        self.linear = nn.Linear(in_features, out_features)
+        siren_uniform_(self.linear, omega_0, is_first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.omega_0 * self.linear(x))
+
+
+class ResidualSineBlock(nn.Module):
+    """x -> out_scale * (x + sin(omega_0 W2 sin(omega_0 W1 (in_scale x) + b1) + b2)); width w -> inner -> w."""
+
+    def __init__(self, width: int, inner_width: int, omega_0: float = 30.0,
+                 in_scale: float = 1.0, out_scale: float = 1.0):
+        super().__init__()
+        self.omega_0 = omega_0
+        self.in_scale = in_scale
+        self.out_scale = out_scale
+        self.linear_1 = nn.Linear(width, inner_width)
+        self.linear_2 = nn.Linear(inner_width, width)
+        siren_uniform_(self.linear_1, omega_0, is_first=False)
+        siren_uniform_(self.linear_2, omega_0, is_first=False)
+
+    def inner(self, x: torch.Tensor) -> torch.Tensor:
+        """Activation of the block's inner layer (where pruning acts)."""
+        return torch.sin(self.omega_0 * self.linear_1(self.in_scale * x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_scale * (x + torch.sin(self.omega_0 * self.linear_2(self.inner(x))))
+
+
+class Neurcomp(nn.Module):
+    """Coordinates in [-1, 1]^d_in -> normalised value in about [-1, 1].
+
+    Residual: SineLayer(d_in -> w), n_layers - 1 ResidualSineBlocks, Linear(w -> d_out).
+    Plain (``residual=False``): n_layers SineLayers followed by Linear(-> d_out).
+    """
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.arch = arch
+        w, omega_0 = arch.widths, arch.omega_0
+        layers: list[nn.Module] = [SineLayer(arch.d_in, w[0], omega_0, is_first=True)]
+        if arch.residual:
+            n_blocks = len(w) - 1
+            for i, inner in enumerate(w[1:]):
+                layers.append(ResidualSineBlock(w[0], inner, omega_0, in_scale=0.5 if i > 0 else 1.0,
+                                                out_scale=0.5 if i == n_blocks - 1 else 1.0))
+        else:
+            layers += [SineLayer(a, b, omega_0) for a, b in zip(w[:-1], w[1:])]
+        self.hidden = nn.ModuleList(layers)
+        self.output = nn.Linear(w[-1] if not arch.residual else w[0], arch.d_out)
+        siren_uniform_(self.output, omega_0, is_first=False)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        x = coords
+        for layer in self.hidden:
+            x = layer(x)
+        return self.output(x)
+
+    def linears(self) -> list[nn.Linear]:
+        """Every linear layer in forward order (matches ``Architecture.linear_shapes``)."""
+        return [m for m in self.modules() if isinstance(m, nn.Linear)]

@@ -1,0 +1,1 @@
+"""Training: on-device sampling, the optimisation loop, checkpoints, inference and outputs."""

@@ -1,0 +1,154 @@
+"""The main job: volume file + config -> trained network, metrics, volumes, tracking."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config.errors import ConfigError
+from config.options import NeurcompConfig, format_config_file
+from data.metrics import volume_metrics
+from model.architecture import Architecture, build_architecture, count_parameters
+from model.neurcomp import Neurcomp
+from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
+from training.inference import predict_volume
+from training.outputs import atomic_write_text, save_slices_png, versions, write_info
+from training.sampler import VolumeSampler
+from training.tracking import Tracker
+from training.trainer import Phase, Trainer
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = cuda was requested but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+def load_training_volume(cfg: NeurcompConfig):
+    from data.readers import read_volume
+
+    d = cfg.data
+    return read_volume(d.path, data_key=d.data_key or None, raw_shape=d.raw_shape,
+                       raw_dtype=d.raw_dtype or None, channel=d.channel)
+
+
+def steps_for(passes: float, num_voxels: int, points_per_step: int) -> tuple[int, float]:
+    """(number of steps, steps per pass) for ``passes`` passes over ``num_voxels`` samples."""
+    steps_per_pass = num_voxels / points_per_step
+    return max(1, math.ceil(passes * steps_per_pass - 1e-9)), steps_per_pass
+
+
+def evaluate(model: torch.nn.Module, volume, info: VolumeInfo) -> tuple[np.ndarray, dict]:
+    """Full-volume prediction in physical units and its error metrics against the ground truth."""
+    pred = predict_volume(model, volume.shape, info)
+    return pred, volume_metrics(volume.values, pred)
+
+
+def write_volumes(out_dir: Path, volume, prediction: np.ndarray) -> list[Path]:
+    from data.writers import write_vti
+
+    paths = [out_dir / "ground_truth.vti", out_dir / "prediction.vti"]
+    write_vti(paths[0], volume.values, volume.spacing, volume.origin)
+    write_vti(paths[1], prediction, volume.spacing, volume.origin)
+    return paths
+
+
+def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
+    """Train a network as ``cfg`` says and write every output; returns the info dict."""
+    volume = load_training_volume(cfg)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    out_dir = cfg.experiment_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    resume = read_checkpoint(cfg.checkpoint_path) if cfg.checkpoint_path else None
+    if resume is not None:
+        arch = Architecture.from_dict(resume["architecture"])
+    else:
+        arch = build_architecture(cfg.network, volume.num_voxels, cfg.source)
+    model = Neurcomp(arch).to(device)
+    info = VolumeInfo.from_volume(volume)
+    sampler = VolumeSampler(volume.normalized(), device, seed=cfg.seed, with_gradients=cfg.optim.grad_lambda > 0)
+    atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.raw, "checkpoint_path": ""}))
+
+    num_steps, steps_per_pass = steps_for(cfg.optim.max_pass, volume.num_voxels, cfg.optim.points_per_step)
+    phase = Phase("train", num_steps, cfg.optim.lr, steps_per_pass, cfg.optim)
+    tracker = Tracker(cfg.trackers, out_dir, cfg.expname, cfg.mlflow_tracking_uri, cfg.tensorboard_dir,
+                      resume_run_id=(resume or {}).get("tracking_run_id"))
+    if resume is None:
+        tracker.log_params({**cfg.raw, "network_layer_sizes": arch.layer_sizes(),
+                            "num_parameters": count_parameters(arch)})
+
+    def checkpoint(trainer: Trainer, tag: str) -> None:
+        save_checkpoint(out_dir / CHECKPOINT_NAME, trainer.model, info, trainer=trainer.state_dict(),
+                        config=cfg.raw, tracking_run_id=tracker.run_id, tag=tag)
+        if tag == "interrupt":
+            print(f"\ninterrupted at step {trainer.step}: checkpoint saved to {out_dir / CHECKPOINT_NAME}; "
+                  f"resume with --checkpoint_path {out_dir / CHECKPOINT_NAME}")
+
+    trainer = Trainer(model, sampler, phase, tracker=tracker, checkpoint_fn=checkpoint,
+                      checkpoint_every_passes=cfg.checkpoint_every, progress=progress)
+    if resume is not None:
+        model.load_state_dict(resume["model_state"])
+        trainer.load_state_dict(resume["trainer"])
+    status = "FAILED"
+    try:
+        trainer.run()
+        checkpoint(trainer, "final")
+        result = finish(cfg, model, volume, info, trainer, tracker, device)
+        status = "FINISHED"
+        return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close(status)
+
+
+def finish(cfg: NeurcompConfig, model: Neurcomp, volume, info: VolumeInfo, trainer: Trainer, tracker,
+           device: torch.device, extra_info: dict | None = None) -> dict:
+    """Evaluate on the whole volume, write info, volumes and slices, log them."""
+    out_dir = cfg.experiment_dir
+    prediction, metrics = evaluate(model, volume, info)
+    num_parameters = count_parameters(model.arch)
+    result = {
+        "expname": cfg.expname,
+        "data": cfg.data.path,
+        "volume_size": list(volume.shape[::-1]),  # X, Y, Z as in the original
+        "volume_num_voxels": volume.num_voxels,
+        "volume_dtype": volume.source_dtype,
+        "volume_min": info.vmin,
+        "volume_max": info.vmax,
+        "spacing": list(volume.spacing),
+        "num_parameters": num_parameters,
+        "network_layer_sizes": model.arch.layer_sizes(),
+        "residual": model.arch.residual,
+        "compression_ratio": volume.num_voxels / num_parameters,
+        "psnr": metrics["psnr"], "mse": metrics["mse"], "rmse": metrics["rmse"],
+        "l1_diff": metrics["l1_diff"], "max_abs_error": metrics["max_abs_error"],
+        "passes": trainer.current_pass(), "steps": trainer.step,
+        "training_time_s": trainer.train_seconds,
+        "samples_per_second": trainer.samples_seen / trainer.train_seconds if trainer.train_seconds else None,
+        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "seed": cfg.seed,
+        "versions": versions(),
+        **(extra_info or {}),
+    }
+    write_info(out_dir, result)
+    vti_paths = write_volumes(out_dir, volume, prediction)
+    save_slices_png(out_dir / "slices.png", volume.values, prediction,
+                    title=f"{cfg.expname}: PSNR {metrics['psnr']:.2f} dB, ratio {result['compression_ratio']:.1f}")
+    tracker.log_metrics({f"final_{k}": metrics[k] for k in ("psnr", "mse", "rmse", "l1_diff", "max_abs_error")},
+                        trainer.step)
+    tracker.log_artifacts([out_dir / n for n in ("info.json", "info.txt", "config.txt", "slices.png")] + vti_paths)
+    print(f"{cfg.expname}: PSNR {metrics['psnr']:.2f} dB, compression ratio {result['compression_ratio']:.1f}, "
+          f"{num_parameters} parameters, outputs in {out_dir}")
+    return result

@@ -1,0 +1,187 @@
+"""The optimisation loop: on-device sampling, MSE (+ gradient) loss, Adam, pass-based schedule.
+
+A *pass* is as many samples as the volume has voxels; a step sees batch_size x sample_size points.
+The loop is resumable: everything it depends on (model, optimizer, plateau scheduler, sampler
+generator, step) is in the checkpoint, and the learning rate is a function of the step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from tqdm import tqdm
+
+from config.errors import NeurcompError
+from config.options import OptimConfig
+from training.sampler import VolumeSampler
+
+PSNR_NORMALISED_RANGE_DB = 20.0 * math.log10(2.0)  # values live in [-1, 1]: range 2
+
+
+class TrainingDiverged(NeurcompError):
+    """The loss became NaN or infinite."""
+
+
+class Regularizer(Protocol):
+    """Extra loss terms and per-step bookkeeping (used by the pruning methods)."""
+
+    def loss(self, model: torch.nn.Module, step: int) -> tuple[torch.Tensor, dict]: ...
+
+    def after_step(self, model: torch.nn.Module, step: int) -> None: ...
+
+
+def psnr_from_normalised_mse(mse: float) -> float:
+    return PSNR_NORMALISED_RANGE_DB - 10.0 * math.log10(mse) if mse > 0 else math.inf
+
+
+@dataclass
+class Phase:
+    """One stretch of training with its own optimizer and learning-rate schedule."""
+
+    name: str
+    num_steps: int
+    lr: float
+    steps_per_pass: float
+    optim: OptimConfig
+    regularizer: Regularizer | None = None
+    log_prefix: str = ""
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``model`` on ``sampler`` for one phase; ``checkpoint_fn(trainer, tag)`` writes checkpoints."""
+
+    def __init__(self, model: torch.nn.Module, sampler: VolumeSampler, phase: Phase, *, tracker=None,
+                 checkpoint_fn: Callable | None = None, checkpoint_every_passes: int = 0,
+                 step_offset: int = 0, progress: bool = True):
+        self.model = model
+        self.sampler = sampler
+        self.phase = phase
+        self.tracker = tracker
+        self.checkpoint_fn = checkpoint_fn
+        self.checkpoint_every_passes = checkpoint_every_passes
+        self.step_offset = step_offset  # global step of this phase's first step, for logging
+        self.progress = progress
+        self.step = 0
+        self.samples_seen = 0
+        self.train_seconds = 0.0
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=phase.lr)
+        self.plateau = None
+        if phase.optim.smallify_decay > 0:
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="min", factor=phase.optim.lr_decay, patience=int(phase.optim.smallify_decay))
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"phase": self.phase.name, "step": self.step, "samples_seen": self.samples_seen,
+                "train_seconds": self.train_seconds, "optimizer": self.optimizer.state_dict(),
+                "plateau": self.plateau.state_dict() if self.plateau else None,
+                "sampler": self.sampler.state_dict(), "history": self.phase.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.samples_seen = int(state.get("samples_seen", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.plateau and state.get("plateau"):
+            self.plateau.load_state_dict(state["plateau"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.phase.history = list(state.get("history", []))
+
+    # -- schedule --------------------------------------------------------------------------------
+    def current_pass(self) -> float:
+        return self.step / self.phase.steps_per_pass
+
+    def scheduled_lr(self) -> float:
+        if self.plateau is not None:
+            return self.optimizer.param_groups[0]["lr"]
+        decays = math.floor(self.current_pass() / self.phase.optim.pass_decay)
+        return self.phase.lr * self.phase.optim.lr_decay ** decays
+
+    # -- loop ------------------------------------------------------------------------------------
+    def loss(self, coords, targets, target_grads) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        grad_lambda = self.phase.optim.grad_lambda
+        if grad_lambda > 0:
+            coords.requires_grad_(True)
+        pred = self.model(coords)
+        mse = torch.mean((pred - targets) ** 2)
+        loss = mse
+        extras = {}
+        if grad_lambda > 0:
+            grads = torch.autograd.grad(pred.sum(), coords, create_graph=True)[0]
+            grad_loss = torch.mean((grads - target_grads) ** 2)
+            loss = loss + grad_lambda * grad_loss
+            extras["grad_loss"] = grad_loss.detach()
+        if self.phase.regularizer is not None:
+            reg, reg_metrics = self.phase.regularizer.loss(self.model, self.step)
+            loss = loss + reg
+            extras.update(reg_metrics)
+        return loss, mse, extras
+
+    def run(self) -> None:
+        """Train until ``phase.num_steps``; Ctrl-C writes a checkpoint, then re-raises."""
+        phase, n = self.phase, self.phase.optim.points_per_step
+        self.model.train()
+        bar = tqdm(total=phase.num_steps, initial=self.step, desc=phase.name, unit="step",
+                   disable=not self.progress, dynamic_ncols=True)
+        pass_mse, pass_loss, pass_steps = 0.0, 0.0, 0
+        next_pass_end = math.floor(self.current_pass()) + 1
+        t0 = time.perf_counter()
+        try:
+            while self.step < phase.num_steps:
+                for g in self.optimizer.param_groups:
+                    g["lr"] = self.scheduled_lr()
+                coords, targets, target_grads = self.sampler.sample(n)
+                loss, mse, extras = self.loss(coords, targets, target_grads)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"{phase.name}: the loss became {loss_value} at pass {self.current_pass():.2f} "
+                        f"(step {self.step}); lower lr or grad_lambda. The last good checkpoint is kept.")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                if phase.regularizer is not None:
+                    phase.regularizer.after_step(self.model, self.step)
+                self.step += 1
+                self.samples_seen += n
+                pass_mse += float(mse)
+                pass_loss += loss_value
+                pass_steps += 1
+                bar.update(1)
+                if self.current_pass() >= next_pass_end or self.step == phase.num_steps:
+                    self.train_seconds += time.perf_counter() - t0
+                    self._end_of_pass(pass_loss / pass_steps, pass_mse / pass_steps, extras, bar)
+                    t0 = time.perf_counter()
+                    pass_mse, pass_loss, pass_steps = 0.0, 0.0, 0
+                    next_pass_end = math.floor(self.current_pass()) + 1
+        except KeyboardInterrupt:
+            self.train_seconds += time.perf_counter() - t0
+            if self.checkpoint_fn:
+                self.checkpoint_fn(self, "interrupt")
+            raise
+        finally:
+            bar.close()
+
+    def _end_of_pass(self, loss: float, mse: float, extras: dict, bar) -> None:
+        passes = self.current_pass()
+        psnr = psnr_from_normalised_mse(mse)
+        lr = self.optimizer.param_groups[0]["lr"]
+        metrics = {"loss": loss, "mse": mse, "psnr": psnr, "lr": lr,
+                   **{k: float(v) for k, v in extras.items()}}
+        self.phase.history.append({"pass": round(passes, 4), **metrics})
+        bar.set_postfix(pass_=f"{passes:.1f}", loss=f"{loss:.2e}", psnr=f"{psnr:.2f}")
+        if self.tracker:
+            prefix = self.phase.log_prefix
+            self.tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, self.step_offset + self.step)
+        if self.plateau is not None:
+            self.plateau.step(loss)
+        whole = math.floor(passes + 1e-9)
+        if (self.checkpoint_fn and self.checkpoint_every_passes
+                and whole > 0 and whole % self.checkpoint_every_passes == 0 and self.step < self.phase.num_steps):
+            self.checkpoint_fn(self, "periodic")
