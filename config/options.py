@@ -60,6 +60,8 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device; auto picks CUDA when available")
     g.add_argument("--tracking", default="mlflow,tensorboard", help="comma list of trackers: mlflow, tensorboard, or none")
     g.add_argument("--mlflow_tracking_uri", default="", help="MLflow store (default: sqlite database <basedir>/mlflow.db)")
+    g.add_argument("--mlflow_experiment", default="neurcomp", help="MLflow experiment name")
+    g.add_argument("--mlflow_parent_run_id", default="", help="log this training as a child of that MLflow run (used by the search)")
     g.add_argument("--num_workers", type=int, default=0, help="accepted for compatibility with the original; sampling runs on the device, no workers")
 
     g = p.add_argument_group("data")
@@ -182,6 +184,8 @@ class NeurcompConfig:
     device: str = "auto"
     trackers: tuple[str, ...] = ("mlflow", "tensorboard")
     mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "neurcomp"
+    mlflow_parent_run_id: str = ""
     quant_bits: int = 9
     target_file_ratio: float = 0.0
     source: str = "command line"  # the config file it came from, for error messages
@@ -306,7 +310,8 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
                               variational_lambda_entropy=ns.variational_lambda_entropy),
         tensorboard_dir=ns.Tensorboard_log_dir, checkpoint_path=ns.checkpoint_path,
         checkpoint_every=ns.checkpoint_every, seed=ns.seed, device=ns.device, trackers=trackers,
-        mlflow_tracking_uri=ns.mlflow_tracking_uri, quant_bits=ns.quant_bits,
+        mlflow_tracking_uri=ns.mlflow_tracking_uri, mlflow_experiment=ns.mlflow_experiment,
+        mlflow_parent_run_id=ns.mlflow_parent_run_id, quant_bits=ns.quant_bits,
         target_file_ratio=ns.target_file_ratio, source=src, raw=raw,
     )
 

@@ -82,6 +82,7 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
     num_steps, steps_per_pass = steps_for(cfg.optim.max_pass, volume.num_voxels, cfg.optim.points_per_step)
     phase = Phase("train", num_steps, cfg.optim.lr, steps_per_pass, cfg.optim)
     tracker = Tracker(cfg.trackers, out_dir, cfg.expname, cfg.mlflow_tracking_uri, cfg.tensorboard_dir,
+                      mlflow_experiment=cfg.mlflow_experiment, parent_run_id=cfg.mlflow_parent_run_id or None,
                       resume_run_id=(resume or {}).get("tracking_run_id"))
     if resume is None:
         tracker.log_params({**cfg.raw, "network_layer_sizes": arch.layer_sizes(),
