@@ -76,7 +76,9 @@ def _make_volume(path, array, *, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise InputError(f"{path}: values of type {array.dtype} are not real numbers")
 
-    values = np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes Inf, reported just below
+        # Writeable: arrays from np.frombuffer (cvol, vti) are read-only views of the file bytes.
+        values = np.require(array, dtype=np.float32, requirements=["C_CONTIGUOUS", "WRITEABLE"])
     finite = np.isfinite(values)
     if not finite.all():
         num_nan = int(np.isnan(values).sum())
@@ -114,14 +116,14 @@ def read_npy(path, *, channel=None) -> Volume:
 # .raw
 
 
-_RAW_NAME = re.compile(r"(\d+)x(\d+)x(\d+)_([a-z]+\d+)$")
+_RAW_NAME = re.compile(r"(\d+)x(\d+)x(\d+)(?:_([a-z]+\d+))?$")
 
 
-def raw_layout_from_name(path) -> tuple[tuple[int, int, int], str] | None:
-    """((X, Y, Z), dtype name) from a name like `hydrogen_atom_128x128x128_uint8.raw`, else None."""
+def raw_layout_from_name(path) -> tuple[tuple[int, int, int] | None, str | None]:
+    """((X, Y, Z), dtype name) from a name like `hydrogen_atom_128x128x128_uint8.raw`; None where absent."""
     match = _RAW_NAME.search(Path(path).stem.lower())
     if match is None:
-        return None
+        return None, None
     x, y, z, dtype = match.groups()
     return (int(x), int(y), int(z)), dtype
 
@@ -138,16 +140,18 @@ def _numeric_dtype(path, name) -> np.dtype:
 
 def read_raw(path, *, shape=None, dtype=None) -> Volume:
     """Headerless little-endian voxels, X fastest. shape=(X, Y, Z) and dtype override the name."""
-    from_name = raw_layout_from_name(path)
-    if (shape is None or dtype is None) and from_name is None:
+    name_shape, name_dtype = raw_layout_from_name(path)
+    shape = shape if shape is not None else name_shape
+    dtype = dtype if dtype is not None else name_dtype
+    if shape is None or dtype is None:
         raise InputError(
             f"{path}: cannot tell the raw layout; name the file like "
             f"'name_<X>x<Y>x<Z>_<dtype>.raw' or pass raw_shape=(X, Y, Z) and raw_dtype"
         )
-    shape = tuple(int(n) for n in (shape if shape is not None else from_name[0]))
+    shape = tuple(int(n) for n in shape)
     if len(shape) != 3:
         raise InputError(f"{path}: raw_shape must be (X, Y, Z), got {shape}")
-    dtype = _numeric_dtype(path, dtype if dtype is not None else from_name[1])
+    dtype = _numeric_dtype(path, dtype)
     expected = shape[0] * shape[1] * shape[2] * dtype.itemsize
     actual = Path(path).stat().st_size
     if actual != expected:
@@ -173,7 +177,12 @@ def read_hdf5(path, *, data_key=None, channel=None) -> Volume:
         raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
     with file:
         datasets = {}  # name -> dataset, searched through all groups
-        file.visititems(lambda name, obj: datasets.setdefault(name, obj) if isinstance(obj, h5py.Dataset) else None)
+
+        def collect(name, obj):  # must return None, or h5py stops visiting
+            if isinstance(obj, h5py.Dataset):
+                datasets[name] = obj
+
+        file.visititems(collect)
         listing = ", ".join(f"{name} {tuple(d.shape)} {d.dtype}" for name, d in datasets.items()) or "none"
         if data_key is not None:
             key = str(data_key).strip("/")
@@ -244,10 +253,10 @@ def read_cvol(path, *, data_key=None, channel=None) -> Volume:
         if len(buf) < 64:
             raise InputError(f"{path}: truncated: header needs 64 bytes, the file has {len(buf)}")
         sx, sy, sz, vx, vy, vz, dtype_id, compressed = struct.unpack_from("<3Q3dIB", buf, 4)
-        dtype = _cvol_dtype(path, dtype_id)
-        body, _ = _cvol_body(path, buf, 64, sx * sy * sz * dtype.itemsize, compressed, b"")
         if data_key not in (None, "density"):
             raise InputError(f"{path}: no feature {data_key!r}; a legacy cvol has only 'density'")
+        dtype = _cvol_dtype(path, dtype_id)
+        body, _ = _cvol_body(path, buf, 64, sx * sy * sz * dtype.itemsize, compressed, b"")
         array = np.frombuffer(body, dtype=dtype).reshape(sz, sy, sx)
         return _make_volume(path, array, spacing=(vx, vy, vz), channel=channel)
     if magic != b"CVOL":
@@ -259,7 +268,7 @@ def read_cvol(path, *, data_key=None, channel=None) -> Volume:
     if version != 1:
         raise InputError(f"{path}: unsupported CVOL version {version} (expected 1)")
     compressed = bool(flags & 1)
-    pos, history, found, names = 32, b"", None, []
+    pos, history, names = 32, b"", []
     for _ in range(num_features):
         if pos + 4 > len(buf):
             raise InputError(f"{path}: truncated: feature header at byte {pos} is missing")
@@ -271,23 +280,21 @@ def read_cvol(path, *, data_key=None, channel=None) -> Volume:
         sx, sy, sz, num_channels, dtype_id = struct.unpack_from("<3Q2i", buf, pos)
         pos += 32
         dtype = _cvol_dtype(path, dtype_id)
+        nbytes = sx * sy * sz * num_channels * dtype.itemsize
         names.append(f"{name} ({sx}x{sy}x{sz}, {num_channels} ch, {dtype.name})")
-        wanted = name == data_key if data_key is not None else not names[1:]
+        wanted = name == data_key if data_key is not None else len(names) == 1
         if not compressed and not wanted:  # raw bodies can simply be skipped
-            pos += sx * sy * sz * num_channels * dtype.itemsize
+            pos += nbytes
             continue
-        body, pos = _cvol_body(path, buf, pos, sx * sy * sz * num_channels * dtype.itemsize, compressed, history)
-        history = body[-_LZ4_CHUNK:]
+        body, pos = _cvol_body(path, buf, pos, nbytes, compressed, history)
         if wanted:
-            found = np.frombuffer(body, dtype=dtype).reshape(sz, sy, sx, num_channels), (sx, sy, sz)
-            break
-    if found is None:
-        raise InputError(f"{path}: no feature {data_key!r}; features: {', '.join(names) or 'none'}")
-    array, size = found
-    if array.shape[3] == 1:
-        array = array[..., 0]
-    spacing = tuple(w / n for w, n in zip((wx, wy, wz), size))
-    return _make_volume(path, array, spacing=spacing, channel=channel)
+            array = np.frombuffer(body, dtype=dtype).reshape(sz, sy, sx, num_channels)
+            if num_channels == 1:
+                array = array[..., 0]
+            spacing = (wx / sx, wy / sy, wz / sz)  # worldSize is the whole box
+            return _make_volume(path, array, spacing=spacing, channel=channel)
+        history = (history + body)[-_LZ4_CHUNK:]
+    raise InputError(f"{path}: no feature {data_key!r}; features: {', '.join(names) or 'none'}")
 
 
 def _cvol_dtype(path, dtype_id) -> np.dtype:
@@ -364,22 +371,22 @@ def read_vti(path, *, data_key=None, channel=None) -> Volume:
     count = nx * ny * nz * num_components
 
     fmt = array_el.get("format", "ascii")
-    if fmt == "ascii":
-        values = np.array((array_el.text or "").split(), dtype=dtype)
-    elif fmt == "binary":
-        values = _vtk_binary(path, None, base64_text="".join((array_el.text or "").split()),
-                             header=header, dtype=dtype, zlib_compressed=bool(compressor))
-    elif fmt == "appended":
-        offset = int(array_el.get("offset", "0"))
-        if encoding == "base64":
-            block = appended[offset:].decode("ascii", "replace")
-            values = _vtk_binary(path, None, base64_text=block, header=header, dtype=dtype,
-                                 zlib_compressed=bool(compressor))
+    compressed = compressor is not None
+    try:  # base64/number parsing and odd byte counts raise ValueError
+        if fmt == "ascii":
+            values = np.array((array_el.text or "").split(), dtype=dtype)
+        elif fmt == "binary":
+            block = _vtk_base64_block("".join((array_el.text or "").split()), header, compressed)
+            values = _vtk_binary(path, block, header, dtype, compressed)
+        elif fmt == "appended":
+            block = appended[int(array_el.get("offset", "0")) :]
+            if encoding == "base64":
+                block = _vtk_base64_block(block.decode("ascii", "replace"), header, compressed)
+            values = _vtk_binary(path, block, header, dtype, compressed)
         else:
-            values = _vtk_binary(path, appended[offset:], base64_text=None, header=header,
-                                 dtype=dtype, zlib_compressed=bool(compressor))
-    else:
-        raise InputError(f"{path}: unsupported DataArray format {fmt!r}")
+            raise InputError(f"{path}: unsupported DataArray format {fmt!r}")
+    except ValueError as exc:
+        raise InputError(f"{path}: cannot decode array {array_el.get('Name')!r} ({exc})") from None
     if values.size != count:
         raise InputError(f"{path}: array {array_el.get('Name')!r} has {values.size} values, "
                          f"extent {nx}x{ny}x{nz}x{num_components} needs {count}")
@@ -387,48 +394,57 @@ def read_vti(path, *, data_key=None, channel=None) -> Volume:
     return _make_volume(path, values.reshape(shape), spacing=spacing, origin=origin, channel=channel)
 
 
-def _vtk_binary(path, data, *, base64_text, header, dtype, zlib_compressed) -> np.ndarray:
-    """Decode one VTK binary data block: a size header, then the (zlib block-compressed) bytes.
+def _vtk_base64_block(text: str, header: np.dtype, compressed: bool) -> bytes:
+    """Decode the base64 text of one data block (size header + data) to bytes.
 
-    With base64, VTK encodes the header and the data separately (each padded), so they are
-    decoded separately; a few writers encode them together, which is detected by the padding.
+    VTK encodes a compressed block's header and data separately, each padded, so they are decoded
+    separately. For uncompressed blocks VTK 9 encodes header and data together, other writers
+    (and older VTK) separately: padding right after the header tells which.
     """
     hsize = header.itemsize
-    if base64_text is not None:
-        first = _b64_len(hsize)
-        head = base64.b64decode(base64_text[:first])
-        if zlib_compressed:
-            num_blocks = int(np.frombuffer(head[:hsize], header)[0])
-            head_len = _b64_len((3 + num_blocks) * hsize)
-            head = base64.b64decode(base64_text[:head_len])
-            sizes = np.frombuffer(head, header)
-            body = base64.b64decode(base64_text[head_len : head_len + _b64_len(int(sizes[3:].sum()))])
-            data = head + body
-        else:
-            nbytes = int(np.frombuffer(head[:hsize], header)[0])
-            if base64_text[first - 1] == "=":  # header encoded on its own
-                data = head + base64.b64decode(base64_text[first : first + _b64_len(nbytes)])
-            else:
-                data = base64.b64decode(base64_text[: _b64_len(hsize + nbytes)])
-
-    if len(data) < hsize:
-        raise InputError(f"{path}: truncated data block")
-    if not zlib_compressed:
-        nbytes = int(np.frombuffer(data[:hsize], header)[0])
-        if len(data) < hsize + nbytes:
-            raise InputError(f"{path}: truncated data block: {nbytes} bytes announced, {len(data) - hsize} present")
-        return np.frombuffer(data[hsize : hsize + nbytes], dtype)
-    num_blocks = int(np.frombuffer(data[:hsize], header)[0])
-    sizes = np.frombuffer(data[: (3 + num_blocks) * hsize], header).astype(np.int64)
-    pos, blocks = (3 + num_blocks) * hsize, []
-    for csize in sizes[3:]:
-        if pos + csize > len(data):
-            raise InputError(f"{path}: truncated zlib block at byte {pos}")
-        blocks.append(zlib.decompress(data[pos : pos + csize]))
-        pos += csize
-    return np.frombuffer(b"".join(blocks), dtype)
+    first = _b64_len(hsize)
+    head = base64.b64decode(text[:first])
+    if compressed:
+        num_blocks = int(np.frombuffer(head[:hsize], header)[0])
+        head_len = _b64_len((3 + num_blocks) * hsize)
+        head = base64.b64decode(text[:head_len])
+        data_len = int(np.frombuffer(head, header)[3:].sum())
+        return head + base64.b64decode(text[head_len : head_len + _b64_len(data_len)])
+    nbytes = int(np.frombuffer(head[:hsize], header)[0])
+    if text[first - 1] == "=":
+        return head[:hsize] + base64.b64decode(text[first : first + _b64_len(nbytes)])
+    return base64.b64decode(text[: _b64_len(hsize + nbytes)])
 
 
 def _b64_len(nbytes: int) -> int:
     """Length of the padded base64 text for `nbytes` bytes."""
     return 4 * ((nbytes + 2) // 3)
+
+
+def _vtk_binary(path, data: bytes, header: np.dtype, dtype: np.dtype, compressed: bool) -> np.ndarray:
+    """Values of one VTK binary block: a size header, then raw or zlib block-compressed bytes.
+
+    Compressed header: nblocks, blocksize, lastblocksize, then nblocks compressed sizes.
+    """
+    hsize = header.itemsize
+    if len(data) < hsize:
+        raise InputError(f"{path}: truncated data block")
+    if not compressed:
+        nbytes = int(np.frombuffer(data[:hsize], header)[0])
+        if len(data) < hsize + nbytes:
+            raise InputError(f"{path}: truncated data block: {nbytes} bytes announced, {len(data) - hsize} present")
+        return np.frombuffer(data[hsize : hsize + nbytes], dtype)
+    num_blocks = int(np.frombuffer(data[:hsize], header)[0])
+    pos = (3 + num_blocks) * hsize
+    if len(data) < pos:
+        raise InputError(f"{path}: truncated compression header")
+    blocks = []
+    for csize in np.frombuffer(data[hsize * 3 : pos], header).astype(np.int64):
+        if pos + csize > len(data):
+            raise InputError(f"{path}: truncated zlib block at byte {pos}")
+        try:
+            blocks.append(zlib.decompress(data[pos : pos + csize]))
+        except zlib.error as exc:
+            raise InputError(f"{path}: corrupt zlib block at byte {pos} ({exc})") from None
+        pos += csize
+    return np.frombuffer(b"".join(blocks), dtype)

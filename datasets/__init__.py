@@ -2,11 +2,17 @@
 
 from pathlib import Path
 
-from datasets.marschner_lobb import marschner_lobb
+
+def _marschner_lobb(shape):
+    # Imported on use: `python -m datasets.marschner_lobb` must not find the module pre-imported.
+    from datasets.marschner_lobb import marschner_lobb
+
+    return marschner_lobb(shape)
+
 
 # File name -> (generator(shape) -> float32 (Z, Y, X) array, shape (Z, Y, X)).
 GENERATED_VOLUMES = {
-    f"marschner_lobb_{n}.npy": (marschner_lobb, (n, n, n)) for n in (32, 64, 128)
+    f"marschner_lobb_{n}.npy": (_marschner_lobb, (n, n, n)) for n in (32, 64, 128)
 }
 
 DEFAULT_VOLUME = Path(__file__).resolve().parent / "marschner_lobb_64.npy"

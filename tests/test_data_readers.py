@@ -1,7 +1,6 @@
 """Readers on the real volumes in ../shared/datasets and on synthetic files; writers round trips."""
 
 import hashlib
-import shutil
 import struct
 from pathlib import Path
 
@@ -167,10 +166,12 @@ def test_cvol_new_layout_two_features(tmp_path, compressed):
     path.write_bytes(_cvol_new([("density", density), ("copy", copy), ("velocity", velocity)], (2.0, 1.0, 0.5), compressed))
 
     first = read_volume(path)
+    assert first.values.flags.writeable
     assert first.source_dtype == "uint8" and first.spacing == (2 / 160, 1 / 32, 0.5 / 16)
     np.testing.assert_array_equal(first.values, density)
     np.testing.assert_array_equal(read_volume(path, data_key="copy").values, copy)
     vel = read_volume(path, data_key="velocity", channel=2)
+    assert vel.values.flags.writeable and vel.values.flags.c_contiguous
     assert vel.spacing == pytest.approx((2 / 6, 1 / 5, 0.5 / 4))
     np.testing.assert_array_equal(vel.values, velocity[..., 2])
     if compressed:

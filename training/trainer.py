@@ -150,7 +150,7 @@ class Trainer:
                     phase.regularizer.after_step(self.model, self.step)
                 self.step += 1
                 self.samples_seen += n
-                pass_mse += float(mse)
+                pass_mse += float(mse.detach())
                 pass_loss += loss_value
                 pass_steps += 1
                 bar.update(1)

@@ -1,0 +1,210 @@
+"""Rate-distortion records: run a codec, recompute its error in physical units, write and plot.
+
+A record is a flat JSON-serialisable dict (one codec, one volume, one target ratio). PSNR and
+errors are recomputed here with `data.metrics.volume_metrics` from the codec's decoded volume,
+never taken from the codec. Non-finite floats (PSNR of a lossless result) are written to JSON as
+``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from data.metrics import volume_metrics
+
+# The markdown table's columns: (header, record key, format).
+TABLE_COLUMNS = (
+    ("volume", "volume", "{}"),
+    ("codec", "codec", "{}"),
+    ("target", "target_ratio", "{:g}"),
+    ("ratio", "ratio", "{:.1f}"),
+    ("bytes", "num_bytes", "{:d}"),
+    ("PSNR dB", "psnr", "{:.2f}"),
+    ("max err / range", "max_abs_error_over_range", "{:.2e}"),
+    ("enc s", "encode_s", "{:.3f}"),
+    ("dec s", "decode_s", "{:.3f}"),
+    ("settings", "settings", "{}"),
+)
+
+
+def evaluate(codec, values, target_ratio: float, *, volume_name: str = "", work_dir=None) -> dict:
+    """Compress ``values`` with ``codec`` at ``target_ratio`` and return one record.
+
+    ``values``: a 3D array, or a `data.volume.Volume` (its ``values``; its file stem names it when
+    ``volume_name`` is empty).
+    """
+    if hasattr(values, "values") and not isinstance(values, np.ndarray):
+        if not volume_name and getattr(values, "path", ""):
+            volume_name = Path(values.path).stem
+        values = values.values
+    result = codec.compress_to_ratio(values, target_ratio, work_dir=work_dir)
+    metrics = volume_metrics(np.asarray(values, dtype=np.float32), result.decoded)
+    vrange = metrics["value_range"]
+    return {
+        "volume": volume_name,
+        "shape": list(result.shape),
+        "codec": result.codec,
+        "target_ratio": float(target_ratio),
+        "ratio": result.ratio,
+        "num_bytes": result.num_bytes,
+        "psnr": metrics["psnr"],
+        "mse": metrics["mse"],
+        "rmse": metrics["rmse"],
+        "mae": metrics["mae"],
+        "max_abs_error": metrics["max_abs_error"],
+        "value_range": vrange,
+        "max_abs_error_over_range": metrics["max_abs_error"] / vrange if vrange > 0 else math.nan,
+        "encode_s": result.encode_seconds,
+        "decode_s": result.decode_seconds,
+        "params": result.params,
+        "options": codec.options(),
+    }
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file next to ``path`` and rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _settings(record: dict) -> str:
+    """A short human summary of the codec parameters for the table."""
+    p = record.get("params") or {}
+    parts = []
+    if "predictor" in p:
+        parts.append(p["predictor"])
+    if "abs_error_bound" in p:
+        parts.append(f"eb={p['abs_error_bound']:.3g}")
+    if "tolerance" in p:
+        parts.append(f"tol=2^{p['tolerance_log2']}")
+    if p.get("match") not in (None, "matched"):
+        parts.append(p["match"])
+    return " ".join(parts)
+
+
+def _cell(record: dict, key: str, fmt: str) -> str:
+    value = _settings(record) if key == "settings" else record.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    return fmt.format(value)
+
+
+def markdown_table(records: list[dict]) -> str:
+    """All records as one markdown table, then PSNR per volume x codec x target ratio."""
+    head = [c[0] for c in TABLE_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in records:
+        lines.append("| " + " | ".join(_cell(r, key, fmt) for _, key, fmt in TABLE_COLUMNS) + " |")
+
+    ratios = sorted({r["target_ratio"] for r in records})
+    rows = defaultdict(dict)
+    for r in records:
+        rows[(r["volume"], r["codec"])][r["target_ratio"]] = r
+    lines += ["", "PSNR (dB) at each target ratio (achieved ratio in parentheses):", "",
+              "| volume | codec | " + " | ".join(f"@{t:g}" for t in ratios) + " |",
+              "|---|---|" + "|".join("---" for _ in ratios) + "|"]
+    for (volume, codec), by_ratio in rows.items():
+        cells = []
+        for t in ratios:
+            r = by_ratio.get(t)
+            cells.append("" if r is None else f"{_cell(r, 'psnr', '{:.2f}')} ({r['ratio']:.0f})")
+        lines.append(f"| {volume} | {codec} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(records: list[dict], json_path, md_path) -> None:
+    """Write the records as JSON (non-finite floats as null) and as a markdown table, atomically."""
+    payload = json.dumps(_json_safe(records), indent=2, allow_nan=False) + "\n"
+    _write_atomic(Path(json_path), payload.encode("utf-8"))
+    _write_atomic(Path(md_path), markdown_table(records).encode("utf-8"))
+
+
+def plot_rd(records: list[dict], png_path) -> Path:
+    """PSNR vs achieved ratio (log x), one line per codec, for the records given (one volume).
+
+    Records of several volumes get one line per volume and codec. Lossless points (PSNR inf) are
+    left out of the plot.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    volumes = sorted({r["volume"] for r in records})
+    lines = defaultdict(list)
+    for r in records:
+        label = r["codec"] if len(volumes) == 1 else f"{r['volume']} {r['codec']}"
+        psnr = r.get("psnr")
+        if psnr is not None and math.isfinite(psnr):
+            lines[label].append((r["ratio"], psnr))
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for label, points in sorted(lines.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("compression ratio (float32 bytes / compressed bytes)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(volumes[0] if len(volumes) == 1 else "rate-distortion")
+    ax.grid(True, which="both", alpha=0.3)
+    if lines:
+        ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{png_path.name}.", suffix=".png", dir=png_path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, png_path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return png_path
+
+
+def safe_name(name: str) -> str:
+    """A volume name usable in a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "volume"
+
+
+def plot_rd_per_volume(records: list[dict], out_dir, prefix: str = "rd_") -> list[Path]:
+    """One `plot_rd` PNG per volume: ``<out_dir>/<prefix><volume>.png``."""
+    by_volume = defaultdict(list)
+    for r in records:
+        by_volume[r["volume"]].append(r)
+    return [plot_rd(recs, Path(out_dir) / f"{prefix}{safe_name(volume)}.png") for volume, recs in by_volume.items()]

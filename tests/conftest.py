@@ -1,0 +1,39 @@
+"""Shared fixtures: the repository root, the real volumes beside it, tiny synthetic volumes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO / ".." / "shared" / "datasets"
+
+sys.path.insert(0, str(REPO))
+
+
+def shared_volume(name: str) -> Path:
+    """Path of a real volume in ../shared/datasets, or skip the test saying why."""
+    path = SHARED_DATASETS / name
+    if not path.exists():
+        pytest.skip(f"{name} not found in ../shared/datasets (real volumes live beside the repository)")
+    return path
+
+
+@pytest.fixture
+def tiny_volume(tmp_path) -> Path:
+    """A smooth 12 x 14 x 16 (Z, Y, X) float32 field saved as .npy."""
+    z, y, x = np.meshgrid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 14), np.linspace(-1, 1, 16), indexing="ij")
+    values = (np.sin(2 * x) * np.cos(3 * y) + 0.5 * z ** 2).astype(np.float32) * 10 + 3
+    path = tmp_path / "tiny.npy"
+    np.save(path, values)
+    return path
+
+
+def run_script(script: str, *args, cwd=None, env_extra=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run an entry script as a user would, from the shell."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
