@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.codecs import CODECS
 from benchmarks.rd_eval import evaluate, markdown_table, plot_rd_per_volume, safe_name, write_results
 from config.cli import run_cli
-from config.errors import ConfigError
+from config.errors import ConfigError, InputError
 
 # Modules whose import registers codecs (with @register_codec).
 CODEC_MODULES = ("benchmarks.codecs",)
@@ -61,7 +61,13 @@ def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
     if any(not r > 0 for r in args.ratios):
         raise ConfigError(f"--ratios must be positive, got {args.ratios}")
-    codecs = [CODECS[name].from_args(args) for name in dict.fromkeys(args.codecs)]
+    missing = [p for p in args.volumes if not Path(p).is_file()]
+    if missing:  # fail before hours of compression, not at the last volume
+        raise InputError(f"volume file(s) not found: {', '.join(missing)}")
+    try:
+        codecs = [CODECS[name].from_args(args) for name in dict.fromkeys(args.codecs)]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     out = Path(args.output)
     json_path, md_path = out / "rd.json", out / "rd.md"
 

@@ -81,6 +81,13 @@ def _json_safe(obj):
     return obj
 
 
+def _file_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the umask); mkstemp would give 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file next to ``path`` and rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +97,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -189,6 +197,7 @@ def plot_rd(records: list[dict], png_path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, png_path)
     finally:
         plt.close(fig)

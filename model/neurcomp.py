@@ -14,6 +14,7 @@ residual sum's magnitude bounded, and ends in a linear layer.
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.architecture import Architecture
@@ -37,7 +38,12 @@ class SineLayer(nn.Module):
         siren_uniform_(self.linear, omega_0, is_first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.omega_0 * self.linear(x))
+        return torch.sin(scaled_linear(x, self.linear, self.omega_0))
+
+
+def scaled_linear(x: torch.Tensor, linear: nn.Linear, scale: float) -> torch.Tensor:
+    """scale * linear(x), computed by scaling the (small) weights instead of the (large) activations."""
+    return F.linear(x, linear.weight * scale, linear.bias * scale)
 
 
 class ResidualSineBlock(nn.Module):
@@ -56,10 +62,12 @@ class ResidualSineBlock(nn.Module):
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
         """Activation of the block's inner layer (where pruning acts)."""
-        return torch.sin(self.omega_0 * self.linear_1(self.in_scale * x))
+        return torch.sin(F.linear(x, self.linear_1.weight * (self.omega_0 * self.in_scale),
+                                  self.linear_1.bias * self.omega_0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_scale * (x + torch.sin(self.omega_0 * self.linear_2(self.inner(x))))
+        out = x + torch.sin(scaled_linear(self.inner(x), self.linear_2, self.omega_0))
+        return out if self.out_scale == 1.0 else self.out_scale * out
 
 
 class Neurcomp(nn.Module):

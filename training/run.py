@@ -63,6 +63,10 @@ def write_volumes(out_dir: Path, volume, prediction: np.ndarray) -> list[Path]:
 
 def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
     """Train a network as ``cfg`` says and write every output; returns the info dict."""
+    if cfg.pruning.enabled:  # gates, prune, fine-tune: training.pruning_schedule
+        from training.pruning_schedule import train_with_pruning
+
+        return train_with_pruning(cfg, progress)
     volume = load_training_volume(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)

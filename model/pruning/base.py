@@ -23,7 +23,7 @@ from torch import nn
 # ~100x more slowly, relative to its size, than the SIREN weights (O(0.01)). The scale lets the
 # gates traverse their range within a few hundred steps at the learning rates Neurcomp uses
 # (1e-4 .. 1e-3); it changes only the speed, not where the loss balances.
-GATE_PARAM_SCALE = 10.0
+GATE_PARAM_SCALE = 30.0
 
 
 class Gate(nn.Module):

@@ -78,12 +78,13 @@ class VariationalGate(Gate):
         super().__init__(n, param_scale)
         self.threshold = float(threshold)
         alpha0 = init_droprate / (1.0 - init_droprate)
-        self.theta_raw = nn.Parameter(torch.full((n,), 1.0 / self.param_scale))
+        # theta is an ordinary weight (the next layer's weights can absorb it): no speed-up
+        self.theta_raw = nn.Parameter(torch.ones(n))
         self.log_sigma2_raw = nn.Parameter(torch.full((n,), math.log(alpha0) / self.param_scale))
 
     @property
     def theta(self) -> torch.Tensor:
-        return self.theta_raw * self.param_scale
+        return self.theta_raw
 
     @property
     def log_sigma2(self) -> torch.Tensor:
@@ -153,7 +154,7 @@ class _Variational(PruningMethod):
     def data_loss(self, model, coords, pred, targets):
         s = self.log_sigma(model, coords)
         sq = (pred - targets) ** 2
-        if isinstance(s, float):
+        if not torch.is_tensor(s):
             return 0.5 * math.exp(-2.0 * s) * sq.mean() + s
         return (0.5 * torch.exp(-2.0 * s) * sq + s).mean()
 

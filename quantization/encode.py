@@ -1,0 +1,259 @@
+"""Network -> compressed file: k-means per matrix, optional codebook fine-tuning, serialisation.
+
+    net = quantize_network(model, volume_info, bits, options)      # CompressedNetwork
+    finetune_codebooks(model, net, sampler, passes, ...)            # optional, updates net in place
+    data = encode_network(net)                                      # bytes (format.serialize)
+
+or in one call ``encode_model(model, volume_info, bits, options) -> bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.neurcomp import Neurcomp
+from quantization.bitpack import packed_size
+from quantization.format import (BIAS_MODES, COMPRESSIONS, DTYPES, CompressedNetwork, QuantSettings, TensorCode,
+                                 compress, raw_payload, serialize)
+from quantization.kmeans import MAX_ITERS, assign, kmeans_1d
+from training.checkpoint import VolumeInfo
+
+FLOAT16_MAX = 65504.0
+
+
+@dataclass
+class EncoderOptions:
+    """How each tensor is stored. The defaults are what ``benchmarks/quantization_bench.py`` showed to pay."""
+
+    codebook_dtype: str = "float16"  # centroids: float16 or float32
+    bias: str = "float16"  # biases: float32, float16 or quantized (own k-means codebook, same bits)
+    quantize_first_last: bool = True  # k-means the first and last layers too (else raw, raw_dtype)
+    raw_dtype: str = "float32"  # dtype of unquantized first/last layer weights
+    compression: str = "zstd"  # payload entropy coding: zstd, lzma, none, or auto (smallest of the three)
+    level: int | None = None  # compressor level (zstd default 19)
+    max_iters: int = MAX_ITERS  # Lloyd iterations cap
+
+    def validate(self) -> "EncoderOptions":
+        if self.codebook_dtype not in DTYPES:
+            raise ValueError(f"codebook_dtype must be one of {DTYPES}, got {self.codebook_dtype!r}")
+        if self.raw_dtype not in DTYPES:
+            raise ValueError(f"raw_dtype must be one of {DTYPES}, got {self.raw_dtype!r}")
+        if self.bias not in BIAS_MODES:
+            raise ValueError(f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
+        if self.compression not in (*COMPRESSIONS, "auto"):
+            raise ValueError(f"compression must be one of {(*COMPRESSIONS, 'auto')}, got {self.compression!r}")
+        return self
+
+
+def _round_to(values: np.ndarray, dtype: str) -> tuple[np.ndarray, str]:
+    """float32 copy of ``values`` rounded to ``dtype``; float16 falls back to float32 if it would overflow."""
+    v = np.asarray(values, dtype=np.float32)
+    if dtype == "float16":
+        if v.size and float(np.max(np.abs(v))) > FLOAT16_MAX:
+            return v.copy(), "float32"
+        return v.astype(np.float16).astype(np.float32), "float16"
+    return v.copy(), "float32"
+
+
+def raw_tensor(values: np.ndarray, dtype: str) -> TensorCode:
+    v, dt = _round_to(np.asarray(values).reshape(-1), dtype)
+    return TensorCode("raw", dt, v)
+
+
+def quantize_tensor(values: np.ndarray, bits: int, codebook_dtype: str = "float16",
+                    max_iters: int = MAX_ITERS) -> TensorCode:
+    """k-means ``values`` (flattened) to 2**bits centroids stored as ``codebook_dtype``.
+
+    With at most 2**bits distinct values the tensor is stored losslessly instead: as raw float32
+    or as a float32 codebook of the distinct values with ceil(log2(K))-bit indices, whichever is
+    smaller.
+    """
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    res = kmeans_1d(flat, bits, max_iters)
+    if res.exact:
+        k = res.codebook.size
+        b = max(1, math.ceil(math.log2(k))) if k > 1 else 1
+        if flat.size * 4 <= k * 4 + packed_size(flat.size, b):
+            return TensorCode("raw", "float32", flat.copy())
+        return TensorCode("codebook", "float32", res.codebook, res.indices.reshape(-1), b)
+    codebook, dt = _round_to(res.codebook, codebook_dtype)
+    indices = res.indices.reshape(-1)
+    if dt == "float16":  # rounding can move a centroid; re-assign to the nearest stored value
+        indices = assign(flat, codebook).astype(np.uint16)
+    return TensorCode("codebook", dt, codebook, indices, int(bits))
+
+
+def quantize_network(model: Neurcomp, volume_info: VolumeInfo, bits: int,
+                     options: EncoderOptions | None = None) -> CompressedNetwork:
+    """Quantize every linear layer of ``model`` as ``options`` says (nothing is written)."""
+    opts = (options or EncoderOptions()).validate()
+    if not 1 <= int(bits) <= 16:
+        raise ValueError(f"bits must be in 1..16, got {bits}")
+    linears = model.linears()
+    tensors = []
+    for i, lin in enumerate(linears):
+        w = lin.weight.detach().cpu().numpy().astype(np.float32).reshape(-1)
+        b = lin.bias.detach().cpu().numpy().astype(np.float32).reshape(-1)
+        edge = i in (0, len(linears) - 1)
+        if edge and not opts.quantize_first_last:
+            wt = raw_tensor(w, opts.raw_dtype)
+        else:
+            wt = quantize_tensor(w, bits, opts.codebook_dtype, opts.max_iters)
+        bt = quantize_tensor(b, bits, opts.codebook_dtype, opts.max_iters) if opts.bias == "quantized" \
+            else raw_tensor(b, opts.bias)
+        tensors.append((wt, bt))
+    settings = QuantSettings(bits=int(bits), codebook_dtype=opts.codebook_dtype, bias=opts.bias,
+                             quantize_first_last=opts.quantize_first_last, raw_dtype=opts.raw_dtype,
+                             compression=opts.compression, finetune_passes=0)
+    return CompressedNetwork(arch=model.arch, volume=volume_info, settings=settings, tensors=tensors)
+
+
+def choose_compression(net: CompressedNetwork, level: int | None = None) -> str:
+    """The payload coding giving the smallest file among none, zstd and lzma."""
+    raw = raw_payload(net)
+    sizes = {"none": len(raw)}
+    for method in ("zstd", "lzma"):
+        try:
+            sizes[method] = len(compress(raw, method, level if method == "zstd" else None))
+        except ImportError:
+            continue
+    return min(sizes, key=lambda m: (sizes[m], COMPRESSIONS.index(m)))
+
+
+def encode_network(net: CompressedNetwork, level: int | None = None) -> bytes:
+    """Serialise; a ``compression`` of "auto" is resolved to the smallest coding first."""
+    if net.settings.compression == "auto":
+        net = replace(net, settings=replace(net.settings, compression=choose_compression(net, level)))
+    return serialize(net, level)
+
+
+def encode_model(model: Neurcomp, volume_info: VolumeInfo, bits: int, options: EncoderOptions | None = None) -> bytes:
+    """Quantize ``model`` to ``bits`` bits per index and return the complete file."""
+    opts = (options or EncoderOptions()).validate()
+    return encode_network(quantize_network(model, volume_info, bits, opts), opts.level)
+
+
+# ----------------------------------------------------------------------------------------------
+# quantization-aware fine-tuning
+
+def dequantized_state(net: CompressedNetwork) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(weight (out, in), bias (out,)) float32 arrays of every linear layer."""
+    out = []
+    for (o, i), (w, b) in zip(net.arch.linear_shapes(), net.tensors):
+        out.append((w.dequantize().reshape(o, i), b.dequantize().reshape(o)))
+    return out
+
+
+def load_into(model: Neurcomp, net: CompressedNetwork) -> Neurcomp:
+    """Copy ``net``'s dequantized weights into ``model`` (same architecture) and return it."""
+    with torch.no_grad():
+        for lin, (w, b) in zip(model.linears(), dequantized_state(net)):
+            lin.weight.copy_(torch.from_numpy(w))
+            lin.bias.copy_(torch.from_numpy(b))
+    return model
+
+
+class _CodedTensor(nn.Module):
+    """A stored tensor as trainable parameters: the codebook (indices fixed) or the raw values."""
+
+    def __init__(self, code: TensorCode, shape, device):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.param = nn.Parameter(torch.tensor(code.values, dtype=torch.float32, device=device))
+        idx = None if code.kind == "raw" else torch.as_tensor(code.indices.astype(np.int64), device=device)
+        self.register_buffer("idx", idx)
+
+    def forward(self) -> torch.Tensor:
+        v = self.param if self.idx is None else self.param[self.idx]
+        return v.reshape(self.shape)
+
+
+@torch.no_grad()
+def normalized_psnr(model: nn.Module, normalized_zyx: torch.Tensor) -> float:
+    """PSNR of the network over the whole grid, in normalised units (range 2, equal to physical PSNR)."""
+    from training.inference import predict_volume
+
+    pred = torch.from_numpy(predict_volume(model, tuple(normalized_zyx.shape))).to(normalized_zyx.device)
+    gt = normalized_zyx.float()
+    mse = float(torch.mean((pred.double() - gt.double()) ** 2))
+    value_range = float(gt.max() - gt.min())
+    return math.inf if mse == 0 else 20 * math.log10(value_range) - 10 * math.log10(mse)
+
+
+def finetune_codebooks(model: Neurcomp, assignments: CompressedNetwork, sampler, passes: float, *,
+                       points_per_step: int = 16384, lr: float = 1e-5, num_voxels: int | None = None,
+                       evaluate: bool = True, keep_best: bool = True, log=print) -> dict:
+    """Quantization-aware fine-tuning: train the centroids with the assignments fixed, plus biases.
+
+    Every stored tensor becomes a parameter: each codebook (weights = codebook[indices], the
+    indices never change) and every raw tensor (biases; unquantized first/last layers). Adam with
+    learning rate ``lr`` minimises the MSE on ``sampler`` batches of ``points_per_step`` points for
+    ``passes`` passes (one pass = as many samples as voxels). Afterwards the values are rounded
+    back to their stored dtypes and written into ``assignments`` (in place) and ``model``.
+
+    With ``evaluate`` the PSNR over the whole grid (sampler's volume) is measured before and after;
+    with ``keep_best`` the fine-tuned values are kept only if they improve it. Returns
+    {"steps", "psnr_before", "psnr_after", "kept", "seconds"}.
+    """
+    t0 = time.perf_counter()
+    grid = sampler.grid[0, 0]  # normalised volume (Z, Y, X) on the sampler's device
+    num_voxels = int(num_voxels or grid.numel())
+    device = grid.device
+    shapes = assignments.arch.linear_shapes()
+    work = Neurcomp(assignments.arch).to(device)
+    load_into(work, assignments)
+    psnr_before = normalized_psnr(work, grid) if evaluate else float("nan")
+
+    coded = nn.ModuleList()
+    for (o, i), (w, b) in zip(shapes, assignments.tensors):
+        coded.append(_CodedTensor(w, (o, i), device))
+        coded.append(_CodedTensor(b, (o,), device))
+    names = [n for n, m in work.named_modules() if isinstance(m, nn.Linear)]
+    steps = max(1, math.ceil(passes * num_voxels / points_per_step - 1e-9)) if passes > 0 else 0
+    opt = torch.optim.Adam(coded.parameters(), lr=lr)
+    work.train()
+    for _ in range(steps):
+        params = {}
+        for k, name in enumerate(names):
+            params[f"{name}.weight"] = coded[2 * k]()
+            params[f"{name}.bias"] = coded[2 * k + 1]()
+        coords, targets, _ = sampler.sample(points_per_step)
+        pred = torch.func.functional_call(work, params, (coords,))
+        loss = torch.mean((pred - targets) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    tuned = []
+    for k, (w, b) in enumerate(assignments.tensors):
+        pair = []
+        for code, mod in ((w, coded[2 * k]), (b, coded[2 * k + 1])):
+            vals, dt = _round_to(mod.param.detach().cpu().numpy(), code.dtype)
+            pair.append(replace(code, values=vals, dtype=dt))
+        tuned.append(tuple(pair))
+    candidate = replace(assignments, tensors=tuned)
+    psnr_after = float("nan")
+    kept = True
+    if evaluate:
+        load_into(work, candidate)
+        psnr_after = normalized_psnr(work, grid)
+        kept = not keep_best or psnr_after >= psnr_before
+    if kept:
+        assignments.tensors = tuned
+        assignments.settings = replace(assignments.settings, finetune_passes=float(passes))
+    load_into(model, assignments)
+    result = {"steps": steps, "psnr_before": psnr_before, "psnr_after": psnr_after if kept else psnr_before,
+              "psnr_tuned": psnr_after, "kept": kept, "seconds": time.perf_counter() - t0}
+    if log:
+        if evaluate:
+            log(f"fine-tuning: {steps} steps, PSNR {psnr_before:.3f} -> {psnr_after:.3f} dB"
+                + ("" if kept else " (worse: kept the k-means codebooks)"))
+        else:
+            log(f"fine-tuning: {steps} steps")
+    return result

@@ -1,0 +1,322 @@
+"""The compressed network file: byte layout, checksums and validation (see FORMAT.md).
+
+``serialize(CompressedNetwork) -> bytes`` and ``parse(bytes, source) -> CompressedNetwork`` are
+exact inverses. ``parse`` refuses anything that is not a complete, consistent file of a known
+version with an ``InputError`` whose one-line message names ``source``.
+"""
+
+from __future__ import annotations
+
+import lzma
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from config.errors import InputError
+from model.architecture import Architecture
+from quantization.bitpack import pack_bits, packed_size, unpack_bits
+from training.checkpoint import VolumeInfo
+
+MAGIC = b"\x89NCQ\r\n\x1a\n"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+_FIXED = struct.Struct("<8sHHI")  # magic, version, flags, header_size
+_ARCH = struct.Struct("<HHBBHd")  # d_in, d_out, residual, reserved, n_layers, omega_0
+_VOLUME = struct.Struct("<3I3d3d2d")  # shape (Z,Y,X), spacing (x,y,z), origin (x,y,z), vmin, vmax
+_SETTINGS = struct.Struct("<BBBBBBf")  # bits, codebook dtype, bias mode, quantize first/last, raw dtype, compression, finetune passes
+_PAYLOAD = struct.Struct("<IQQI")  # n_tensors, stored size, raw size, payload CRC32
+_CRC = struct.Struct("<I")
+_TENSOR = struct.Struct("<BBBBII")  # kind, dtype, index bits, index layout, count, codebook length
+
+DTYPES = ("float32", "float16")
+BIAS_MODES = ("float32", "float16", "quantized")
+COMPRESSIONS = ("none", "zstd", "lzma")
+KIND_RAW, KIND_CODEBOOK = 0, 1
+LAYOUTS = ("packed", "planes")  # index layouts, see index_bytes()
+MAX_LAYERS = 4096
+MAX_DIM = 1 << 24
+
+
+@dataclass
+class QuantSettings:
+    """The encoder's choices, recorded in the header (informational for the decoder except ``compression``)."""
+
+    bits: int = 9
+    codebook_dtype: str = "float16"
+    bias: str = "float16"
+    quantize_first_last: bool = True
+    raw_dtype: str = "float32"
+    compression: str = "zstd"
+    finetune_passes: float = 0.0
+
+
+@dataclass
+class TensorCode:
+    """One stored tensor, flattened: raw values, or a codebook plus one index per value.
+
+    ``values`` holds the raw values (``count``,) or the codebook (K,) as float32 arrays whose
+    entries are exactly representable in ``dtype``; ``indices`` is (count,) uint16 for codebooks.
+    """
+
+    kind: str  # "raw" | "codebook"
+    dtype: str  # "float32" | "float16"
+    values: np.ndarray
+    indices: np.ndarray | None = None
+    bits: int = 0
+    layout: str = "packed"  # index layout: "packed" (B-bit stream) or "planes" (byte plane + high bits)
+
+    @property
+    def count(self) -> int:
+        return int(self.values.size if self.kind == "raw" else self.indices.size)
+
+    def dequantize(self) -> np.ndarray:
+        return self.values.copy() if self.kind == "raw" else self.values[self.indices.astype(np.int64)]
+
+    def stored_bytes(self) -> int:
+        item = np.dtype(self.dtype).itemsize
+        if self.kind == "raw":
+            return _TENSOR.size + self.values.size * item
+        return _TENSOR.size + self.values.size * item + index_size(self.count, self.bits, self.layout)
+
+
+def index_size(count: int, bits: int, layout: str) -> int:
+    if layout == "packed":
+        return packed_size(count, bits)
+    return count + (packed_size(count, bits - 8) if bits > 8 else 0)
+
+
+def index_bytes(indices: np.ndarray, bits: int, layout: str) -> bytes:
+    """"packed": one little-endian B-bit stream (bitpack). "planes": the low 8 bits of every index
+    as one byte each, then (B > 8) the high B-8 bits as a packed stream: byte-aligned symbols
+    that a general-purpose compressor's literal coder can model."""
+    if layout == "packed":
+        return pack_bits(indices, bits)
+    idx = np.asarray(indices).reshape(-1).astype(np.uint16)
+    low = (idx & 0xFF).astype(np.uint8).tobytes()
+    return low + (pack_bits(idx >> 8, bits - 8) if bits > 8 else b"")
+
+
+def indices_from(buf: memoryview, count: int, bits: int, layout: str) -> np.ndarray:
+    if layout == "packed":
+        return unpack_bits(buf, count, bits)
+    idx = np.frombuffer(buf[:count], dtype=np.uint8).astype(np.uint16)
+    if bits > 8:
+        idx |= unpack_bits(buf[count:], count, bits - 8) << 8
+    return idx
+
+
+@dataclass
+class CompressedNetwork:
+    arch: Architecture
+    volume: VolumeInfo
+    settings: QuantSettings
+    tensors: list[tuple[TensorCode, TensorCode]] = field(default_factory=list)  # (weight, bias) per linear
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+def _encode_tensor(t: TensorCode) -> bytes:
+    kind = KIND_RAW if t.kind == "raw" else KIND_CODEBOOK
+    dt = np.dtype(t.dtype).newbyteorder("<")
+    if kind == KIND_RAW:
+        head = _TENSOR.pack(kind, DTYPES.index(t.dtype), 0, 0, t.values.size, 0)
+        return head + t.values.astype(dt).tobytes()
+    head = _TENSOR.pack(kind, DTYPES.index(t.dtype), t.bits, LAYOUTS.index(t.layout), t.indices.size, t.values.size)
+    return head + t.values.astype(dt).tobytes() + index_bytes(t.indices, t.bits, t.layout)
+
+
+def compress(raw: bytes, method: str, level: int | None = None) -> bytes:
+    if method == "none":
+        return raw
+    if method == "zstd":
+        import zstandard
+        return zstandard.ZstdCompressor(level=19 if level is None else level).compress(raw)
+    if method == "lzma":
+        return lzma.compress(raw, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}])
+    raise ValueError(f"unknown compression {method!r}")
+
+
+def decompress(stored: bytes, method: str, raw_size: int) -> bytes:
+    if method == "none":
+        return stored
+    if method == "zstd":
+        import zstandard
+        return zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_size)
+    if method == "lzma":
+        return lzma.decompress(stored, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
+    raise ValueError(f"unknown compression {method!r}")
+
+
+def raw_payload(net: CompressedNetwork) -> bytes:
+    return b"".join(_encode_tensor(w) + _encode_tensor(b) for w, b in net.tensors)
+
+
+def serialize(net: CompressedNetwork, level: int | None = None) -> bytes:
+    """The complete file. ``net.settings.compression`` picks the payload coding."""
+    arch, vol, s = net.arch, net.volume, net.settings
+    raw = raw_payload(net)
+    stored = compress(raw, s.compression, level)
+    dtype_name = str(vol.source_dtype).encode("ascii")
+    if len(dtype_name) > 255:
+        raise ValueError("source dtype name too long")
+    body = b"".join([
+        _ARCH.pack(arch.d_in, arch.d_out, int(arch.residual), 0, arch.n_layers, float(arch.omega_0)),
+        struct.pack(f"<{arch.n_layers}I", *arch.widths),
+        _VOLUME.pack(*(int(n) for n in vol.shape), *(float(x) for x in vol.spacing),
+                     *(float(x) for x in vol.origin), float(vol.vmin), float(vol.vmax)),
+        struct.pack("<B", len(dtype_name)), dtype_name,
+        _SETTINGS.pack(s.bits, DTYPES.index(s.codebook_dtype), BIAS_MODES.index(s.bias),
+                       int(s.quantize_first_last), DTYPES.index(s.raw_dtype), COMPRESSIONS.index(s.compression),
+                       float(s.finetune_passes)),
+        _PAYLOAD.pack(2 * len(net.tensors), len(stored), len(raw), zlib.crc32(stored)),
+    ])
+    header_size = _FIXED.size + len(body) + _CRC.size
+    head = _FIXED.pack(MAGIC, FORMAT_VERSION, 0, header_size) + body
+    return head + _CRC.pack(zlib.crc32(head)) + stored
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+class _Reader:
+    """Bounds-checked little-endian reads; running past the end raises ``_Short``."""
+
+    def __init__(self, data: bytes | memoryview, what: str):
+        self.data = memoryview(data)
+        self.pos = 0
+        self.what = what
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.data):
+            raise _Short(self.what, self.pos + n, len(self.data))
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, st: struct.Struct):
+        return st.unpack(self.take(st.size))
+
+
+class _Short(Exception):
+    def __init__(self, what, need, have):
+        super().__init__(f"{what} ends early: needs at least {need} bytes, has {have}")
+
+
+def _fail(source: str, message: str) -> InputError:
+    return InputError(f"{source}: not a valid compressed network: {message}")
+
+
+def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
+    """Validate and parse a complete file; raises InputError (one line, naming ``source``)."""
+    data = bytes(data)
+    size = len(data)
+    if size < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+        if size < len(MAGIC) and MAGIC.startswith(data):
+            raise _fail(source, f"truncated file ({size} bytes)")
+        raise _fail(source, "wrong magic (not a Neurcomp quantized file)")
+    if size < _FIXED.size:
+        raise _fail(source, f"truncated file ({size} bytes, header needs at least {_FIXED.size})")
+    _, version, flags, header_size = _FIXED.unpack_from(data)
+    if version not in SUPPORTED_VERSIONS:
+        raise _fail(source, f"unknown format version {version} (this decoder reads {', '.join(map(str, SUPPORTED_VERSIONS))})")
+    if header_size < _FIXED.size + _CRC.size or header_size > 1 << 20:
+        raise _fail(source, f"implausible header size {header_size}")
+    if size < header_size:
+        raise _fail(source, f"truncated file ({size} bytes, header alone is {header_size})")
+    (header_crc,) = _CRC.unpack_from(data, header_size - _CRC.size)
+    if zlib.crc32(data[:header_size - _CRC.size]) != header_crc:
+        raise _fail(source, "header checksum mismatch (file corrupted)")
+    if flags != 0:
+        raise _fail(source, f"unknown header flags {flags:#x}")
+
+    r = _Reader(data[_FIXED.size:header_size - _CRC.size], "header")
+    try:
+        d_in, d_out, residual, _, n_layers, omega_0 = r.unpack(_ARCH)
+        if not (1 <= n_layers <= MAX_LAYERS) or residual not in (0, 1) or d_in < 1 or d_out < 1:
+            raise _fail(source, f"bad architecture (n_layers {n_layers}, residual {residual}, d_in {d_in}, d_out {d_out})")
+        widths = list(struct.unpack(f"<{n_layers}I", r.take(4 * n_layers)))
+        if min(widths) < 1 or max(widths) > MAX_DIM:
+            raise _fail(source, f"bad layer widths {widths}")
+        vol = r.unpack(_VOLUME)
+        (name_len,) = struct.unpack("<B", r.take(1))
+        dtype_name = bytes(r.take(name_len)).decode("ascii", errors="replace")
+        bits, cb_dt, bias_mode, q_first_last, raw_dt, comp, passes = r.unpack(_SETTINGS)
+        n_tensors, stored_size, raw_size, payload_crc = r.unpack(_PAYLOAD)
+    except _Short as exc:
+        raise _fail(source, f"header/payload mismatch: {exc}") from None
+    if r.pos != len(r.data):
+        raise _fail(source, f"header/payload mismatch: {len(r.data) - r.pos} unexplained header bytes")
+    if not (1 <= bits <= 16) or cb_dt >= len(DTYPES) or bias_mode >= len(BIAS_MODES) or raw_dt >= len(DTYPES) \
+            or comp >= len(COMPRESSIONS) or q_first_last not in (0, 1):
+        raise _fail(source, "bad quantization settings in header")
+    arch = Architecture(widths=widths, residual=bool(residual), d_in=d_in, d_out=d_out, omega_0=omega_0)
+    shapes = arch.linear_shapes()
+    if n_tensors != 2 * len(shapes):
+        raise _fail(source, f"header/payload mismatch: {n_tensors} tensors stored, the architecture has {2 * len(shapes)}")
+    shape = tuple(int(n) for n in vol[0:3])
+    if min(shape) < 1:
+        raise _fail(source, f"bad volume shape {shape}")
+    volume = VolumeInfo(shape=shape, spacing=tuple(vol[3:6]), origin=tuple(vol[6:9]), vmin=vol[9], vmax=vol[10],
+                        source_dtype=dtype_name)
+    settings = QuantSettings(bits=bits, codebook_dtype=DTYPES[cb_dt], bias=BIAS_MODES[bias_mode],
+                             quantize_first_last=bool(q_first_last), raw_dtype=DTYPES[raw_dt],
+                             compression=COMPRESSIONS[comp], finetune_passes=float(passes))
+
+    expected = header_size + stored_size
+    if size < expected:
+        raise _fail(source, f"truncated file ({size} bytes, header announces {expected})")
+    if size > expected:
+        raise _fail(source, f"header/payload mismatch: {size - expected} bytes after the announced end of the payload")
+    stored = data[header_size:]
+    if zlib.crc32(stored) != payload_crc:
+        raise _fail(source, "payload checksum mismatch (file corrupted)")
+    try:
+        raw = decompress(stored, settings.compression, raw_size)
+    except ImportError:
+        raise InputError(f"{source}: payload is {settings.compression}-compressed but the "
+                         f"'zstandard' package is not installed (pip install zstandard)") from None
+    except Exception as exc:  # corrupt stream that still matched its CRC (e.g. a buggy writer)
+        raise _fail(source, f"cannot decompress the {settings.compression} payload ({exc})") from None
+    if len(raw) != raw_size:
+        raise _fail(source, f"header/payload mismatch: payload decodes to {len(raw)} bytes, header says {raw_size}")
+
+    p = _Reader(raw, "payload")
+    tensors = []
+    try:
+        for i, (out_f, in_f) in enumerate(shapes):
+            w = _decode_tensor(p, out_f * in_f, f"layer {i} weight", source)
+            b = _decode_tensor(p, out_f, f"layer {i} bias", source)
+            tensors.append((w, b))
+    except _Short as exc:
+        raise _fail(source, f"header/payload mismatch: {exc}") from None
+    if p.pos != len(raw):
+        raise _fail(source, f"header/payload mismatch: {len(raw) - p.pos} payload bytes left after the last layer")
+    return CompressedNetwork(arch=arch, volume=volume, settings=settings, tensors=tensors)
+
+
+def _decode_tensor(p: _Reader, expected_count: int, what: str, source: str) -> TensorCode:
+    kind, dt, bits, layout, count, k = p.unpack(_TENSOR)
+    if count != expected_count:
+        raise _fail(source, f"header/payload mismatch: {what} holds {count} values, the architecture needs {expected_count}")
+    if dt >= len(DTYPES) or layout >= len(LAYOUTS) or kind not in (KIND_RAW, KIND_CODEBOOK):
+        raise _fail(source, f"bad record for {what}")
+    dtype = DTYPES[dt]
+    np_dt = np.dtype(dtype).newbyteorder("<")
+    if kind == KIND_RAW:
+        if bits != 0 or k != 0 or layout != 0:
+            raise _fail(source, f"bad record for {what}")
+        values = np.frombuffer(p.take(count * np_dt.itemsize), dtype=np_dt).astype(np.float32)
+        return TensorCode("raw", dtype, values)
+    if not (1 <= bits <= 16) or not (1 <= k <= (1 << bits)):
+        raise _fail(source, f"bad codebook record for {what} ({k} centroids, {bits}-bit indices)")
+    codebook = np.frombuffer(p.take(k * np_dt.itemsize), dtype=np_dt).astype(np.float32)
+    if layout == 1 and bits <= 8 and k > 256:
+        raise _fail(source, f"bad codebook record for {what}")
+    indices = indices_from(p.take(index_size(count, bits, LAYOUTS[layout])), count, bits, LAYOUTS[layout])
+    if count and int(indices.max()) >= k:
+        raise _fail(source, f"header/payload mismatch: {what} has an index past its {k}-entry codebook")
+    return TensorCode("codebook", dtype, codebook, indices, bits, LAYOUTS[layout])
