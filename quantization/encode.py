@@ -66,6 +66,21 @@ def raw_tensor(values: np.ndarray, dtype: str) -> TensorCode:
     return TensorCode("raw", dt, v)
 
 
+def frequency_order(code: TensorCode) -> TensorCode:
+    """Renumber a codebook so index 0 is the most used centroid (ties keep value order).
+
+    Decoding is unaffected (weights are codebook[indices] either way), but small indices become
+    the common ones, which is what an entropy coder of the byte planes can exploit.
+    """
+    if code.kind != "codebook":
+        return code
+    counts = np.bincount(code.indices.astype(np.int64), minlength=code.values.size)
+    order = np.argsort(-counts, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return replace(code, values=code.values[order], indices=rank[code.indices.astype(np.int64)].astype(np.uint16))
+
+
 def quantize_tensor(values: np.ndarray, bits: int, codebook_dtype: str = "float16",
                     max_iters: int = MAX_ITERS) -> TensorCode:
     """k-means ``values`` (flattened) to 2**bits centroids stored as ``codebook_dtype``.
@@ -81,12 +96,12 @@ def quantize_tensor(values: np.ndarray, bits: int, codebook_dtype: str = "float1
         b = max(1, math.ceil(math.log2(k))) if k > 1 else 1
         if flat.size * 4 <= k * 4 + packed_size(flat.size, b):
             return TensorCode("raw", "float32", flat.copy())
-        return TensorCode("codebook", "float32", res.codebook, res.indices.reshape(-1), b)
+        return frequency_order(TensorCode("codebook", "float32", res.codebook, res.indices.reshape(-1), b))
     codebook, dt = _round_to(res.codebook, codebook_dtype)
     indices = res.indices.reshape(-1)
     if dt == "float16":  # rounding can move a centroid; re-assign to the nearest stored value
         indices = assign(flat, codebook).astype(np.uint16)
-    return TensorCode("codebook", dt, codebook, indices, int(bits))
+    return frequency_order(TensorCode("codebook", dt, codebook, indices, int(bits)))
 
 
 def quantize_network(model: Neurcomp, volume_info: VolumeInfo, bits: int,
@@ -114,23 +129,31 @@ def quantize_network(model: Neurcomp, volume_info: VolumeInfo, bits: int,
     return CompressedNetwork(arch=model.arch, volume=volume_info, settings=settings, tensors=tensors)
 
 
+def with_compression(net: CompressedNetwork, method: str) -> CompressedNetwork:
+    """``net`` set up for payload coding ``method``: byte-plane indices when entropy coded
+    (byte-aligned symbols for the compressor's literal coder), bit-packed when stored plainly."""
+    layout = "packed" if method == "none" else "planes"
+    tensors = [tuple(replace(t, layout=layout) if t.kind == "codebook" else t for t in pair) for pair in net.tensors]
+    return replace(net, tensors=tensors, settings=replace(net.settings, compression=method))
+
+
 def choose_compression(net: CompressedNetwork, level: int | None = None) -> str:
     """The payload coding giving the smallest file among none, zstd and lzma."""
-    raw = raw_payload(net)
-    sizes = {"none": len(raw)}
-    for method in ("zstd", "lzma"):
+    sizes = {}
+    for method in COMPRESSIONS:
         try:
-            sizes[method] = len(compress(raw, method, level if method == "zstd" else None))
-        except ImportError:
+            sizes[method] = len(compress(raw_payload(with_compression(net, method)), method, level))
+        except ImportError:  # zstandard not installed
             continue
     return min(sizes, key=lambda m: (sizes[m], COMPRESSIONS.index(m)))
 
 
 def encode_network(net: CompressedNetwork, level: int | None = None) -> bytes:
     """Serialise; a ``compression`` of "auto" is resolved to the smallest coding first."""
-    if net.settings.compression == "auto":
-        net = replace(net, settings=replace(net.settings, compression=choose_compression(net, level)))
-    return serialize(net, level)
+    method = net.settings.compression
+    if method == "auto":
+        method = choose_compression(net, level)
+    return serialize(with_compression(net, method), level)
 
 
 def encode_model(model: Neurcomp, volume_info: VolumeInfo, bits: int, options: EncoderOptions | None = None) -> bytes:

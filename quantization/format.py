@@ -129,6 +129,11 @@ def _encode_tensor(t: TensorCode) -> bytes:
     return head + t.values.astype(dt).tobytes() + index_bytes(t.indices, t.bits, t.layout)
 
 
+# raw LZMA2 stream (no container); no literal context bits: indices are close to independent
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "lc": 0, "lp": 0, "pb": 0,
+                  "dict_size": 1 << 24}]
+
+
 def compress(raw: bytes, method: str, level: int | None = None) -> bytes:
     if method == "none":
         return raw
@@ -136,7 +141,7 @@ def compress(raw: bytes, method: str, level: int | None = None) -> bytes:
         import zstandard
         return zstandard.ZstdCompressor(level=19 if level is None else level).compress(raw)
     if method == "lzma":
-        return lzma.compress(raw, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}])
+        return lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
     raise ValueError(f"unknown compression {method!r}")
 
 
@@ -147,7 +152,7 @@ def decompress(stored: bytes, method: str, raw_size: int) -> bytes:
         import zstandard
         return zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_size)
     if method == "lzma":
-        return lzma.decompress(stored, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
+        return lzma.decompress(stored, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
     raise ValueError(f"unknown compression {method!r}")
 
 
@@ -314,8 +319,6 @@ def _decode_tensor(p: _Reader, expected_count: int, what: str, source: str) -> T
     if not (1 <= bits <= 16) or not (1 <= k <= (1 << bits)):
         raise _fail(source, f"bad codebook record for {what} ({k} centroids, {bits}-bit indices)")
     codebook = np.frombuffer(p.take(k * np_dt.itemsize), dtype=np_dt).astype(np.float32)
-    if layout == 1 and bits <= 8 and k > 256:
-        raise _fail(source, f"bad codebook record for {what}")
     indices = indices_from(p.take(index_size(count, bits, LAYOUTS[layout])), count, bits, LAYOUTS[layout])
     if count and int(indices.max()) >= k:
         raise _fail(source, f"header/payload mismatch: {what} has an index past its {k}-entry codebook")

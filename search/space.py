@@ -312,7 +312,7 @@ def check_against_config(space: SearchSpace, base_config: str, parser_factory=No
     try:
         parse_config(base + fixed_args, parser_factory())
     except ConfigError as exc:
-        raise ConfigError(f"search space {space.path}: a fixed value is rejected: {_strip_source(exc)}") from None
+        raise ConfigError(f"search space {space.path}: a fixed value is rejected: {_strip_source(exc, str(base_config))}") from None
     for p in space.parameters:
         values = p.bounds if p.type == "range" else p.values
         for v in values:
@@ -320,9 +320,13 @@ def check_against_config(space: SearchSpace, base_config: str, parser_factory=No
                 parse_config(base + fixed_args + overrides({p.name: v}), parser_factory())
             except ConfigError as exc:
                 raise ConfigError(f"search space {space.path}: parameter {p.name!r} value {format_value(v)} "
-                                  f"is rejected: {_strip_source(exc)}") from None
+                                  f"is rejected: {_strip_source(exc, str(base_config))}") from None
 
 
-def _strip_source(exc: ConfigError) -> str:
+def _strip_source(exc: ConfigError, base_config: str) -> str:
+    """The option's complaint without its source: the value came from the space, not from the file."""
     msg = str(exc)
-    return msg.split(": ", 1)[1] if msg.startswith("command line: ") else msg
+    for source in ("command line: ", f"{base_config}: "):
+        if msg.startswith(source):
+            return msg[len(source):]
+    return msg
