@@ -25,7 +25,6 @@ import math
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from config.errors import ConfigError, NeurcompError
@@ -63,7 +62,7 @@ def build_search_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["bayesian", "random"], default="bayesian",
                    help="bayesian: Sobol start then Ax's Bayesian optimisation; random: quasi-random Sobol only")
     p.add_argument("--init_trials", type=int, default=None,
-                   help="quasi-random trials before the Bayesian phase (default: Ax's, 5)")
+                   help="quasi-random trials before the Bayesian phase (None: Ax's default, 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of Ax's quasi-random and Bayesian generation")
     p.add_argument("--trial_timeout", type=float, default=0, help="fail a trial after this many seconds (0: no limit)")
     p.add_argument("--ratio_buckets", default=",".join(map(str, DEFAULT_BUCKETS)),
@@ -97,17 +96,24 @@ def _check_args(args) -> list[float]:
     return buckets
 
 
-def _import_ax():
+def _import_ax(verbose: bool = False):
+    if not verbose:  # Ax announces its SQL storage at import time, before its log level can be set
+        logging.getLogger("ax.storage.sqa_store.with_db_settings_base").addFilter(
+            lambda record: record.levelno >= logging.WARNING)
     try:
         from ax.api.client import Client
     except ImportError as exc:
-        raise SearchError(f"the search needs Ax (ax-platform), which is not installed ({exc}): {INSTALL_HINT}") from None
+        raise SearchError(f"the search needs Ax (ax-platform), which is not installed ({exc}): "
+                          f"{INSTALL_HINT}") from None
     return Client
 
 
 def _quiet_ax(verbose: bool) -> None:
     if verbose:
         return
+    import warnings
+
+    warnings.filterwarnings("ignore", module=r"(ax|botorch|gpytorch|linear_operator)(\.|$)")
     try:
         from ax.utils.common.logger import ROOT_STREAM_HANDLER
 
@@ -351,8 +357,14 @@ def write_pareto_png(path: Path, records: dict[int, dict], front: list[int], thr
         ax.axvline(thresholds["compression_ratio"], ls="--", c="tab:blue", lw=1, label="ratio threshold")
     if "psnr" in thresholds:
         ax.axhline(thresholds["psnr"], ls="--", c="tab:green", lw=1, label="PSNR threshold")
-    if completed and min(r["compression_ratio"] for r in completed.values()) > 0:
+    ratios = [r["compression_ratio"] for r in completed.values()]
+    if ratios and min(ratios) > 0:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain if max(ratios) < 10 * min(ratios) else NullFormatter())
     ax.set_xlabel("compression ratio (voxels / parameters)")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(title, fontsize=10)
@@ -400,7 +412,8 @@ def write_best_configs(folder: Path, records: dict[int, dict], buckets: list[flo
     return written
 
 
-def write_outputs(client, state: SearchState, space: SearchSpace, out: Path, args, buckets) -> tuple[list[int], list[Path]]:
+def write_outputs(client, state: SearchState, space: SearchSpace, out: Path, args,
+                  buckets) -> tuple[list[int], list[Path]]:
     records = state.records
     thresholds = {}
     if args.min_psnr is not None:
@@ -457,7 +470,7 @@ def run_search(args) -> dict:
     space = load_search_space(args.search_space)
     check_against_config(space, args.config)
     base_cfg = parse_config(["--config", args.config])
-    Client = _import_ax()
+    Client = _import_ax(args.verbose)
     _quiet_ax(args.verbose)
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -504,8 +517,8 @@ def run_search(args) -> dict:
     _save(client, state, out)
     done = len(state.records)
     if resumed:
-        print(f"resuming the search in {out}: {done} trials done" + (f", {len(pending)} to run again" if pending else ""),
-              file=sys.stderr)
+        again = f", {len(pending)} to run again" if pending else ""
+        print(f"resuming the search in {out}: {done} trials done{again}", file=sys.stderr)
 
     from tqdm import tqdm
 
@@ -552,13 +565,14 @@ def run_search(args) -> dict:
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        runner.stop_all()
-        _save(client, state, out)
         print(f"\nsearch stopped; run the same command again to resume it (state in {out / AX_STATE})",
               file=sys.stderr)
         raise
     finally:
         bar.close()
+        if runner.running:  # stopped or crashed: interrupted trials stay RUNNING in Ax and run again on resume
+            runner.stop_all()
+            _save(client, state, out)
         if tracking:
             records = state.records
             failed = sum(r["status"] == "failed" for r in records.values())

@@ -312,7 +312,8 @@ def check_against_config(space: SearchSpace, base_config: str, parser_factory=No
     try:
         parse_config(base + fixed_args, parser_factory())
     except ConfigError as exc:
-        raise ConfigError(f"search space {space.path}: a fixed value is rejected: {_strip_source(exc, str(base_config))}") from None
+        raise ConfigError(f"search space {space.path}: a fixed value is rejected: "
+                          f"{_strip_source(exc, str(base_config))}") from None
     for p in space.parameters:
         values = p.bounds if p.type == "range" else p.values
         for v in values:

@@ -78,8 +78,15 @@ def test_choice_fixed_and_overrides(tmp_path):
     assert space.fixed == {"lr": 1e-4}
     assert overrides({"use_resnet": False, "variational_sigma": -2.5, "n_layers": 3}) == [
         "--use_resnet=false", "--variational_sigma=-2.5", "--n_layers=3"]
-    ax_params = space.ax_parameters()
-    assert [a.name for a in ax_params] == ["use_resnet", "omega_0", "variational_sigma"]
+
+
+@pytest.mark.slow  # imports Ax (~10 s)
+def test_space_as_ax_parameters():
+    params = {a.name: a for a in load_search_space(SPACES / "smallify.json").ax_parameters()}
+    assert set(params) == {"n_layers", "features_per_layer", "lambda_betas", "lambda_weights", "pruning_momentum",
+                           "pruning_threshold"}  # the fixed dropout_technique is passed to trials, not to Ax
+    assert params["n_layers"].parameter_type == "int" and params["n_layers"].bounds == (2, 6)
+    assert params["lambda_betas"].scaling == "log" and params["pruning_threshold"].scaling == "linear"
 
 
 @pytest.mark.parametrize("doc, message", [
@@ -194,22 +201,27 @@ if width == 14:
 def test_runner_results_failures_and_timeout(tmp_path):
     script = tmp_path / "fake_training.py"
     script.write_text(FAKE_TRAINING)
-    runner = TrialRunner("base.txt", tmp_path / "trials", fixed={"lr": 1e-4}, parallel=3, timeout_s=5,
-                         script=script, gpus=["0", "1"])
+    runner = TrialRunner("base.txt", tmp_path / "trials", fixed={"lr": 1e-4}, parallel=2, script=script,
+                         gpus=["0", "1"])
     assert runner.command(7, {"features_per_layer": 9})[2:] == [
         "--config", "base.txt", "--lr=0.0001", "--features_per_layer=9", f"--basedir={tmp_path / 'trials'}",
         "--expname=trial_7"]
-    for i, width in enumerate((12, 13, 14)):
+    for i, width in enumerate((12, 13)):
         runner.start(i, {"features_per_layer": width})
-    assert sorted(r.device for r in runner.running.values()) == ["0", "0", "1"]  # spread over the GPUs
+    assert sorted(r.device for r in runner.running.values()) == ["0", "1"]  # one GPU each
     results = {}
     while runner.running:
-        results.update({r.index: r for r in runner.wait_any(interval=0.1)})
+        results.update({r.index: r for r in runner.wait_any(interval=0.05)})
     assert results[0].status == "completed" and results[0].psnr == 32.0 and results[0].num_parameters == 120
+    assert results[0].device == "cuda:0"
     assert results[1].status == "failed" and results[1].error == "exit code 2: error: data.npy: something went wrong"
-    assert results[2].status == "failed" and "timed out" in results[2].error
     assert (tmp_path / "trials" / "trial_1" / "train.log").is_file()
     assert failure_reason(tmp_path / "missing.log", 1) == "exit code 1: no output"
+
+    slow = TrialRunner("base.txt", tmp_path / "trials", parallel=1, timeout_s=0.5, script=script)
+    slow.start(2, {"features_per_layer": 14})
+    (result,) = slow.wait_any(interval=0.05)
+    assert result.status == "failed" and result.error == "timed out after 0.5 s" and not slow.running
 
 
 # ---------------------------------------------------------------- whole searches (real training)
@@ -294,3 +306,32 @@ def test_failed_trials_are_recorded_and_do_not_stop_the_search(tiny):
 
     client = Client.load_from_json_file(str(out / "ax_state.json"))
     assert [t.status.name for t in client._experiment.trials.values()] == ["FAILED", "FAILED"]
+
+
+@pytest.mark.slow
+def test_resume_runs_an_interrupted_trial_again(tiny, monkeypatch):
+    import search.runner
+    from ax.api.client import Client
+
+    tmp_path, base = tiny
+    base.write_text(base.read_text().replace("tracking = mlflow", "tracking = none"))
+    script = tmp_path / "fake_training.py"
+    script.write_text(FAKE_TRAINING)
+    monkeypatch.setattr(search.runner, "TRAINING_SCRIPT", script)  # instant trials
+    space = write_json(tmp_path / "space.json", {"parameters": [
+        {"name": "features_per_layer", "type": "range", "bounds": [15, 40]}]})
+    out = tmp_path / "search"
+    argv = ["--config", base, "--search_space", space, "--output_dir", out, "--method", "random"]
+    run_search(argv + ["--trials", 2])
+    # A search stopped while trial 2 trained: Ax has it RUNNING, search.json has no result for it.
+    client = Client.load_from_json_file(str(out / "ax_state.json"))
+    (params,) = client.get_next_trials(max_trials=1).values()
+    client.save_to_json_file(str(out / "ax_state.json"))
+    (out / "trials" / "trial_2").mkdir(parents=True)
+    (out / "trials" / "trial_2" / "stale.txt").write_text("left by the stopped run")
+
+    run_search(argv + ["--trials", 3])
+    rows = read_csv(out / "trials.csv")
+    assert [r["trial"] for r in rows] == ["0", "1", "2"] and all(r["status"] == "completed" for r in rows)
+    assert int(rows[2]["features_per_layer"]) == params["features_per_layer"]  # the same settings, run again
+    assert not (out / "trials" / "trial_2" / "stale.txt").exists()
