@@ -33,9 +33,9 @@ class EncoderOptions:
 
     codebook_dtype: str = "float16"  # centroids: float16 or float32
     bias: str = "float16"  # biases: float32, float16 or quantized (own k-means codebook, same bits)
-    quantize_first_last: bool = True  # k-means the first and last layers too (else raw, raw_dtype)
-    raw_dtype: str = "float32"  # dtype of unquantized first/last layer weights
-    compression: str = "zstd"  # payload entropy coding: zstd, lzma, none, or auto (smallest of the three)
+    quantize_first_last: bool = False  # k-means the first and last layers too (else raw, raw_dtype)
+    raw_dtype: str = "float16"  # dtype of unquantized first/last layer weights
+    compression: str = "auto"  # payload entropy coding: zstd, lzma, none, or auto (smallest of the three)
     level: int | None = None  # compressor level (zstd default 19)
     max_iters: int = MAX_ITERS  # Lloyd iterations cap
 
@@ -82,15 +82,20 @@ def frequency_order(code: TensorCode) -> TensorCode:
 
 
 def quantize_tensor(values: np.ndarray, bits: int, codebook_dtype: str = "float16",
-                    max_iters: int = MAX_ITERS) -> TensorCode:
+                    max_iters: int = MAX_ITERS, seed: int = 0) -> TensorCode:
     """k-means ``values`` (flattened) to 2**bits centroids stored as ``codebook_dtype``.
 
     With at most 2**bits distinct values the tensor is stored losslessly instead: as raw float32
     or as a float32 codebook of the distinct values with ceil(log2(K))-bit indices, whichever is
-    smaller.
+    smaller. A codebook that would not be smaller than raw float32 (about one weight per centroid,
+    e.g. 16 bits on a 256x256 matrix) is replaced by raw float32 too: smaller and lossless.
     """
     flat = np.asarray(values, dtype=np.float32).reshape(-1)
-    res = kmeans_1d(flat, bits, max_iters)
+    k = 1 << int(bits)
+    if k * np.dtype(codebook_dtype).itemsize + packed_size(flat.size, bits) >= flat.size * 4 \
+            and np.unique(flat).size > k:  # a full codebook cannot beat raw float32: skip k-means
+        return TensorCode("raw", "float32", flat.copy())
+    res = kmeans_1d(flat, bits, max_iters, seed)
     if res.exact:
         k = res.codebook.size
         b = max(1, math.ceil(math.log2(k))) if k > 1 else 1
@@ -98,6 +103,8 @@ def quantize_tensor(values: np.ndarray, bits: int, codebook_dtype: str = "float1
             return TensorCode("raw", "float32", flat.copy())
         return frequency_order(TensorCode("codebook", "float32", res.codebook, res.indices.reshape(-1), b))
     codebook, dt = _round_to(res.codebook, codebook_dtype)
+    if codebook.size * np.dtype(dt).itemsize + packed_size(flat.size, bits) >= flat.size * 4:
+        return TensorCode("raw", "float32", flat.copy())  # about one weight per centroid: raw is smaller and exact
     indices = res.indices.reshape(-1)
     if dt == "float16":  # rounding can move a centroid; re-assign to the nearest stored value
         indices = assign(flat, codebook).astype(np.uint16)
@@ -105,8 +112,10 @@ def quantize_tensor(values: np.ndarray, bits: int, codebook_dtype: str = "float1
 
 
 def quantize_network(model: Neurcomp, volume_info: VolumeInfo, bits: int,
-                     options: EncoderOptions | None = None) -> CompressedNetwork:
-    """Quantize every linear layer of ``model`` as ``options`` says (nothing is written)."""
+                     options: EncoderOptions | None = None, seed: int = 0) -> CompressedNetwork:
+    """Quantize every linear layer of ``model`` as ``options`` says (nothing is written).
+
+    Deterministic given ``seed`` (used only by k-means' k-means++ start)."""
     opts = (options or EncoderOptions()).validate()
     if not 1 <= int(bits) <= 16:
         raise ValueError(f"bits must be in 1..16, got {bits}")
@@ -119,8 +128,8 @@ def quantize_network(model: Neurcomp, volume_info: VolumeInfo, bits: int,
         if edge and not opts.quantize_first_last:
             wt = raw_tensor(w, opts.raw_dtype)
         else:
-            wt = quantize_tensor(w, bits, opts.codebook_dtype, opts.max_iters)
-        bt = quantize_tensor(b, bits, opts.codebook_dtype, opts.max_iters) if opts.bias == "quantized" \
+            wt = quantize_tensor(w, bits, opts.codebook_dtype, opts.max_iters, seed + 2 * i)
+        bt = quantize_tensor(b, bits, opts.codebook_dtype, opts.max_iters, seed + 2 * i + 1) if opts.bias == "quantized" \
             else raw_tensor(b, opts.bias)
         tensors.append((wt, bt))
     settings = QuantSettings(bits=int(bits), codebook_dtype=opts.codebook_dtype, bias=opts.bias,
@@ -237,17 +246,21 @@ def finetune_codebooks(model: Neurcomp, assignments: CompressedNetwork, sampler,
     for (o, i), (w, b) in zip(shapes, assignments.tensors):
         coded.append(_CodedTensor(w, (o, i), device))
         coded.append(_CodedTensor(b, (o,), device))
-    names = [n for n, m in work.named_modules() if isinstance(m, nn.Linear)]
+    # the network's weights become plain tensors recomputed from the codebooks at every step
+    # (cheaper than torch.func.functional_call, whose first use imports the compiler stack)
+    shadow = Neurcomp(assignments.arch).to(device)
+    linears = shadow.linears()
+    for lin in linears:
+        del lin.weight, lin.bias
     steps = max(1, math.ceil(passes * num_voxels / points_per_step - 1e-9)) if passes > 0 else 0
     opt = torch.optim.Adam(coded.parameters(), lr=lr)
-    work.train()
+    shadow.train()
     for _ in range(steps):
-        params = {}
-        for k, name in enumerate(names):
-            params[f"{name}.weight"] = coded[2 * k]()
-            params[f"{name}.bias"] = coded[2 * k + 1]()
+        for k, lin in enumerate(linears):
+            lin.weight = coded[2 * k]()
+            lin.bias = coded[2 * k + 1]()
         coords, targets, _ = sampler.sample(points_per_step)
-        pred = torch.func.functional_call(work, params, (coords,))
+        pred = shadow(coords)
         loss = torch.mean((pred - targets) ** 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()

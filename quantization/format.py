@@ -49,7 +49,7 @@ class QuantSettings:
     bias: str = "float16"
     quantize_first_last: bool = True
     raw_dtype: str = "float32"
-    compression: str = "zstd"
+    compression: str = "none"
     finetune_passes: float = 0.0
 
 

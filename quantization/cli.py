@@ -1,0 +1,226 @@
+"""The logic of NeurcompQuantization.py and NeurcompDequantization.py.
+
+Both parse with the shared option definition (``config.options.build_parser``) plus their own
+group, so the data options (``--data_key``, ``--raw_shape`` ...) and ``--quant_bits`` mean the same
+everywhere. User errors are ``ConfigError``/``InputError``; the scripts run these functions under
+``config.cli.run_cli``, which prints them as one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config.errors import ConfigError, InputError
+from config.options import build_parser, config_from_namespace, parse_namespace
+
+CHECKPOINT_NAME = "checkpoint.pt"
+DEFAULT_SUFFIX = ".ncq"
+
+
+def _bool(value: str) -> bool:
+    v = str(value).strip().lower()
+    if v in ("true", "yes", "on", "1"):
+        return True
+    if v in ("false", "no", "off", "0"):
+        return False
+    import argparse
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_quantization_arguments(parser):
+    """NeurcompQuantization.py's own options (``--quant_bits`` is in the shared parser)."""
+    from quantization.encode import EncoderOptions
+
+    d = EncoderOptions()
+    g = parser.add_argument_group("compressed file")
+    g.add_argument("--filename", default="",
+                   help=f"compressed file name, written into the experiment folder (default: <expname>_<bits>bit{DEFAULT_SUFFIX})")
+    g.add_argument("--output", default="", help="write the compressed file here instead (a path; overrides --filename)")
+    g.add_argument("--finetune_passes", type=float, default=0.0,
+                   help="quantization-aware fine-tuning of the centroids (assignments fixed) and biases, in passes over the volume; needs --data")
+    g.add_argument("--finetune_lr", type=float, default=1e-5, help="Adam learning rate of the fine-tuning")
+    g.add_argument("--codebook_dtype", default=d.codebook_dtype, choices=["float16", "float32"], help="storage of the centroids")
+    g.add_argument("--bias_format", default=d.bias, choices=["float16", "float32", "quantized"], help="storage of the biases")
+    g.add_argument("--quantize_first_last", type=_bool, default=d.quantize_first_last,
+                   help="k-means the first and last layers too (false: store them raw as --first_last_dtype)")
+    g.add_argument("--first_last_dtype", default=d.raw_dtype, choices=["float16", "float32"],
+                   help="storage of the first/last layers when --quantize_first_last is false")
+    g.add_argument("--entropy_coder", default=d.compression, choices=["auto", "lzma", "zstd", "none"],
+                   help="payload coding; auto keeps the smallest of lzma, zstd and none")
+    g.add_argument("--kmeans_seed", type=int, default=0, help="seed of the k-means++ start (k-means is deterministic given it)")
+    return parser
+
+
+def add_dequantization_arguments(parser):
+    g = parser.add_argument_group("decompression")
+    g.add_argument("--compressed_file", required=True, help="file written by NeurcompQuantization.py")
+    g.add_argument("--volume", default="", help="ground-truth volume: print PSNR, RMSE, MAE, max abs error (read with --data_key, --raw_shape ...)")
+    g.add_argument("--decompressed_file", default="",
+                   help="reconstruction to write: .vti, .npy, .raw or .cvol by its suffix (default: <compressed_file>.vti)")
+    g.add_argument("--metrics_json", default="", help="also write the metrics as JSON here (needs --volume)")
+    return parser
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = cuda was requested but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+def _read_volume(path, cfg):
+    from data.readers import read_volume
+
+    d = cfg.data
+    return read_volume(path, data_key=d.data_key or None, raw_shape=d.raw_shape, raw_dtype=d.raw_dtype or None,
+                       channel=d.channel)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _human(n: int) -> str:
+    return f"{n} bytes ({n / 1000:.1f} KB)"
+
+
+def quantize_main(argv=None, parser=None) -> dict:
+    """Quantize ``<experiment_dir>/checkpoint.pt`` into a compressed file; returns a summary dict."""
+    from quantization.encode import EncoderOptions, encode_network, finetune_codebooks, quantize_network
+    from training.checkpoint import load_model
+
+    if parser is None:
+        parser = add_quantization_arguments(build_parser("Quantize a trained Neurcomp network into a compressed file"))
+    ns = parse_namespace(parser, argv)
+    cfg = config_from_namespace(ns)
+    src = cfg.source
+    if ns.finetune_passes < 0:
+        raise ConfigError(f"{src}: finetune_passes = {ns.finetune_passes!r} is invalid: must be >= 0")
+    if not ns.finetune_lr > 0:
+        raise ConfigError(f"{src}: finetune_lr = {ns.finetune_lr!r} is invalid: must be > 0")
+    bits = cfg.quant_bits
+    checkpoint = cfg.experiment_dir / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: checkpoint not found (train the experiment first, or check --basedir/--expname)")
+    t0 = time.perf_counter()
+    model, info, _ = load_model(checkpoint)
+    options = EncoderOptions(codebook_dtype=ns.codebook_dtype, bias=ns.bias_format,
+                             quantize_first_last=ns.quantize_first_last, raw_dtype=ns.first_last_dtype,
+                             compression=ns.entropy_coder)
+    net = quantize_network(model, info, bits, options, seed=ns.kmeans_seed)
+    finetune = None
+    if ns.finetune_passes > 0:
+        from training.sampler import VolumeSampler
+
+        volume = _read_volume(cfg.data.path, cfg)
+        if tuple(volume.shape) != tuple(info.shape):
+            raise InputError(f"{cfg.data.path}: volume shape {volume.shape} (Z, Y, X) differs from the "
+                             f"checkpoint's {tuple(info.shape)}; fine-tune on the volume the network was trained on")
+        device = _device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        sampler = VolumeSampler(volume.normalized(), device, seed=cfg.seed)
+        finetune = finetune_codebooks(model, net, sampler, ns.finetune_passes, lr=ns.finetune_lr,
+                                      points_per_step=cfg.optim.points_per_step)
+    data = encode_network(net)
+    seconds = time.perf_counter() - t0
+
+    if ns.output:
+        out = Path(ns.output)
+    else:
+        out = cfg.experiment_dir / (ns.filename or f"{cfg.expname}_{bits}bit{DEFAULT_SUFFIX}")
+    _atomic_write_bytes(out, data)
+    num_voxels = info.num_voxels
+    itemsize = _itemsize(info.source_dtype)
+    summary = {"file": str(out), "file_bytes": len(data), "bits": bits,
+               "compression_ratio": num_voxels * 4 / len(data),
+               "compression_ratio_vs_source_dtype": num_voxels * itemsize / len(data),
+               "source_dtype": info.source_dtype, "seconds": seconds,
+               "entropy_coder": _stored_compression(data), "finetune": finetune}
+    print(f"wrote {out}: {_human(len(data))}, {bits}-bit indices, payload coding {summary['entropy_coder']}")
+    print(f"compression ratio {summary['compression_ratio']:.1f} (vs {num_voxels} float32 voxels), "
+          f"{summary['compression_ratio_vs_source_dtype']:.1f} vs the original {info.source_dtype} volume")
+    print(f"time {seconds:.2f} s")
+    return summary
+
+
+def _itemsize(dtype_name: str) -> int:
+    try:
+        return np.dtype(dtype_name).itemsize
+    except TypeError:
+        return 4
+
+
+def _stored_compression(data: bytes) -> str:
+    from quantization.format import parse
+
+    return parse(data).settings.compression
+
+
+def dequantize_main(argv=None, parser=None) -> dict:
+    """Decode a compressed file, reconstruct the volume, write it, and compare with ground truth."""
+    from data.metrics import volume_metrics
+    from data.writers import write_volume, write_vti
+    from quantization.decode import decode_file
+    from training.inference import predict_volume
+
+    if parser is None:
+        parser = add_dequantization_arguments(build_parser("Decode a compressed Neurcomp file into a volume"))
+    ns = parse_namespace(parser, argv)
+    cfg = config_from_namespace(ns)
+    if ns.metrics_json and not ns.volume:
+        raise ConfigError("command line: --metrics_json needs --volume (the ground truth to compare with)")
+    path = Path(ns.compressed_file)
+    t0 = time.perf_counter()
+    model, info, meta = decode_file(path)
+    t_decode = time.perf_counter() - t0
+    ground_truth = None
+    if ns.volume:  # read before the (possibly long) inference, so a bad path fails fast
+        ground_truth = _read_volume(ns.volume, cfg)
+        if tuple(ground_truth.shape) != tuple(info.shape):
+            raise InputError(f"{ns.volume}: volume shape {ground_truth.shape} (Z, Y, X) differs from the "
+                             f"compressed network's {tuple(info.shape)}")
+    device = _device(cfg.device)
+    model = model.to(device)
+    t1 = time.perf_counter()
+    prediction = predict_volume(model, info.shape, info, device=device)
+    t_infer = time.perf_counter() - t1
+    out = Path(ns.decompressed_file) if ns.decompressed_file else path.with_suffix(".vti")
+    if out.suffix.lower() == ".vti":
+        write_vti(out, prediction, info.spacing, info.origin)
+    else:
+        write_volume(out, prediction, info.spacing)
+    file_bytes = meta["file_bytes"]
+    ratio = info.num_voxels * 4 / file_bytes
+    print(f"decoded {path}: {_human(file_bytes)} in {t_decode:.3f} s; reconstructed {tuple(info.shape)[::-1]} "
+          f"(X, Y, Z) in {t_infer:.2f} s -> {out}")
+    result = {"file_bytes": file_bytes, "compression_ratio": ratio,
+              "compression_ratio_vs_source_dtype": info.num_voxels * _itemsize(info.source_dtype) / file_bytes,
+              "decode_seconds": t_decode, "inference_seconds": t_infer, "output": str(out)}
+    if ground_truth is not None:
+        m = volume_metrics(ground_truth.values, prediction)
+        result.update(psnr=m["psnr"], rmse=m["rmse"], mae=m["mae"], max_abs_error=m["max_abs_error"])
+        print(f"PSNR {m['psnr']:.3f} dB, RMSE {m['rmse']:.6g}, MAE {m['mae']:.6g}, max abs error {m['max_abs_error']:.6g}")
+    print(f"compression ratio {ratio:.1f} (vs float32), {result['compression_ratio_vs_source_dtype']:.1f} "
+          f"vs the original {info.source_dtype} volume")
+    if ns.metrics_json:
+        keys = ("psnr", "rmse", "mae", "max_abs_error", "compression_ratio", "file_bytes")
+        payload = {k: (None if isinstance(result[k], float) and not math.isfinite(result[k]) else result[k]) for k in keys}
+        mpath = Path(ns.metrics_json)
+        mpath.parent.mkdir(parents=True, exist_ok=True)
+        mpath.write_text(json.dumps(payload, indent=2) + "\n")
+    return result

@@ -1,0 +1,123 @@
+"""Land the compressed file on a requested size: ratio = (voxels x 4 bytes) / file bytes.
+
+Two stages:
+  1. Before training, ``architecture_for_file_bytes`` sizes the network from a *prediction* of the
+     file size: header + per tensor (12-byte record, float16 codebook, float16 biases) + weights x
+     ``bits_per_weight`` / 8, where bits_per_weight is what the entropy coder leaves of the B-bit
+     indices (calibrated by ``benchmarks/target_ratio_bench.py`` on trained networks). The shared
+     width is the largest that fits; the residual blocks' inner widths (or the last hidden width of
+     a plain SIREN) then grow one neuron at a time, which moves the size in steps of about 2 w
+     weights, far finer than the 5 % tolerance.
+  2. After training, ``encode_to_size`` encodes at ``bits`` and *measures*; if the file misses the
+     tolerance, it moves single layers to bits - 1 (too large) or bits + 1 (too small), largest
+     layers first, re-measuring each time, so prediction errors are corrected from the real bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from model.architecture import MIN_WIDTH, Architecture
+from quantization.encode import EncoderOptions, encode_network, quantize_network, quantize_tensor
+
+HEADER_BYTES = 160  # fixed header, architecture, volume and settings records, checksums (FORMAT.md)
+TENSOR_RECORD_BYTES = 12
+# bits per weight the entropy coder leaves of B-bit k-means indices, by B (measured, see module doc);
+# B missing from the table: assume 0.93 B
+BITS_PER_WEIGHT = {}
+DEFAULT_CODING_GAIN = 0.93
+
+
+def bits_per_weight(bits: int) -> float:
+    return BITS_PER_WEIGHT.get(int(bits), DEFAULT_CODING_GAIN * bits)
+
+
+def predict_file_bytes(arch: Architecture, bits: int, options: EncoderOptions | None = None) -> float:
+    """Predicted size of the compressed file of a network shaped ``arch`` at ``bits`` bits."""
+    opts = options or EncoderOptions()
+    cb_item = 2 if opts.codebook_dtype == "float16" else 4
+    bias_item = {"float16": 2, "float32": 4}.get(opts.bias, 0)
+    size = HEADER_BYTES + 4 * arch.n_layers
+    shapes = arch.linear_shapes()
+    for k, (o, i) in enumerate(shapes):
+        count = o * i
+        size += 2 * TENSOR_RECORD_BYTES
+        edge = k in (0, len(shapes) - 1)
+        if edge and not opts.quantize_first_last:
+            size += count * (2 if opts.raw_dtype == "float16" else 4)
+        else:
+            size += min(1 << bits, count) * cb_item + count * bits_per_weight(bits) / 8
+        size += o * bias_item if bias_item else min(1 << bits, o) * cb_item + o * bits_per_weight(bits) / 8
+    return size
+
+
+def architecture_for_file_bytes(target_bytes: float, n_layers: int, bits: int, residual: bool = True,
+                                options: EncoderOptions | None = None, d_in: int = 3, d_out: int = 1,
+                                omega_0: float = 30.0, source: str = "config") -> Architecture:
+    """The largest network whose predicted file fits ``target_bytes`` (uneven last widths fill the rest)."""
+    from config.errors import ConfigError
+
+    def arch(widths):
+        return Architecture(widths=list(widths), residual=residual, d_in=d_in, d_out=d_out, omega_0=omega_0)
+
+    def fits(widths) -> bool:
+        return predict_file_bytes(arch(widths), bits, options) <= target_bytes
+
+    if not fits([MIN_WIDTH] * n_layers):
+        smallest = predict_file_bytes(arch([MIN_WIDTH] * n_layers), bits, options)
+        raise ConfigError(f"{source}: target_file_ratio needs a file of {target_bytes:.0f} bytes, but the smallest "
+                          f"network ({n_layers} layers of width {MIN_WIDTH}, {bits} bits) needs about "
+                          f"{smallest:.0f}: lower the ratio or quant_bits")
+    w = MIN_WIDTH
+    while fits([w + 1] * n_layers):
+        w += 1
+    widths = [w] * n_layers
+    # grow what can grow independently, round-robin, while the prediction still fits
+    growable = list(range(1, n_layers)) if residual and n_layers > 1 else [n_layers - 1]
+    grown = True
+    while grown:
+        grown = False
+        for k in growable:
+            trial = list(widths)
+            trial[k] += 1
+            if fits(trial):
+                widths, grown = trial, True
+    return arch(widths)
+
+
+def encode_to_size(model, volume_info, bits: int, target_bytes: float, options: EncoderOptions | None = None,
+                   tolerance: float = 0.05, seed: int = 0) -> tuple[bytes, dict]:
+    """Encode ``model`` so the file's ratio is within ``tolerance`` of the target, if bits allow.
+
+    Returns (file bytes, report with per-layer bits, achieved bytes and whether it is within).
+    """
+    opts = (options or EncoderOptions()).validate()
+    net = quantize_network(model, volume_info, bits, opts, seed)
+    layer_bits = [bits] * len(net.tensors)
+    weights = [lin.weight.detach().cpu().numpy().reshape(-1) for lin in model.linears()]
+    # ratio within tolerance  <=>  bytes within [target / (1 + tol), target / (1 - tol)]
+    lo_bytes, hi_bytes = target_bytes / (1 + tolerance), target_bytes / (1 - tolerance)
+    data = encode_network(net, opts.level)
+    order = sorted(range(len(weights)), key=lambda k: -weights[k].size)
+    edge = {0, len(weights) - 1}
+    for k in order:
+        if lo_bytes <= len(data) <= hi_bytes:
+            break
+        if k in edge and not opts.quantize_first_last:
+            continue
+        step = -1 if len(data) > hi_bytes else 1
+        new_bits = layer_bits[k] + step
+        if not 1 <= new_bits <= 16:
+            continue
+        code = quantize_tensor(weights[k], new_bits, opts.codebook_dtype, opts.max_iters, seed + 2 * k)
+        tensors = list(net.tensors)
+        tensors[k] = (code, tensors[k][1])
+        candidate = replace(net, tensors=tensors)
+        candidate_data = encode_network(candidate, opts.level)
+        overshoot = (step < 0 and len(candidate_data) < lo_bytes) or (step > 0 and len(candidate_data) > hi_bytes)
+        if overshoot and abs(len(candidate_data) - target_bytes) >= abs(len(data) - target_bytes):
+            continue  # this layer is too big a step; a smaller layer may fit
+        net, data, layer_bits[k] = candidate, candidate_data, new_bits
+    report = {"layer_bits": layer_bits, "file_bytes": len(data), "target_bytes": target_bytes,
+              "within_tolerance": bool(lo_bytes <= len(data) <= hi_bytes)}
+    return data, report

@@ -1,0 +1,301 @@
+"""Quantization: k-means, bit packing, the compressed file format, and the two entry scripts."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from config.errors import InputError  # noqa: E402
+from model.architecture import Architecture  # noqa: E402
+from model.neurcomp import Neurcomp  # noqa: E402
+from quantization.bitpack import pack_bits, packed_size, unpack_bits  # noqa: E402
+from quantization.decode import build_model, decode_bytes  # noqa: E402
+from quantization.encode import (EncoderOptions, encode_model, encode_network, finetune_codebooks,  # noqa: E402
+                                 quantize_network)
+from quantization.format import MAGIC, parse  # noqa: E402
+from quantization.kmeans import kmeans_1d  # noqa: E402
+from training.checkpoint import VolumeInfo, save_checkpoint  # noqa: E402
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks: one thread is much faster than two contending ones on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+INFO = VolumeInfo(shape=(9, 10, 11), spacing=(0.5, 1.0, 2.0), vmin=-3.0, vmax=7.5, source_dtype="uint16",
+                  origin=(1.0, 2.0, 3.0))
+
+
+def _model(widths, residual=True, seed=0) -> Neurcomp:
+    torch.manual_seed(seed)
+    return Neurcomp(Architecture(widths=list(widths), residual=residual))
+
+
+def _coords(n=257, seed=1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("bits", range(1, 17))
+def test_bitpack_every_width(bits):
+    rng = np.random.default_rng(bits)
+    for n in (0, 1, 7, 8, 9, 1001):
+        values = rng.integers(0, 1 << bits, n)
+        if n:
+            values[0] = (1 << bits) - 1  # the largest value must survive too
+        data = pack_bits(values, bits)
+        assert len(data) == packed_size(n, bits)
+        assert np.array_equal(unpack_bits(data, n, bits), values)
+
+
+def test_kmeans_deterministic_sorted_and_near_optimal():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=20000).astype(np.float32)
+    a, b = kmeans_1d(w, 4), kmeans_1d(w, 4)
+    assert np.array_equal(a.codebook, b.codebook) and np.array_equal(a.indices, b.indices)
+    assert np.all(np.diff(a.codebook) > 0) and a.codebook.size == 16 and not a.exact
+    # Lloyd-Max optimum for a unit Gaussian at 16 levels: MSE 0.009497
+    assert np.mean((a.dequantize() - w) ** 2) < 0.0097
+    few = np.repeat(np.float32([0.5, -1.25, 3.0]), 5)
+    exact = kmeans_1d(few, 2)
+    assert exact.exact and np.array_equal(exact.dequantize(), few)
+
+
+def _check_round_trip(model, bits, options):
+    net = quantize_network(model, INFO, bits, options)
+    data = encode_network(net)
+    back = parse(data, "mem")
+    assert back.arch == model.arch
+    for (w0, b0), (w1, b1), lin in zip(net.tensors, back.tensors, model.linears()):
+        for t0, t1 in ((w0, w1), (b0, b1)):
+            assert t0.kind == t1.kind and t0.dtype == t1.dtype
+            assert np.array_equal(t0.values, t1.values)  # centroids (or raw values) exact
+            if t0.kind == "codebook":
+                assert t1.bits <= bits and np.array_equal(t0.indices, t1.indices)  # indices exact
+    decoded, info, meta = decode_bytes(data, "mem")
+    assert info.shape == INFO.shape and info.spacing == INFO.spacing and info.origin == INFO.origin
+    assert (info.vmin, info.vmax, info.source_dtype) == (INFO.vmin, INFO.vmax, INFO.source_dtype)
+    for lin, (w, b) in zip(decoded.linears(), back.tensors):
+        expect = w.values[w.indices.astype(np.int64)] if w.kind == "codebook" else w.values
+        assert np.array_equal(lin.weight.detach().numpy().reshape(-1), expect)  # weights == their centroids
+    return net, decoded, data
+
+
+def test_round_trip_every_bits():
+    model = _model([300, 300])  # 90000-weight matrices: a full 2^16 codebook still pays at 16 bits
+    for bits in range(1, 17):
+        # bit-packed (none) and byte-plane (zstd, lzma) index layouts
+        compression = "lzma" if bits == 9 else ("none", "zstd")[bits % 2]
+        net, _, _ = _check_round_trip(model, bits, EncoderOptions(compression=compression, level=3))
+        w = net.tensors[1][0]
+        assert w.kind == "codebook" and w.bits == bits and w.values.size == 1 << bits
+
+
+def test_fewer_distinct_weights_than_centroids_is_lossless():
+    model = _model([8, 6])
+    opts = EncoderOptions(codebook_dtype="float16", bias="float32", quantize_first_last=True)
+    net, decoded, _ = _check_round_trip(model, 12, opts)
+    for a, b in zip(model.linears(), decoded.linears()):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_pruned_and_plain_networks_round_trip(residual):
+    model = _model([24, 7, 13, 5], residual=residual)
+    for opts in (EncoderOptions(), EncoderOptions(quantize_first_last=False, bias="quantized", compression="none")):
+        net, decoded, _ = _check_round_trip(model, 5, opts)
+        quantized = build_model(net)
+        with torch.no_grad():
+            x = _coords()
+            assert torch.equal(decoded(x), quantized(x))
+            assert not torch.equal(decoded(x), model(x))  # 5 bits really quantized something
+
+
+def _small_file(compression="zstd"):
+    return encode_model(_model([6, 5]), INFO, 3, EncoderOptions(compression=compression))
+
+
+def _one_line_error(excinfo, name):
+    msg = str(excinfo.value)
+    assert name in msg and "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd", "lzma"])
+def test_every_flipped_byte_and_every_truncation_is_rejected(compression):
+    data = _small_file(compression)
+    for pos in range(len(data)):
+        bad = bytearray(data)
+        bad[pos] ^= 0x5A
+        with pytest.raises(InputError) as e:
+            parse(bytes(bad), "flipped.ncq")
+        _one_line_error(e, "flipped.ncq")
+    for n in range(len(data)):
+        with pytest.raises(InputError) as e:
+            parse(data[:n], "short.ncq")
+        _one_line_error(e, "short.ncq")
+    with pytest.raises(InputError, match="mismatch"):
+        parse(data + b"\0", "long.ncq")
+
+
+def _rechecksum(data: bytes) -> bytes:
+    header_size = struct.unpack_from("<I", data, 12)[0]
+    head = data[:header_size - 4]
+    return head + struct.pack("<I", zlib.crc32(head)) + data[header_size:]
+
+
+def test_specific_refusals_have_clear_messages():
+    data = _small_file()
+    with pytest.raises(InputError, match="wrong magic"):
+        parse(b"PK\x03\x04" + data[4:], "x.ncq")
+    newer = bytearray(data)
+    newer[8:10] = struct.pack("<H", 99)
+    with pytest.raises(InputError, match="unknown format version 99"):
+        parse(_rechecksum(bytes(newer)), "x.ncq")
+    with pytest.raises(InputError, match="truncated"):
+        parse(data[:-1], "x.ncq")
+    with pytest.raises(InputError, match="payload checksum"):
+        parse(data[:-1] + bytes([data[-1] ^ 1]), "x.ncq")
+    with pytest.raises(InputError, match="header checksum"):
+        parse(data[:20] + bytes([data[20] ^ 1]) + data[21:], "x.ncq")
+    # a consistent, checksummed header describing another architecture than its payload
+    net = quantize_network(_model([6, 5]), INFO, 3)
+    lying = encode_network(replace(net, arch=Architecture(widths=[6, 4])))
+    with pytest.raises(InputError, match="header/payload mismatch"):
+        parse(lying, "x.ncq")
+    assert MAGIC == data[:8]
+
+
+def test_finetune_trains_centroids_with_fixed_assignments():
+    from training.sampler import VolumeSampler
+
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, 12)] * 3, indexing="ij")
+    vol = np.sin(3 * x) * np.cos(2 * y) * z
+    model = _model([16, 16])
+    net = quantize_network(model, INFO, 3)
+    before = [w.indices.copy() for w, _ in net.tensors if w.kind == "codebook"]
+    codebooks = [w.values.copy() for w, _ in net.tensors if w.kind == "codebook"]
+    sampler = VolumeSampler(vol.astype(np.float32), "cpu", seed=0)
+    result = finetune_codebooks(model, net, sampler, passes=4, points_per_step=512, lr=1e-3, log=None)
+    assert result["steps"] == 14 and result["psnr_after"] >= result["psnr_before"]
+    after = [w for w, _ in net.tensors if w.kind == "codebook"]
+    assert all(np.array_equal(a, w.indices) for a, w in zip(before, after))
+    if result["kept"]:
+        assert any(not np.array_equal(c, w.values) for c, w in zip(codebooks, after))
+    for lin, (w, _) in zip(model.linears(), net.tensors):  # model holds the stored (dequantized) weights
+        assert np.array_equal(lin.weight.detach().numpy().reshape(-1), w.dequantize())
+
+
+# ----------------------------------------------------------------------------------------------
+# the entry scripts, end to end
+
+
+def _run(script, *args, cwd=ROOT):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A tiny network fitted for a few hundred steps to a synthetic 16^3 volume, saved like training does."""
+    from data.volume import Volume
+    from training.sampler import VolumeSampler
+
+    tmp = tmp_path_factory.mktemp("quant")
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, 16)] * 3, indexing="ij")
+    values = (40 * np.exp(-3 * (x ** 2 + (y - 0.2) ** 2 + z ** 2)) + 10 * np.sin(2 * x)).astype(np.float32)
+    np.save(tmp / "vol.npy", values)
+    volume = Volume(values, spacing=(1.0, 1.0, 1.0), path=str(tmp / "vol.npy"))
+    torch.manual_seed(0)
+    model = Neurcomp(Architecture.uniform(16, 3))
+    sampler = VolumeSampler(volume.normalized(), "cpu", seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(300):
+        coords, targets, _ = sampler.sample(1024)
+        loss = torch.mean((model(coords) - targets) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    exp_dir = tmp / "experiments" / "tiny"
+    exp_dir.mkdir(parents=True)
+    save_checkpoint(exp_dir / "checkpoint.pt", model, VolumeInfo.from_volume(volume))
+    (exp_dir / "config.txt").write_text(
+        f"expname = tiny\nbasedir = {tmp / 'experiments'}\ndata = {tmp / 'vol.npy'}\nn_layers = 3\n"
+        f"features_per_layer = 16\nbatch_size = 64\nsample_size = 16\ndevice = cpu\ntracking = none\n")
+    return tmp, exp_dir, model, volume
+
+
+def test_cli_end_to_end_with_vtk_reader(experiment):
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+    from vtkmodules.vtkIOXML import vtkXMLImageDataReader
+
+    from data.metrics import volume_metrics
+    from quantization.decode import decode_file
+    from training.inference import predict_volume
+
+    tmp, exp_dir, model, volume = experiment
+    r = _run("NeurcompQuantization.py", "--config", exp_dir / "config.txt", "--filename", "tiny.ncq",
+             "--quant_bits", 8, "--finetune_passes", 1)
+    assert r.returncode == 0, r.stderr
+    compressed = exp_dir / "tiny.ncq"
+    size = compressed.stat().st_size
+    assert "compression ratio" in r.stdout and str(size) in r.stdout and "fine-tuning" in r.stdout
+
+    out = tmp / "recon.vti"
+    metrics_path = tmp / "metrics.json"
+    r = _run("NeurcompDequantization.py", "--compressed_file", compressed, "--volume", tmp / "vol.npy",
+             "--decompressed_file", out, "--metrics_json", metrics_path)
+    assert r.returncode == 0, r.stderr
+    assert "PSNR" in r.stdout
+    metrics = json.loads(metrics_path.read_text())
+    assert set(metrics) == {"psnr", "rmse", "mae", "max_abs_error", "compression_ratio", "file_bytes"}
+    assert metrics["file_bytes"] == size and metrics["compression_ratio"] == pytest.approx(16 ** 3 * 4 / size)
+
+    reader = vtkXMLImageDataReader()
+    reader.SetFileName(str(out))
+    reader.Update()
+    image = reader.GetOutput()
+    assert image.GetDimensions() == (16, 16, 16) and image.GetSpacing() == (1.0, 1.0, 1.0)
+    from_vtk = vtk_to_numpy(image.GetPointData().GetArray(0)).reshape(16, 16, 16)
+
+    decoded, info, _ = decode_file(compressed)
+    assert np.allclose(from_vtk, predict_volume(decoded, info.shape, info), rtol=0, atol=1e-4)
+    original = predict_volume(model, volume.shape, VolumeInfo.from_volume(volume))
+    # the decoded volume differs from the unquantized network's only by quantization error
+    assert volume_metrics(original, from_vtk)["psnr"] > 35
+    assert metrics["psnr"] == pytest.approx(volume_metrics(volume.values, from_vtk)["psnr"], abs=1e-3)
+    assert metrics["psnr"] > volume_metrics(volume.values, original)["psnr"] - 0.5
+
+
+def test_cli_bad_inputs_fail_in_one_line(experiment, capsys):
+    tmp, exp_dir, _, _ = experiment
+    bad = tmp / "bad.ncq"
+    bad.write_bytes(MAGIC + b"\x01\x00")
+    r = _run("NeurcompDequantization.py", "--compressed_file", bad)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "bad.ncq" in r.stderr and "truncated" in r.stderr
+
+    from NeurcompQuantization import main as quantize  # in-process: same run_cli path, no torch start-up
+    from config.cli import run_cli
+
+    code = run_cli(quantize, ["--config", str(exp_dir / "config.txt"), "--expname", "missing"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert err.strip().count("\n") == 0 and "checkpoint not found" in err
