@@ -26,7 +26,7 @@ from config.cli import run_cli
 from config.errors import ConfigError, InputError
 
 # Modules whose import registers codecs (with @register_codec).
-CODEC_MODULES = ("benchmarks.codecs",)
+CODEC_MODULES = ("benchmarks.codecs", "benchmarks.neurcomp_codec")
 DEFAULT_RATIOS = (50.0, 100.0, 200.0, 400.0, 800.0)
 
 

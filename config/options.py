@@ -106,6 +106,17 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     g.add_argument("--variational_lambda_weight", type=float, default=1.0, help="variational: weight of the weight L1 term")
     g.add_argument("--variational_lambda_entropy", type=float, default=0.0, help="variational: weight of the drop-rate entropy term")
 
+    g = p.add_argument_group("scaling")
+    g.add_argument("--volume_storage", default="auto", choices=["auto", "float32", "native"],
+                   help="volume on the device: float32, native (stored precision, interpolated in float32), auto (native when smaller)")
+    g.add_argument("--stream_bricks", type=_bool, default=False,
+                   help="train from a memory-mapped file, streaming random bricks to the device (volumes larger than device memory)")
+    g.add_argument("--brick_size", type=int, default=32, help="brick streaming: cells per brick edge (a brick holds brick_size + 3 voxels per axis)")
+    g.add_argument("--bricks_resident", type=int, default=1024, help="brick streaming: bricks held on the device at a time")
+    g.add_argument("--brick_refresh_steps", type=int, default=16, help="brick streaming: load a new set of random bricks every N steps")
+    g.add_argument("--dist_backend", default="auto", choices=["auto", "nccl", "gloo"],
+                   help="torch.distributed backend under torchrun (auto: nccl on CUDA, gloo on CPU)")
+
     g = p.add_argument_group("quantization")
     g.add_argument("--quant_bits", type=int, default=9, help="bits per weight index (1..16)")
     g.add_argument("--target_file_ratio", type=float, default=0.0, help=">0: size the network so the compressed file reaches this ratio")
@@ -170,6 +181,18 @@ class PruningConfig:
 
 
 @dataclass
+class ScalingConfig:
+    """Device memory and multi-process options (training.distributed, training.sampler)."""
+
+    volume_storage: str = "auto"  # auto | float32 | native
+    stream_bricks: bool = False
+    brick_size: int = 32
+    bricks_resident: int = 1024
+    brick_refresh_steps: int = 16
+    dist_backend: str = "auto"  # auto | nccl | gloo
+
+
+@dataclass
 class NeurcompConfig:
     expname: str
     basedir: str
@@ -190,6 +213,7 @@ class NeurcompConfig:
     target_file_ratio: float = 0.0
     source: str = "command line"  # the config file it came from, for error messages
     raw: dict = field(default_factory=dict, repr=False)  # flat option values, for writing config.txt
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     @property
     def experiment_dir(self) -> Path:
@@ -279,6 +303,11 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
         _check(getattr(ns, key) >= 0, src, key, getattr(ns, key), "must be >= 0")
     _check(1 <= ns.quant_bits <= 16, src, "quant_bits", ns.quant_bits, "must be in 1..16")
     _check(ns.target_file_ratio >= 0, src, "target_file_ratio", ns.target_file_ratio, "must be >= 0")
+    _check(ns.target_file_ratio == 0 or technique in ("", "none"), src, "target_file_ratio", ns.target_file_ratio,
+           "cannot be combined with a dropout_technique: pruning changes the size after the network is sized")
+    _check(ns.brick_size >= 2, src, "brick_size", ns.brick_size, "must be >= 2")
+    _check(ns.bricks_resident >= 1, src, "bricks_resident", ns.bricks_resident, "must be >= 1")
+    _check(ns.brick_refresh_steps >= 1, src, "brick_refresh_steps", ns.brick_refresh_steps, "must be >= 1")
     trackers = tuple(t.strip().lower() for t in ns.tracking.split(",") if t.strip())
     trackers = () if trackers in ((), ("none",)) else trackers
     for t in trackers:
@@ -313,6 +342,9 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
         mlflow_tracking_uri=ns.mlflow_tracking_uri, mlflow_experiment=ns.mlflow_experiment,
         mlflow_parent_run_id=ns.mlflow_parent_run_id, quant_bits=ns.quant_bits,
         target_file_ratio=ns.target_file_ratio, source=src, raw=raw,
+        scaling=ScalingConfig(volume_storage=ns.volume_storage, stream_bricks=ns.stream_bricks,
+                              brick_size=ns.brick_size, bricks_resident=ns.bricks_resident,
+                              brick_refresh_steps=ns.brick_refresh_steps, dist_backend=ns.dist_backend),
     )
 
 

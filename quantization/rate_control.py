@@ -18,36 +18,45 @@ from __future__ import annotations
 from dataclasses import replace
 
 from model.architecture import MIN_WIDTH, Architecture
+from quantization.bitpack import packed_size
 from quantization.encode import EncoderOptions, encode_network, quantize_network, quantize_tensor
 
 HEADER_BYTES = 160  # fixed header, architecture, volume and settings records, checksums (FORMAT.md)
 TENSOR_RECORD_BYTES = 12
 # bits per weight the entropy coder leaves of B-bit k-means indices, by B (measured, see module doc);
-# B missing from the table: assume 0.93 B
+# B missing from the table: assume 0.985 B
 BITS_PER_WEIGHT = {}
-DEFAULT_CODING_GAIN = 0.93
+DEFAULT_CODING_GAIN = 0.985
+MAX_ROUNDS = 4  # rate control moves a layer at most this many bits from the requested ones
 
 
 def bits_per_weight(bits: int) -> float:
     return BITS_PER_WEIGHT.get(int(bits), DEFAULT_CODING_GAIN * bits)
 
 
+def predict_tensor_bytes(count: int, bits: int, codebook_item: int) -> float:
+    """Predicted stored bytes of one k-means'd tensor, following ``quantize_tensor``'s choices."""
+    k = 1 << bits
+    if k * codebook_item + packed_size(count, bits) >= count * 4:
+        return count * 4.0  # a codebook would not beat raw float32: the encoder stores raw values
+    return k * codebook_item + count * bits_per_weight(bits) / 8
+
+
 def predict_file_bytes(arch: Architecture, bits: int, options: EncoderOptions | None = None) -> float:
     """Predicted size of the compressed file of a network shaped ``arch`` at ``bits`` bits."""
     opts = options or EncoderOptions()
     cb_item = 2 if opts.codebook_dtype == "float16" else 4
-    bias_item = {"float16": 2, "float32": 4}.get(opts.bias, 0)
+    raw_item = 2 if opts.raw_dtype == "float16" else 4
+    bias_item = {"float16": 2, "float32": 4}.get(opts.bias)
     size = HEADER_BYTES + 4 * arch.n_layers
     shapes = arch.linear_shapes()
     for k, (o, i) in enumerate(shapes):
-        count = o * i
         size += 2 * TENSOR_RECORD_BYTES
-        edge = k in (0, len(shapes) - 1)
-        if edge and not opts.quantize_first_last:
-            size += count * (2 if opts.raw_dtype == "float16" else 4)
+        if k in (0, len(shapes) - 1) and not opts.quantize_first_last:
+            size += o * i * raw_item
         else:
-            size += min(1 << bits, count) * cb_item + count * bits_per_weight(bits) / 8
-        size += o * bias_item if bias_item else min(1 << bits, o) * cb_item + o * bits_per_weight(bits) / 8
+            size += predict_tensor_bytes(o * i, bits, cb_item)
+        size += o * bias_item if bias_item else predict_tensor_bytes(o, bits, cb_item)
     return size
 
 
@@ -85,6 +94,36 @@ def architecture_for_file_bytes(target_bytes: float, n_layers: int, bits: int, r
     return arch(widths)
 
 
+def measured_architecture(target_bytes: float, n_layers: int, bits: int, residual: bool = True,
+                          options: EncoderOptions | None = None, rounds: int = 4, **arch_kwargs) -> Architecture:
+    """``architecture_for_file_bytes`` corrected by measurement: encode a freshly initialised network
+    of the predicted shape, compare its real size with the target and re-size with the corrected
+    budget (which tensors the encoder stores raw, the header and codebooks are then exact; only the
+    entropy coder's gain on trained weights remains predicted)."""
+    import torch
+
+    from model.neurcomp import Neurcomp
+    from quantization.encode import encode_model
+    from training.checkpoint import VolumeInfo
+
+    dummy = VolumeInfo(shape=(2, 2, 2), spacing=(1.0, 1.0, 1.0), vmin=0.0, vmax=1.0)
+    budget, best = target_bytes, None
+    generator_state = torch.random.get_rng_state()  # leave the caller's random stream untouched
+    try:
+        torch.manual_seed(0)
+        for _ in range(rounds):
+            arch = architecture_for_file_bytes(budget, n_layers, bits, residual, options, **arch_kwargs)
+            size = len(encode_model(Neurcomp(arch), dummy, bits, options))
+            if best is None or abs(size - target_bytes) < abs(best[1] - target_bytes):
+                best = (arch, size)
+            if abs(size / target_bytes - 1) < 0.01:
+                break
+            budget *= target_bytes / size
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return best[0]
+
+
 def encode_to_size(model, volume_info, bits: int, target_bytes: float, options: EncoderOptions | None = None,
                    tolerance: float = 0.05, seed: int = 0) -> tuple[bytes, dict]:
     """Encode ``model`` so the file's ratio is within ``tolerance`` of the target, if bits allow.
@@ -100,24 +139,30 @@ def encode_to_size(model, volume_info, bits: int, target_bytes: float, options: 
     data = encode_network(net, opts.level)
     order = sorted(range(len(weights)), key=lambda k: -weights[k].size)
     edge = {0, len(weights) - 1}
-    for k in order:
-        if lo_bytes <= len(data) <= hi_bytes:
+    for _ in range(MAX_ROUNDS):  # a round moves each layer by at most one bit
+        changed = False
+        for k in order:
+            if lo_bytes <= len(data) <= hi_bytes:
+                break
+            if k in edge and not opts.quantize_first_last:
+                continue
+            step = -1 if len(data) > hi_bytes else 1
+            new_bits = layer_bits[k] + step
+            if not 1 <= new_bits <= 16:
+                continue
+            code = quantize_tensor(weights[k], new_bits, opts.codebook_dtype, opts.max_iters, seed + 2 * k)
+            tensors = list(net.tensors)
+            tensors[k] = (code, tensors[k][1])
+            candidate = replace(net, tensors=tensors)
+            candidate_data = encode_network(candidate, opts.level)
+            if len(candidate_data) == len(data):
+                continue  # the layer is already stored exactly: more bits change nothing
+            overshoot = (step < 0 and len(candidate_data) < lo_bytes) or (step > 0 and len(candidate_data) > hi_bytes)
+            if overshoot and abs(len(candidate_data) - target_bytes) >= abs(len(data) - target_bytes):
+                continue  # this layer is too big a step; a smaller layer may fit
+            net, data, layer_bits[k], changed = candidate, candidate_data, new_bits, True
+        if not changed or lo_bytes <= len(data) <= hi_bytes:
             break
-        if k in edge and not opts.quantize_first_last:
-            continue
-        step = -1 if len(data) > hi_bytes else 1
-        new_bits = layer_bits[k] + step
-        if not 1 <= new_bits <= 16:
-            continue
-        code = quantize_tensor(weights[k], new_bits, opts.codebook_dtype, opts.max_iters, seed + 2 * k)
-        tensors = list(net.tensors)
-        tensors[k] = (code, tensors[k][1])
-        candidate = replace(net, tensors=tensors)
-        candidate_data = encode_network(candidate, opts.level)
-        overshoot = (step < 0 and len(candidate_data) < lo_bytes) or (step > 0 and len(candidate_data) > hi_bytes)
-        if overshoot and abs(len(candidate_data) - target_bytes) >= abs(len(data) - target_bytes):
-            continue  # this layer is too big a step; a smaller layer may fit
-        net, data, layer_bits[k] = candidate, candidate_data, new_bits
     report = {"layer_bits": layer_bits, "file_bytes": len(data), "target_bytes": target_bytes,
               "within_tolerance": bool(lo_bytes <= len(data) <= hi_bytes)}
     return data, report

@@ -63,7 +63,14 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def save_checkpoint(path: Path, model: Neurcomp, volume: VolumeInfo, **extra) -> None:
-    """Write model, architecture and volume info (plus any training state in ``extra``) atomically."""
+    """Write model, architecture and volume info (plus any training state in ``extra``) atomically.
+
+    Under torch.distributed only rank 0 writes (the ranks hold the same network); the others return.
+    """
+    from training.distributed import is_main_process
+
+    if not is_main_process():
+        return
     state = {"format_version": FORMAT_VERSION, "architecture": model.arch.to_dict(),
              "model_state": model.state_dict(), "volume": asdict(volume), **extra}
     atomic_torch_save(state, path)

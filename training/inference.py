@@ -1,4 +1,9 @@
-"""Full-volume inference in chunks, so memory stays bounded for large grids."""
+"""Full-volume inference in chunks, so memory stays bounded for large grids.
+
+Under torch.distributed (``training.distributed``) the chunks are dealt out to the ranks round-robin
+and gathered on rank 0 round by round: rank 0 returns the whole volume, the others None. Every rank
+must call ``predict_volume`` then (with the same network).
+"""
 
 from __future__ import annotations
 
@@ -25,23 +30,49 @@ def grid_coordinates(shape_zyx, z_range: slice, device) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None = None,
-                   device=None, chunk_points: int = CHUNK_POINTS, progress: bool = False) -> np.ndarray:
+                   device=None, chunk_points: int = CHUNK_POINTS, progress: bool = False,
+                   split: bool | None = None) -> np.ndarray | None:
     """Evaluate ``model`` on a (Z, Y, X) grid spanning [-1, 1]^3; physical units when ``volume`` is given.
 
-    Returns a float32 numpy array of shape ``shape_zyx``.
+    Returns a float32 numpy array of shape ``shape_zyx``. ``split`` (default: whether training is
+    distributed) shares the chunks among the ranks; rank 0 then returns the volume, the others None.
     """
+    from training import distributed
+
     device = device or next(model.parameters()).device
     nz, ny, nx = (int(s) for s in shape_zyx)
-    out = np.empty((nz, ny, nx), dtype=np.float32)
     slices_per_chunk = max(1, chunk_points // (ny * nx))
+    starts = list(range(0, nz, slices_per_chunk))
+    split = distributed.is_enabled() if split is None else split
+    world_size = distributed.get_world_size() if split else 1
+    rank = distributed.get_rank() if split else 0
+    out = np.empty((nz, ny, nx), dtype=np.float32) if rank == 0 else None
     was_training = model.training
     model.eval()
-    starts = range(0, nz, slices_per_chunk)
-    for z0 in tqdm(starts, desc="inference", unit="chunk", disable=not progress, leave=False):
+
+    def chunk(i: int) -> torch.Tensor:
+        z0 = starts[i]
         z1 = min(nz, z0 + slices_per_chunk)
         pred = model(grid_coordinates((nz, ny, nx), slice(z0, z1), device)).reshape(z1 - z0, ny, nx)
-        if volume is not None:
-            pred = volume.denormalize(pred)
-        out[z0:z1] = pred.float().cpu().numpy()
+        return volume.denormalize(pred) if volume is not None else pred
+
+    rounds = range(0, len(starts), world_size)
+    for first in tqdm(rounds, desc="inference", unit="chunk", disable=not progress or rank != 0, leave=False):
+        if world_size == 1:
+            out[starts[first]:starts[first] + slices_per_chunk] = chunk(first).float().cpu().numpy()
+            continue
+        # one chunk per rank, padded to full size, gathered on rank 0
+        mine = torch.zeros((slices_per_chunk, ny, nx), dtype=torch.float32, device=device)
+        if first + rank < len(starts):
+            pred = chunk(first + rank).float()
+            mine[:pred.shape[0]] = pred
+        gathered = [torch.empty_like(mine) for _ in range(world_size)] if rank == 0 else None
+        torch.distributed.gather(mine, gathered, dst=0)
+        if rank == 0:
+            for r, part in enumerate(gathered):
+                if first + r < len(starts):
+                    z0 = starts[first + r]
+                    z1 = min(nz, z0 + slices_per_chunk)
+                    out[z0:z1] = part[:z1 - z0].cpu().numpy()
     model.train(was_training)
     return out

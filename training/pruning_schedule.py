@@ -26,10 +26,11 @@ from config.options import NeurcompConfig, format_config_file
 from model.architecture import Architecture, build_architecture, count_parameters
 from model.neurcomp import Neurcomp
 from model.pruning import PrunableNeurcomp, build_pruning
+from training import distributed
 from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
 from training.outputs import atomic_write_text
 from training.run import CHECKPOINT_NAME, evaluate, finish, load_training_volume, resolve_device, steps_for
-from training.sampler import VolumeSampler
+from training.sampler import make_sampler
 from training.tracking import Tracker
 from training.trainer import Phase, Trainer
 
@@ -46,7 +47,7 @@ class PruningTrainer(Trainer):
         grad_lambda = self.phase.optim.grad_lambda
         if grad_lambda > 0:
             coords.requires_grad_(True)
-        pred = self.model(coords)
+        pred = self.forward(coords)  # through DistributedDataParallel under torchrun
         mse = torch.mean((pred - targets) ** 2)
         data = reg.data_loss(self.model, coords, pred, targets)
         loss = mse if data is None else data
@@ -98,11 +99,16 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
     rstate = (resume or {}).get("pruning") or {}
 
     info = VolumeInfo.from_volume(volume)
-    sampler = VolumeSampler(volume.normalized(), device, seed=cfg.seed, with_gradients=cfg.optim.grad_lambda > 0)
-    atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.raw, "checkpoint_path": ""}))
+    sampler = make_sampler(volume, device, seed=cfg.seed, with_gradients=cfg.optim.grad_lambda > 0,
+                           scaling=cfg.scaling)
+    if distributed.is_main_process():
+        atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.raw, "checkpoint_path": ""}))
     _, steps_per_pass = steps_for(cfg.optim.max_pass, volume.num_voxels, cfg.optim.points_per_step)
     prune_steps, finetune_steps = passes_split(cfg, volume.num_voxels)
     method = build_pruning(cfg.pruning.technique, cfg.pruning, dataset_size=volume.num_voxels)
+    if cfg.network.residual and cfg.network.n_layers < 2 and not prune_residual_width:
+        raise ConfigError(f"{cfg.source}: dropout_technique = {cfg.pruning.technique} needs a layer to prune: "
+                          f"n_layers = {cfg.network.n_layers} with residual blocks has none (use n_layers >= 2)")
 
     tracker = Tracker(cfg.trackers, out_dir, cfg.expname, cfg.mlflow_tracking_uri, cfg.tensorboard_dir,
                       mlflow_experiment=cfg.mlflow_experiment, parent_run_id=cfg.mlflow_parent_run_id or None,
@@ -118,7 +124,8 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
                 tracker.log_params({**cfg.raw, "network_layer_sizes": arch.layer_sizes(),
                                     "num_parameters": count_parameters(arch),
                                     "prune_residual_width": prune_residual_width})
-            gated = PrunableNeurcomp(arch, method, prune_residual_width=prune_residual_width, seed=cfg.seed).to(device)
+            gated = PrunableNeurcomp(arch, method, prune_residual_width=prune_residual_width,
+                                     seed=distributed.rank_seed(cfg.seed)).to(device)
             if resume is not None:
                 gated.load_state_dict(rstate["state"])
                 gated.load_noise_state(rstate.get("noise_state"))
@@ -142,7 +149,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
             trainer.run()
 
             _, metrics_before = evaluate(gated, volume, info)
-            model, report = gated.prune()
+            model, report = distributed.prune_once(gated)  # decided on rank 0, broadcast
             _, metrics_after = evaluate(model, volume, info)
             report_dict = report.to_dict()
             summary = {

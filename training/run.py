@@ -16,8 +16,10 @@ from model.architecture import Architecture, build_architecture, count_parameter
 from model.neurcomp import Neurcomp
 from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
 from training.inference import predict_volume
+from training import distributed
+from training.file_target import initial_architecture, write_compressed_file
 from training.outputs import atomic_write_text, save_slices_png, versions, write_info
-from training.sampler import VolumeSampler
+from training.sampler import VolumeSampler, make_sampler  # noqa: F401 (tests patch run.VolumeSampler)
 from training.tracking import Tracker
 from training.trainer import Phase, Trainer
 
@@ -25,17 +27,23 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def resolve_device(name: str) -> torch.device:
+    """The training device; under torchrun each process gets its own GPU (cuda:LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.device_for_rank(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device = cuda was requested but no CUDA device is available (use auto or cpu)")
-    return torch.device(name)
+    return distributed.device_for_rank(torch.device(name))
 
 
 def load_training_volume(cfg: NeurcompConfig):
     from data.readers import read_volume
 
     d = cfg.data
+    if cfg.scaling.stream_bricks:  # memory-mapped: bricks are streamed to the device (training.sampler)
+        from data.lazy import open_volume_lazily
+
+        return open_volume_lazily(d.path, data_key=d.data_key or None, raw_shape=d.raw_shape,
+                                  raw_dtype=d.raw_dtype or None, channel=d.channel)
     return read_volume(d.path, data_key=d.data_key or None, raw_shape=d.raw_shape,
                        raw_dtype=d.raw_dtype or None, channel=d.channel)
 
@@ -47,9 +55,14 @@ def steps_for(passes: float, num_voxels: int, points_per_step: int) -> tuple[int
 
 
 def evaluate(model: torch.nn.Module, volume, info: VolumeInfo) -> tuple[np.ndarray, dict]:
-    """Full-volume prediction in physical units and its error metrics against the ground truth."""
+    """Full-volume prediction in physical units and its error metrics against the ground truth.
+
+    Under torch.distributed every rank must call it: the ranks share the grid, rank 0 gets the
+    prediction (the others None) and every rank gets the metrics.
+    """
     pred = predict_volume(model, volume.shape, info)
-    return pred, volume_metrics(volume.values, pred)
+    metrics = volume_metrics(volume.values, pred) if pred is not None else None
+    return pred, distributed.broadcast_object(metrics)
 
 
 def write_volumes(out_dir: Path, volume, prediction: np.ndarray) -> list[Path]:
@@ -63,6 +76,8 @@ def write_volumes(out_dir: Path, volume, prediction: np.ndarray) -> list[Path]:
 
 def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
     """Train a network as ``cfg`` says and write every output; returns the info dict."""
+    # under torchrun: join the process group (training.distributed); a single process: nothing
+    distributed.init_from_env(resolve_device(cfg.device), cfg.scaling.dist_backend)
     if cfg.pruning.enabled:  # gates, prune, fine-tune: training.pruning_schedule
         from training.pruning_schedule import train_with_pruning
 
@@ -77,11 +92,13 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
     if resume is not None:
         arch = Architecture.from_dict(resume["architecture"])
     else:
-        arch = build_architecture(cfg.network, volume.num_voxels, cfg.source)
+        arch = initial_architecture(cfg, volume.num_voxels)
     model = Neurcomp(arch).to(device)
     info = VolumeInfo.from_volume(volume)
-    sampler = VolumeSampler(volume.normalized(), device, seed=cfg.seed, with_gradients=cfg.optim.grad_lambda > 0)
-    atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.raw, "checkpoint_path": ""}))
+    sampler = make_sampler(volume, device, seed=cfg.seed, with_gradients=cfg.optim.grad_lambda > 0,
+                           scaling=cfg.scaling)
+    if distributed.is_main_process():
+        atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.raw, "checkpoint_path": ""}))
 
     num_steps, steps_per_pass = steps_for(cfg.optim.max_pass, volume.num_voxels, cfg.optim.points_per_step)
     phase = Phase("train", num_steps, cfg.optim.lr, steps_per_pass, cfg.optim)
@@ -124,6 +141,11 @@ def finish(cfg: NeurcompConfig, model: Neurcomp, volume, info: VolumeInfo, train
     out_dir = cfg.experiment_dir
     prediction, metrics = evaluate(model, volume, info)
     num_parameters = count_parameters(model.arch)
+    if cfg.target_file_ratio > 0 and distributed.is_main_process():
+        extra_info = {**(extra_info or {}), **write_compressed_file(cfg, model, volume, info)}
+    if not distributed.is_main_process():  # rank 0 writes the outputs
+        return {"expname": cfg.expname, "rank": distributed.get_rank(), "num_parameters": num_parameters,
+                "psnr": metrics["psnr"], "mse": metrics["mse"], "steps": trainer.step}
     result = {
         "expname": cfg.expname,
         "data": cfg.data.path,
@@ -143,6 +165,7 @@ def finish(cfg: NeurcompConfig, model: Neurcomp, volume, info: VolumeInfo, train
         "training_time_s": trainer.train_seconds,
         "samples_per_second": trainer.samples_seen / trainer.train_seconds if trainer.train_seconds else None,
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "world_size": distributed.get_world_size(),
         "seed": cfg.seed,
         "versions": versions(),
         **(extra_info or {}),

@@ -25,6 +25,10 @@ class Tracker:
         self.mlflow = None
         self.writer = None
         self.run_id = None
+        from training.distributed import is_main_process
+
+        if not is_main_process():  # under torch.distributed only rank 0 logs
+            trackers = ()
         if "tensorboard" in trackers:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -3,6 +3,13 @@
 A *pass* is as many samples as the volume has voxels; a step sees batch_size x sample_size points.
 The loop is resumable: everything it depends on (model, optimizer, plateau scheduler, sampler
 generator, step) is in the checkpoint, and the learning rate is a function of the step.
+
+Under torch.distributed (``training.distributed``) the model is wrapped in DistributedDataParallel;
+every rank draws its share of the step's points with its own generator, the loss is weighted so the
+all-reduced gradient is the mean over all the step's points, pass metrics are averaged over ranks,
+checkpoints carry every rank's sampler state, and only rank 0 shows the progress bar. Subclasses
+must compute predictions with ``self.forward(coords)`` (``self.model`` is the bare module, whose
+gradients would not be synchronised); the first step checks that they do.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from tqdm import tqdm
 
 from config.errors import NeurcompError
 from config.options import OptimConfig
+from training import distributed
 from training.sampler import VolumeSampler
 
 NAN_CHECK_EVERY = 16  # steps between loss checks (each check synchronises with the device)
@@ -68,6 +76,9 @@ class Trainer:
         self.checkpoint_every_passes = checkpoint_every_passes
         self.step_offset = step_offset  # global step of this phase's first step, for logging
         self.progress = progress
+        self.ddp = distributed.wrap_model(model, sampler.device)  # None in a single process
+        self._forward_calls = 0
+        self._interrupted = False
         self.step = 0
         self.samples_seen = 0
         self.train_seconds = 0.0
@@ -80,10 +91,16 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Resumable state. Under torch.distributed every rank must call it (it gathers each rank's
+        sampler state), except after an interrupt, when rank 0's state alone is saved."""
+        sampler_state = self.sampler.state_dict()
+        world_size = distributed.get_world_size()
+        ranks = distributed.all_gather_object(sampler_state) if world_size > 1 and not self._interrupted else None
         return {"phase": self.phase.name, "step": self.step, "samples_seen": self.samples_seen,
                 "train_seconds": self.train_seconds, "optimizer": self.optimizer.state_dict(),
                 "plateau": self.plateau.state_dict() if self.plateau else None,
-                "sampler": self.sampler.state_dict(), "history": self.phase.history}
+                "sampler": sampler_state, "sampler_ranks": ranks, "world_size": world_size,
+                "history": self.phase.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -92,8 +109,20 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.plateau and state.get("plateau"):
             self.plateau.load_state_dict(state["plateau"])
-        self.sampler.load_state_dict(state["sampler"])
+        self._load_sampler_state(state)
         self.phase.history = list(state.get("history", []))
+
+    def _load_sampler_state(self, state: dict) -> None:
+        """This rank's sampler state; a rank the checkpoint has none for (another world size, an
+        interrupt under torchrun) restarts its stream from its seed and the step."""
+        rank, world_size = distributed.get_rank(), distributed.get_world_size()
+        ranks = state.get("sampler_ranks")
+        if ranks and len(ranks) == world_size:
+            self.sampler.load_state_dict(ranks[rank])
+        elif rank == 0:
+            self.sampler.load_state_dict(state["sampler"])
+        else:
+            self.sampler.reseed(self.sampler.seed + 7919 * self.step)
 
     # -- schedule --------------------------------------------------------------------------------
     def current_pass(self) -> float:
@@ -106,11 +135,16 @@ class Trainer:
         return self.phase.lr * self.phase.optim.lr_decay ** decays
 
     # -- loop ------------------------------------------------------------------------------------
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        """The model's prediction, through DistributedDataParallel when distributed."""
+        self._forward_calls += 1
+        return self.model(coords) if self.ddp is None else self.ddp(coords)
+
     def loss(self, coords, targets, target_grads) -> tuple[torch.Tensor, torch.Tensor, dict]:
         grad_lambda = self.phase.optim.grad_lambda
         if grad_lambda > 0:
             coords.requires_grad_(True)
-        pred = self.model(coords)
+        pred = self.forward(coords)
         mse = torch.mean((pred - targets) ** 2)
         loss = mse
         extras = {}
@@ -128,9 +162,13 @@ class Trainer:
     def run(self) -> None:
         """Train until ``phase.num_steps``; Ctrl-C writes a checkpoint, then re-raises."""
         phase, n = self.phase, self.phase.optim.points_per_step
+        # this rank's share of the step's points; weighting its loss by n_local * W / n makes the
+        # averaged gradient the mean over all n points even when W does not divide n
+        n_local = distributed.local_points(n)
+        weight = n_local * distributed.get_world_size() / n
         self.model.train()
         bar = tqdm(total=phase.num_steps, initial=self.step, desc=phase.name, unit="step",
-                   disable=not self.progress, dynamic_ncols=True)
+                   disable=not self.progress or not distributed.is_main_process(), dynamic_ncols=True)
         zero = torch.zeros((), device=self.sampler.device)
         pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
         next_pass_end = math.floor(self.current_pass()) + 1
@@ -139,8 +177,14 @@ class Trainer:
             while self.step < phase.num_steps:
                 for g in self.optimizer.param_groups:
                     g["lr"] = self.scheduled_lr()
-                coords, targets, target_grads = self.sampler.sample(n)
+                coords, targets, target_grads = self.sampler.sample(n_local)
+                calls = self._forward_calls
                 loss, mse, extras = self.loss(coords, targets, target_grads)
+                if self.ddp is not None and self._forward_calls == calls:
+                    raise RuntimeError(f"{type(self).__name__}.loss does not call self.forward(coords): under "
+                                       "torch.distributed its gradients would not be synchronised")
+                if weight != 1.0:
+                    loss, mse = loss * weight, mse * weight
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -155,20 +199,26 @@ class Trainer:
                 bar.update(1)
                 end_of_pass = self.current_pass() >= next_pass_end or self.step == phase.num_steps
                 if end_of_pass or self.step % NAN_CHECK_EVERY == 0:
-                    self._check_finite(float(pass_loss))
+                    # the mean over ranks: every rank sees a NaN at the same step, and the pass metrics
+                    # are those of all the pass's points
+                    totals = distributed.all_reduce_mean(torch.stack([pass_loss, pass_mse]))
+                    self._check_finite(float(totals[0]))
                 if end_of_pass:
                     self.train_seconds += time.perf_counter() - t0
-                    self._end_of_pass(float(pass_loss) / pass_steps, float(pass_mse) / pass_steps, extras, bar)
+                    self._end_of_pass(float(totals[0]) / pass_steps, float(totals[1]) / pass_steps, extras, bar)
                     t0 = time.perf_counter()
                     pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
                     next_pass_end = math.floor(self.current_pass()) + 1
         except KeyboardInterrupt:
             self.train_seconds += time.perf_counter() - t0
+            self._interrupted = True  # other ranks may be gone: no collectives from here on
             if self.checkpoint_fn:
                 self.checkpoint_fn(self, "interrupt")
             raise
         finally:
             bar.close()
+        if self.ddp is not None:
+            distributed.assert_in_sync(self.model, self.phase.name)
 
     def _check_finite(self, loss_sum: float) -> None:
         if not math.isfinite(loss_sum):

@@ -7,7 +7,7 @@ the neuron's sine output by the hard mask
 
     h = [m >= t],   forward: y = x * h,   backward: dy/dM = x * dm/dM   (straight through),
 
-implemented as ``h + m - m.detach()``. The loss adds
+implemented as ``h + (m - m.detach())`` (exactly h in value). The loss adds
 
     L = MSE + lambda_betas * sum m + lambda_weights * sum |W| (weights and biases).
 
@@ -69,7 +69,7 @@ class BinaryGate(Gate):
     def train_factor(self, x, generator=None) -> torch.Tensor:
         m = self.soft_mask()
         hard = self.keep_mask().to(m.dtype)
-        return hard + m - m.detach()  # value: the hard mask; gradient: through m
+        return hard + (m - m.detach())  # value: exactly the hard mask; gradient: through m
 
     def penalty(self) -> dict[str, torch.Tensor]:
         return {"mask_sum": self.soft_mask().sum()}

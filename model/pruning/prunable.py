@@ -97,6 +97,9 @@ class PrunableNeurcomp(nn.Module):
         super().__init__()
         self.net = net if net is not None else Neurcomp(arch)
         arch = self.net.arch
+        if arch.residual and arch.n_layers < 2 and not prune_residual_width:
+            raise ValueError(f"a residual network with n_layers = {arch.n_layers} has no residual block: "
+                             "no layer to prune (use n_layers >= 2 or a plain SIREN)")
         self.method = method
         gated = arch.widths[1:] if arch.residual else arch.widths
         self.gates = nn.ModuleList(method.make_gate(n, "inner") for n in gated)

@@ -156,6 +156,7 @@ class _Variational(PruningMethod):
         sq = (pred - targets) ** 2
         if not torch.is_tensor(s):
             return 0.5 * math.exp(-2.0 * s) * sq.mean() + s
+        self._last_log_sigma = s.detach().mean()
         return (0.5 * torch.exp(-2.0 * s) * sq + s).mean()
 
     def loss(self, model, step: int):
@@ -166,8 +167,11 @@ class _Variational(PruningMethod):
         w = self.kl_weight(step)
         c = self.cfg
         loss = (w * kl + c.variational_lambda_weight * w_l1 + c.variational_lambda_entropy * entropy) / self.dataset_size
-        return loss, {"pruning_loss": loss.detach(), "kl": kl.detach(), "kl_weight": w,
-                      "drop_entropy": entropy.detach(), "weight_l1": w_l1.detach()}
+        metrics = {"pruning_loss": loss.detach(), "kl": kl.detach(), "kl_weight": w,
+                   "drop_entropy": entropy.detach(), "weight_l1": w_l1.detach()}
+        if getattr(self, "_last_log_sigma", None) is not None:
+            metrics["log_sigma_mean"] = self._last_log_sigma  # dynamic: mean predicted log sigma
+        return loss, metrics
 
 
 @register_pruning("variational_static", "variational")

@@ -1,0 +1,79 @@
+"""Compress to a target file ratio: sizing before training, rate control after, the benchmark codec."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from config.errors import ConfigError
+from config.options import parse_config
+from quantization.decode import decode_file
+from quantization.rate_control import architecture_for_file_bytes, predict_file_bytes
+from tests.conftest import shared_volume
+from training.inference import predict_volume
+from training.run import train
+
+
+def target_config(tmp_path, data, ratio, **extra):
+    opts = {"data": data, "basedir": tmp_path, "expname": "target", "target_file_ratio": ratio, "quant_bits": 9,
+            "n_layers": 4, "max_pass": 3, "batch_size": 256, "sample_size": 16, "lr": 5e-4, "tracking": "none",
+            "checkpoint_every": 0, **extra}
+    return parse_config([f"--{k}={v}" for k, v in opts.items()])
+
+
+@pytest.mark.parametrize("name, ratio", [("nucleon_41x41x41_uint8.raw", 40),
+                                         ("viscous_fingers_run01_t050_64x64x64_float32.npy", 150)])
+def test_training_lands_within_5_percent_of_the_file_ratio(tmp_path, name, ratio):
+    cfg = target_config(tmp_path, shared_volume(name), ratio)
+    info = train(cfg, progress=False)
+    path = cfg.experiment_dir / info["file"]
+    voxels = info["volume_num_voxels"]
+    achieved = voxels * 4 / path.stat().st_size
+    assert abs(achieved / ratio - 1) <= 0.05, (achieved, info["file_layer_bits"])
+    assert info["file_ratio"] == pytest.approx(achieved) and info["file_ratio_within_5_percent"]
+    saved = json.loads((cfg.experiment_dir / "info.json").read_text())
+    assert saved["file_psnr"] == pytest.approx(info["file_psnr"])
+    # the file alone decodes to the volume whose PSNR info.json reports, a little below the network's
+    model, vinfo, _ = decode_file(path)
+    from data.readers import read_volume
+
+    gt = read_volume(shared_volume(name)).values.astype(np.float64)
+    pred = predict_volume(model, vinfo.shape, vinfo)
+    psnr = 20 * math.log10(gt.max() - gt.min()) - 10 * math.log10(np.mean((pred - gt) ** 2))
+    assert info["file_psnr"] == pytest.approx(psnr, abs=1e-3)
+    assert info["file_psnr"] <= info["psnr"] + 0.05
+
+
+def test_prediction_grows_with_width_and_fills_the_budget():
+    arch = architecture_for_file_bytes(40_000, 4, 9)
+    assert predict_file_bytes(arch, 9) <= 40_000
+    bigger = type(arch)(widths=[arch.widths[0] + 1] * 4)
+    assert predict_file_bytes(bigger, 9) > 40_000
+    assert predict_file_bytes(arch, 9) > 0.97 * 40_000  # uneven inner widths fill the rest
+
+
+def test_target_ratio_refuses_pruning(tmp_path):
+    with pytest.raises(ConfigError, match="target_file_ratio"):
+        target_config(tmp_path, "x.npy", 100, dropout_technique="smallify")
+
+
+def test_unreachable_ratio_is_a_clear_error(tmp_path, tiny_volume):
+    with pytest.raises(ConfigError, match="smallest network"):
+        train(target_config(tmp_path, tiny_volume, 5000), progress=False)
+
+
+def test_neurcomp_codec_interface(tmp_path):
+    import benchmarks.neurcomp_codec  # noqa: F401  (registers "neurcomp")
+    from benchmarks.codecs import get_codec
+
+    values = np.load(shared_volume("viscous_fingers_run01_t050_64x64x64_float32.npy"))
+    codec = get_codec("neurcomp", passes=2, batch_size=256)
+    result = codec.compress_to_ratio(values, 60, work_dir=tmp_path)
+    assert result.num_bytes == len(result.payload)
+    assert abs(result.ratio / 60 - 1) <= 0.05
+    assert result.decoded.shape == values.shape and result.decoded.dtype == np.float32
+    gt = values.astype(np.float64)
+    psnr = 20 * np.log10(gt.max() - gt.min()) - 10 * np.log10(np.mean((result.decoded - gt) ** 2))
+    assert np.isfinite(psnr) and psnr > 15
+    np.testing.assert_array_equal(codec.decompress(result.payload, values.shape), result.decoded)

@@ -1,0 +1,68 @@
+"""``target_file_ratio``: size the network for a compressed-file ratio, and write that file after training.
+
+Ratio = (voxels x 4 bytes) / file bytes. The network is sized from the predicted file size
+(``quantization.rate_control``); after training the file is encoded, measured and, if needed,
+corrected layer by layer to land within 5 % of the requested ratio.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from config.errors import ConfigError
+from config.options import NeurcompConfig
+from data.metrics import volume_metrics
+from model.architecture import Architecture, build_architecture
+
+TOLERANCE = 0.05
+
+
+def file_target_bytes(cfg: NeurcompConfig, num_voxels: int) -> float:
+    return num_voxels * 4 / cfg.target_file_ratio
+
+
+def initial_architecture(cfg: NeurcompConfig, num_voxels: int) -> Architecture:
+    """The network to train: sized for ``target_file_ratio`` when set, else by ``build_architecture``."""
+    if cfg.target_file_ratio <= 0:
+        return build_architecture(cfg.network, num_voxels, cfg.source)
+    if cfg.network.feature_list or cfg.network.features_per_layer:
+        raise ConfigError(f"{cfg.source}: target_file_ratio sizes the network itself: remove feature_list "
+                          f"and features_per_layer")
+    from quantization.rate_control import measured_architecture
+
+    net = cfg.network
+    return measured_architecture(file_target_bytes(cfg, num_voxels), net.n_layers, cfg.quant_bits,
+                                       net.residual, d_in=net.d_in, d_out=net.d_out, omega_0=net.omega_0,
+                                       source=cfg.source)
+
+
+def compressed_file_path(cfg: NeurcompConfig) -> Path:
+    return cfg.experiment_dir / f"{cfg.expname}_{cfg.quant_bits}bit.ncq"
+
+
+def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
+    """Encode the trained network to the target size, write it, and measure the decoded volume."""
+    from quantization.decode import decode_bytes
+    from quantization.rate_control import encode_to_size
+    from training.inference import predict_volume
+
+    target = file_target_bytes(cfg, volume.num_voxels)
+    data, report = encode_to_size(model, info, cfg.quant_bits, target,
+                                  tolerance=TOLERANCE, seed=cfg.seed)
+    path = compressed_file_path(cfg)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    decoded, decoded_info, _ = decode_bytes(data, str(path))
+    device = next(model.parameters()).device
+    prediction = predict_volume(decoded.to(device), decoded_info.shape, decoded_info)
+    metrics = volume_metrics(volume.values, prediction)
+    ratio = volume.num_voxels * 4 / len(data)
+    within = abs(ratio / cfg.target_file_ratio - 1) <= TOLERANCE
+    print(f"compressed file {path}: {len(data)} bytes, ratio {ratio:.1f} (target {cfg.target_file_ratio:g}), "
+          f"PSNR {metrics['psnr']:.2f} dB")
+    return {"file": path.name, "file_bytes": len(data), "file_ratio": ratio,
+            "file_target_ratio": cfg.target_file_ratio, "file_ratio_within_5_percent": within,
+            "file_psnr": metrics["psnr"], "file_max_abs_error": metrics["max_abs_error"],
+            "file_layer_bits": report["layer_bits"]}
