@@ -19,17 +19,18 @@ from benchmarks.codecs import Codec, CodecResult, register_codec
 class NeurcompCodec(Codec):
     """Neurcomp (Lu et al. 2021) + k-means quantization + entropy coding, at a target file ratio."""
 
-    def __init__(self, passes: float = 20, n_layers: int = 4, bits: int = 9, lr: float = 5e-4,
+    def __init__(self, steps: int = 2000, n_layers: int = 4, bits: int = 9, lr: float = 5e-4,
                  pass_decay: float | None = None, lr_decay: float = 0.2, batch_size: int = 1024,
                  sample_size: int = 16, device: str = "auto", seed: int = 0):
-        self.passes, self.n_layers, self.bits, self.lr = float(passes), int(n_layers), int(bits), float(lr)
-        self.pass_decay = float(pass_decay) if pass_decay else max(1.0, self.passes / 3)
+        # a budget in steps, not passes: a pass of a 41^3 volume is only 4 steps of 16k points
+        self.steps, self.n_layers, self.bits, self.lr = int(steps), int(n_layers), int(bits), float(lr)
+        self.pass_decay = pass_decay
         self.lr_decay, self.batch_size, self.sample_size = float(lr_decay), int(batch_size), int(sample_size)
         self.device, self.seed = device, int(seed)
 
     def options(self) -> dict:
-        return {"passes": self.passes, "n_layers": self.n_layers, "bits": self.bits, "lr": self.lr,
-                "pass_decay": self.pass_decay, "lr_decay": self.lr_decay,
+        return {"steps": self.steps, "n_layers": self.n_layers, "bits": self.bits, "lr": self.lr,
+                "lr_decay": self.lr_decay,
                 "points_per_step": self.batch_size * self.sample_size, "device": self.device}
 
     def _compress_to_ratio(self, values, target_ratio, *, work_dir):
@@ -39,11 +40,13 @@ class NeurcompCodec(Codec):
         work = Path(work_dir or "benchmarks/results/tmp/neurcomp")
         work.mkdir(parents=True, exist_ok=True)
         np.save(work / "volume.npy", values)
+        passes = self.steps * self.batch_size * self.sample_size / values.size
+        pass_decay = self.pass_decay or passes / 3  # two decays of lr_decay over the run
         cfg = parse_config([
             "--data", str(work / "volume.npy"), "--basedir", str(work), "--expname", "run",
             "--target_file_ratio", str(target_ratio), "--quant_bits", str(self.bits),
-            "--n_layers", str(self.n_layers), "--max_pass", str(self.passes), "--lr", str(self.lr),
-            "--pass_decay", str(self.pass_decay), "--lr_decay", str(self.lr_decay),
+            "--n_layers", str(self.n_layers), "--max_pass", str(passes), "--lr", str(self.lr),
+            "--pass_decay", str(pass_decay), "--lr_decay", str(self.lr_decay),
             "--batch_size", str(self.batch_size), "--sample_size", str(self.sample_size),
             "--device", self.device, "--seed", str(self.seed), "--tracking", "none", "--checkpoint_every", "0"])
         t0 = time.perf_counter()
@@ -53,7 +56,7 @@ class NeurcompCodec(Codec):
         t0 = time.perf_counter()
         decoded = self.decompress(payload, values.shape)
         decode_seconds = time.perf_counter() - t0
-        params = {**self.options(), "widths": info["network_layer_sizes"], "layer_bits": info["file_layer_bits"],
+        params = {**self.options(), "passes": passes, "widths": info["network_layer_sizes"], "layer_bits": info["file_layer_bits"],
                   "training_seconds": info["training_time_s"], "psnr_before_quantization": info["psnr"]}
         return CodecResult.build(self.name, target_ratio, payload, decoded, encode_seconds, decode_seconds, params)
 
@@ -66,7 +69,7 @@ class NeurcompCodec(Codec):
 
     @classmethod
     def add_cli_args(cls, group):
-        group.add_argument("--neurcomp-passes", type=float, default=20, help="training passes per run")
+        group.add_argument("--neurcomp-steps", type=int, default=2000, help="training steps (of 1024 x 16 points) per run")
         group.add_argument("--neurcomp-n-layers", type=int, default=4, help="Neurcomp n_layers")
         group.add_argument("--neurcomp-bits", type=int, default=9, help="quantization bits")
         group.add_argument("--neurcomp-lr", type=float, default=5e-4, help="Adam learning rate")
@@ -74,5 +77,5 @@ class NeurcompCodec(Codec):
 
     @classmethod
     def from_args(cls, args):
-        return cls(passes=args.neurcomp_passes, n_layers=args.neurcomp_n_layers, bits=args.neurcomp_bits,
+        return cls(steps=args.neurcomp_steps, n_layers=args.neurcomp_n_layers, bits=args.neurcomp_bits,
                    lr=args.neurcomp_lr, device=args.neurcomp_device)

@@ -170,6 +170,9 @@ def plot(runs: list[dict], path: Path) -> None:
                        color=f"C{list(markers).index(r['method'])}", label=r["label"],
                        linewidths=2.5 if "shared" in r["label"] else 1.2)
         ax.set_xscale("log")
+        ax.set_xticks([50, 100, 200, 400])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("compression ratio (voxels / parameters)")
         ax.set_ylabel("PSNR (dB)")
         ax.set_title(f"{vol}, {vr[0]['passes']:.0f} passes")

@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.codecs import CODECS
 from benchmarks.rd_eval import evaluate, markdown_table, plot_rd_per_volume, safe_name, write_results
 from config.cli import run_cli
-from config.errors import ConfigError, InputError
+from config.errors import ConfigError, InputError, NeurcompError
 
 # Modules whose import registers codecs (with @register_codec).
 CODEC_MODULES = ("benchmarks.codecs", "benchmarks.neurcomp_codec")
@@ -76,6 +76,7 @@ def main(argv=None) -> list[dict]:
     from data.readers import read_volume
 
     records: list[dict] = []
+    skipped: list[str] = []
     names = volume_names(args.volumes)
     with tqdm(total=len(args.volumes) * len(codecs) * len(args.ratios), unit="run", file=sys.stderr) as bar:
         for path, name in zip(args.volumes, names):
@@ -85,11 +86,17 @@ def main(argv=None) -> list[dict]:
                 for ratio in args.ratios:
                     bar.set_description(f"{name} {codec.name}@{ratio:g}")
                     work_dir = Path(args.work_dir) / safe_name(name) / f"{codec.name}_r{ratio:g}"
-                    records.append(evaluate(codec, volume.values, ratio, volume_name=name, work_dir=work_dir))
+                    try:
+                        records.append(evaluate(codec, volume.values, ratio, volume_name=name, work_dir=work_dir))
+                    except NeurcompError as exc:  # e.g. a ratio no network reaches: note it, go on
+                        skipped.append(f"{name} {codec.name}@{ratio:g}: {exc}")
+                        bar.write(f"skipped {skipped[-1]}")
                     write_results(records, json_path, md_path)
                     bar.update(1)
     pngs = plot_rd_per_volume(records, out)
     print(markdown_table(records))
+    for line in skipped:
+        print(f"skipped: {line}")
     print(f"wrote {json_path}, {md_path}, " + ", ".join(str(p) for p in pngs), file=sys.stderr)
     return records
 

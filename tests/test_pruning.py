@@ -307,7 +307,6 @@ def test_cli_end_to_end_save_load_visualize(tmp_path, tiny_volume):
     assert f"PSNR {info['psnr']:.2f} dB" in vis.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("technique", ["smallify", "variational_dynamic"])
 @pytest.mark.parametrize("phase", ["prune", "finetune"])
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_volume, monkeypatch, technique, phase):

@@ -68,7 +68,7 @@ def test_neurcomp_codec_interface(tmp_path):
     from benchmarks.codecs import get_codec
 
     values = np.load(shared_volume("viscous_fingers_run01_t050_64x64x64_float32.npy"))
-    codec = get_codec("neurcomp", passes=2, batch_size=256)
+    codec = get_codec("neurcomp", steps=40, batch_size=256)
     result = codec.compress_to_ratio(values, 60, work_dir=tmp_path)
     assert result.num_bytes == len(result.payload)
     assert abs(result.ratio / 60 - 1) <= 0.05

@@ -216,7 +216,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
 
 
 def _interrupted_message(tag: str, trainer: Trainer, path) -> None:
-    if tag == "interrupt":
+    if tag == "interrupt" and distributed.is_main_process():
         print(f"\ninterrupted in phase {trainer.phase.name} at step {trainer.step}: checkpoint saved to {path}; "
               f"resume with --checkpoint_path {path}")
 

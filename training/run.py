@@ -112,7 +112,7 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
     def checkpoint(trainer: Trainer, tag: str) -> None:
         save_checkpoint(out_dir / CHECKPOINT_NAME, trainer.model, info, trainer=trainer.state_dict(),
                         config=cfg.raw, tracking_run_id=tracker.run_id, tag=tag)
-        if tag == "interrupt":
+        if tag == "interrupt" and distributed.is_main_process():
             print(f"\ninterrupted at step {trainer.step}: checkpoint saved to {out_dir / CHECKPOINT_NAME}; "
                   f"resume with --checkpoint_path {out_dir / CHECKPOINT_NAME}")
 
