@@ -146,8 +146,8 @@ def _worker(rank: int, store: str, results: str) -> None:
     # inference: chunks dealt out to the ranks and gathered on rank 0 (5 chunks: uneven rounds)
     torch.manual_seed(0)
     model = Neurcomp(Architecture(widths=[8, 8], residual=True))
-    split = predict_volume(model, (9, 5, 6), chunk_points=60)
-    whole = predict_volume(model, (9, 5, 6), chunk_points=60, split=False)
+    split = predict_volume(model, (9, 5, 6), chunk_points=60, split=True)
+    whole = predict_volume(model, (9, 5, 6), chunk_points=60)  # this process alone
     out["inference"] = (split is None) if rank else bool(np.array_equal(split, whole))
 
     # one step on 1001 points (501 + 500): the all-reduced gradient is the mean over all of them

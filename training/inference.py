@@ -1,8 +1,9 @@
 """Full-volume inference in chunks, so memory stays bounded for large grids.
 
-Under torch.distributed (``training.distributed``) the chunks are dealt out to the ranks round-robin
-and gathered on rank 0 round by round: rank 0 returns the whole volume, the others None. Every rank
-must call ``predict_volume`` then (with the same network).
+With ``split=True`` under torch.distributed (``training.distributed``; ``training.run.evaluate``
+does this) the chunks are dealt out to the ranks round-robin and gathered on rank 0 round by round:
+rank 0 returns the whole volume, the others None, and every rank must make the call (with the same
+network). Without it the calling process evaluates the whole grid alone (rank-0-only work).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ def grid_coordinates(shape_zyx, z_range: slice, device) -> torch.Tensor:
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None = None,
                    device=None, chunk_points: int = CHUNK_POINTS, progress: bool = False,
-                   split: bool | None = None) -> np.ndarray | None:
+                   split: bool = False) -> np.ndarray | None:
     """Evaluate ``model`` on a (Z, Y, X) grid spanning [-1, 1]^3; physical units when ``volume`` is given.
 
-    Returns a float32 numpy array of shape ``shape_zyx``. ``split`` (default: whether training is
-    distributed) shares the chunks among the ranks; rank 0 then returns the volume, the others None.
+    Returns a float32 numpy array of shape ``shape_zyx``. ``split`` shares the chunks among the ranks
+    of a distributed run (a collective: every rank calls); rank 0 then returns the volume, the others None.
     """
     from training import distributed
 
@@ -43,7 +44,7 @@ def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None 
     nz, ny, nx = (int(s) for s in shape_zyx)
     slices_per_chunk = max(1, chunk_points // (ny * nx))
     starts = list(range(0, nz, slices_per_chunk))
-    split = distributed.is_enabled() if split is None else split
+    split = split and distributed.is_enabled()
     world_size = distributed.get_world_size() if split else 1
     rank = distributed.get_rank() if split else 0
     out = np.empty((nz, ny, nx), dtype=np.float32) if rank == 0 else None

@@ -60,7 +60,7 @@ def evaluate(model: torch.nn.Module, volume, info: VolumeInfo) -> tuple[np.ndarr
     Under torch.distributed every rank must call it: the ranks share the grid, rank 0 gets the
     prediction (the others None) and every rank gets the metrics.
     """
-    pred = predict_volume(model, volume.shape, info)
+    pred = predict_volume(model, volume.shape, info, split=True)
     metrics = volume_metrics(volume.values, pred) if pred is not None else None
     return pred, distributed.broadcast_object(metrics)
 
