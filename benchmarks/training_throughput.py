@@ -118,7 +118,7 @@ def main(argv=None) -> None:
                              "fraction_of_matmul_rate": None if grad_lambda > 0 else r["model_flops_per_s"] / peak,
                              "original_samples_per_second": original,
                              "speedup_vs_original": r["samples_per_second"] / original if original else None})
-    print(f"\n| volume | width | grad loss | samples/s | vs original | fraction of matmul rate |")
+    print("\n| volume | width | grad loss | samples/s | vs original | fraction of matmul rate |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         frac = f"{r['fraction_of_matmul_rate']:.1%}" if r["fraction_of_matmul_rate"] is not None else "-"

@@ -12,7 +12,7 @@ import argparse
 import difflib
 import re
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import configargparse

@@ -1,6 +1,6 @@
 """The shape of a Neurcomp network, its exact parameter count, and width selection."""
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from config.errors import ConfigError
 

@@ -38,7 +38,7 @@ class VolumeInfo:
     def num_voxels(self) -> int:
         return int(self.shape[0]) * int(self.shape[1]) * int(self.shape[2])
 
-    def denormalize(self, normalized: torch.Tensor | "np.ndarray"):
+    def denormalize(self, normalized):
         """Map network output in [-1, 1] back to physical values."""
         return (normalized + 1.0) * 0.5 * (self.vmax - self.vmin) + self.vmin
 

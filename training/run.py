@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from config.errors import ConfigError
 from config.options import NeurcompConfig, format_config_file
 from data.metrics import volume_metrics
-from model.architecture import Architecture, build_architecture, count_parameters
+from model.architecture import Architecture, count_parameters
 from model.neurcomp import Neurcomp
 from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
 from training.inference import predict_volume
