@@ -251,7 +251,8 @@ def table(results: dict) -> str:
     for r in results["memory"]:
         lines.append(f"| {r['mode']} | {'yes' if r['gradients'] else 'no'} | {r['bytes_per_voxel']:.3f} | "
                      f"{r['volume_bytes'] / 2 ** 20:.1f} | {r['rss_anon_growth_mib']:.1f} | "
-                     f"{r['sample_ms_16k_points']:.1f} |" + (f" {r['cuda_peak_mib']:.1f} |" if "cuda_peak_mib" in r else ""))
+                     f"{r['sample_ms_16k_points']:.1f} |"
+                     + (f" {r['cuda_peak_mib']:.1f} |" if "cuda_peak_mib" in r else ""))
     for r in results.get("largest", []):
         lines.append(f"largest: {r['size']}^3 ({r['file_gib']:.1f} GiB uint8), peak device memory "
                      f"{r['cuda_peak_mib']:.0f} MiB, {r['steps']} steps in {r['seconds']:.0f} s")
@@ -264,7 +265,8 @@ def main(argv=None) -> dict:
     p.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="process counts for the throughput")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per throughput measurement")
     p.add_argument("--storage", default="auto", help="volume_storage for the throughput runs")
-    p.add_argument("--memory_size", type=int, default=192, help="edge of the synthetic uint8 volume for the memory table")
+    p.add_argument("--memory_size", type=int, default=192,
+                   help="edge of the synthetic uint8 volume for the memory table")
     p.add_argument("--brick_size", type=int, default=32)
     p.add_argument("--bricks_resident", type=int, default=64)
     p.add_argument("--largest", type=int, nargs="*", default=[], help="CUDA: train N^3 volumes with brick streaming")

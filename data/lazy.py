@@ -55,6 +55,20 @@ class H5Array:
         out = self[:, :, :]
         return out if dtype is None else out.astype(dtype)
 
+    # what the end-of-training metrics and writers use (data.metrics, training.outputs)
+    def min(self) -> float:
+        return min(float(np.min(self[z0:z0 + self._slab()])) for z0 in range(0, self.shape[0], self._slab()))
+
+    def max(self) -> float:
+        return max(float(np.max(self[z0:z0 + self._slab()])) for z0 in range(0, self.shape[0], self._slab()))
+
+    def reshape(self, *shape) -> np.ndarray:
+        """Reads the whole dataset (host memory, stored dtype)."""
+        return np.asarray(self).reshape(*shape)
+
+    def _slab(self) -> int:
+        return max(1, CHUNK_VOXELS // max(1, self.shape[1] * self.shape[2]))
+
     def close(self) -> None:
         self.file.close()
 

@@ -170,7 +170,8 @@ def _worker(rank: int, store: str, results: str) -> None:
     trainer = Trainer(model, Fixed(), Phase("t", 1, 1e-3, 1e9, OptimConfig(batch_size=1001, sample_size=1)),
                       progress=False)
     trainer.run()
-    out["gradient"] = max(float((p.grad - q.grad).abs().max()) for p, q in zip(model.parameters(), reference.parameters()))
+    out["gradient"] = max(float((p.grad - q.grad).abs().max())
+                          for p, q in zip(model.parameters(), reference.parameters()))
 
     # pruning: decided on rank 0 and broadcast, whatever rank 1's gates say
     pruning = PruningConfig(technique="smallify")

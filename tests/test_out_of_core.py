@@ -54,7 +54,8 @@ def test_stored_precision_sampling_equals_float32(dtype):
     scale = float(a[:, 1:].abs().max())  # gradients of random data are large (up to ~2 (n-1))
     torch.testing.assert_close(b[:, 1:], a[:, 1:], rtol=0, atol=1e-6 * scale)
     # without gradients, through sample(): same positions (same generator) and values
-    ref, native = VolumeSampler(vol.normalized(), "cpu", seed=5), NativeVolumeSampler(raw, vol.vmin, vol.vmax, "cpu", seed=5)
+    ref = VolumeSampler(vol.normalized(), "cpu", seed=5)
+    native = NativeVolumeSampler(raw, vol.vmin, vol.vmax, "cpu", seed=5)
     (c1, v1, g1), (c2, v2, g2) = ref.sample(1000), native.sample(1000)
     assert torch.equal(c1, c2) and g1 is None and g2 is None
     torch.testing.assert_close(v2, v1, rtol=0, atol=1e-6)
@@ -95,7 +96,8 @@ def test_brick_samples_match_float32_interpolation(with_gradients):
     # host-side interpolation (for checks) equals the resident one
     c = torch.rand(300, 3) * 2 - 1
     expected = ref.interpolate(c)
-    torch.testing.assert_close(bricks.interpolate(c), expected, rtol=0, atol=1e-5 * max(1.0, float(expected.abs().max())))
+    torch.testing.assert_close(bricks.interpolate(c), expected, rtol=0,
+                               atol=1e-5 * max(1.0, float(expected.abs().max())))
     bricks.close()
 
 
@@ -161,9 +163,17 @@ def test_open_volume_lazily_npy_raw_hdf5(tmp_path):
             np.testing.assert_allclose(lazy.normalized(), reference.normalized(), atol=1e-6)
     # the value range is found slab by slab
     assert value_range("x", values, chunk_voxels=200) == (values.min(), values.max())
-    # compressed formats are read whole, still usable
-    lazy = open_volume_lazily(tmp_path / "v.h5", data_key="group/field")
-    assert lazy.shape == (10, 12, 14)
+    # an HDF5 dataset answers what the end-of-training metrics and writers ask
+    h5 = open_volume_lazily(tmp_path / "v.h5", data_key="group/field").values
+    assert (h5.min(), h5.max()) == (values.min(), values.max())
+    np.testing.assert_array_equal(h5.reshape(-1), values.reshape(-1))
+    np.testing.assert_array_equal(np.asarray(h5)[:, 3], values[:, 3])
+    # formats that cannot be mapped (.vti, .cvol) are read whole and still work
+    from data.writers import write_vti
+
+    write_vti(tmp_path / "v.vti", values.astype(np.float32), (1.0, 1.0, 1.0))
+    whole = open_volume_lazily(tmp_path / "v.vti")
+    assert not whole.lazy and whole.shape == (10, 12, 14) and whole.vmax == values.max()
 
 
 @pytest.mark.parametrize("data, message", [

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import inspect
 import json
 import os
 import warnings
@@ -94,7 +95,7 @@ def init_from_env(device: torch.device, backend: str = "auto") -> bool:
     kwargs = {}
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        if backend == "nccl":
+        if backend == "nccl" and "device_id" in inspect.signature(dist.init_process_group).parameters:
             kwargs["device_id"] = device  # binds the communicator to this GPU (no guessing in barrier())
     dist.init_process_group(backend=backend, timeout=TIMEOUT, **kwargs)
     atexit.register(shutdown)
@@ -213,7 +214,8 @@ def assert_in_sync(module: torch.nn.Module, where: str = "") -> str:
         Path(debug_dir).mkdir(parents=True, exist_ok=True)
         path = Path(debug_dir) / f"rank{get_rank()}.json"
         record = json.loads(path.read_text()) if path.exists() else {}
-        record.update({"rank": get_rank(), "world_size": get_world_size(), f"hash{'_' + where if where else ''}": digest})
+        key = f"hash_{where}" if where else "hash"
+        record.update({"rank": get_rank(), "world_size": get_world_size(), key: digest})
         path.write_text(json.dumps(record, indent=1))
     if len(set(hashes)) > 1:
         raise RuntimeError(f"distributed training diverged{' at ' + where if where else ''}: ranks hold "

@@ -265,11 +265,11 @@ class BrickSampler(_GatherSampler):
         self.slots = self.num_bricks if self.all_resident else int(bricks_resident)
         self.per_refresh = max(1, round(self.slots * REPLACE_FRACTION))
         self.extent = tuple(min(self.brick_size + 3, n) for n in self.shape)  # voxels per slot (z, y, x)
-        cells = [torch.tensor([min(self.brick_size, n - 1 - k * self.brick_size) for k in range(g)], dtype=torch.float64)
-                 for n, g in zip(self.shape, self.grid_counts)]
+        cells = [torch.tensor([min(self.brick_size, n - 1 - k * self.brick_size) for k in range(g)],
+                              dtype=torch.float64) for n, g in zip(self.shape, self.grid_counts)]
         self.brick_weights = (cells[0][:, None, None] * cells[1][None, :, None] * cells[2][None, None, :]).reshape(-1)
-        self.bricks = torch.zeros((self.slots, *self.extent), dtype=_torch_storage(np.zeros(1, self.stored_dtype)).dtype,
-                                  device=self.device)
+        storage_dtype = _torch_storage(np.zeros(1, self.stored_dtype)).dtype
+        self.bricks = torch.zeros((self.slots, *self.extent), dtype=storage_dtype, device=self.device)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bricks") if prefetch else None
         self._pending = None
         self._init_generator(seed)
