@@ -12,6 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO / ".." / "shared" / "datasets"
 
 sys.path.insert(0, str(REPO))
+# Tiny networks gain nothing from threads, and on a busy 2-core machine spinning threads slow each
+# other down by an order of magnitude; subprocesses (entry scripts, torchrun ranks) inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def shared_volume(name: str) -> Path:
