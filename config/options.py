@@ -23,7 +23,8 @@ DROPOUT_TECHNIQUES = ("", "none", "binary", "smallify", "variational", "variatio
                       "variational_dynamic")
 
 
-def _bool(value: str) -> bool:
+def parse_bool(value: str) -> bool:
+    """true/yes/on/1 or false/no/off/0, for boolean options in config files and on the command line."""
     v = str(value).strip().lower()
     if v in ("true", "yes", "on", "1"):
         return True
@@ -79,7 +80,7 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     g.add_argument("--compression_ratio", type=float, default=50.0, help="target voxels / parameters; sets the width")
     g.add_argument("--features_per_layer", type=int, default=0, help="fixed width (overrides compression_ratio; 0: from the ratio)")
     g.add_argument("--feature_list", type=int, nargs="+", default=None, help="explicit per-layer widths (overrides both)")
-    g.add_argument("--use_resnet", type=_bool, default=True, help="residual sine blocks (true) or a plain SIREN (false)")
+    g.add_argument("--use_resnet", type=parse_bool, default=True, help="residual sine blocks (true) or a plain SIREN (false)")
     g.add_argument("--dont_use_resnet", action="store_true", help="build a plain SIREN of the same depth")
 
     g = p.add_argument_group("training")
@@ -109,7 +110,7 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     g = p.add_argument_group("scaling")
     g.add_argument("--volume_storage", default="auto", choices=["auto", "float32", "native"],
                    help="volume on the device: float32, native (stored precision, interpolated in float32), auto (native when smaller)")
-    g.add_argument("--stream_bricks", type=_bool, default=False,
+    g.add_argument("--stream_bricks", type=parse_bool, default=False,
                    help="train from a memory-mapped file, streaming random bricks to the device (volumes larger than device memory)")
     g.add_argument("--brick_size", type=int, default=32, help="brick streaming: cells per brick edge (a brick holds brick_size + 3 voxels per axis)")
     g.add_argument("--bricks_resident", type=int, default=1024, help="brick streaming: bricks held on the device at a time")

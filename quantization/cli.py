@@ -18,20 +18,10 @@ import numpy as np
 import torch
 
 from config.errors import ConfigError, InputError
-from config.options import build_parser, config_from_namespace, parse_namespace
+from config.options import build_parser, config_from_namespace, parse_bool, parse_namespace
 
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_SUFFIX = ".ncq"
-
-
-def _bool(value: str) -> bool:
-    v = str(value).strip().lower()
-    if v in ("true", "yes", "on", "1"):
-        return True
-    if v in ("false", "no", "off", "0"):
-        return False
-    import argparse
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def add_quantization_arguments(parser):
@@ -48,7 +38,7 @@ def add_quantization_arguments(parser):
     g.add_argument("--finetune_lr", type=float, default=1e-5, help="Adam learning rate of the fine-tuning")
     g.add_argument("--codebook_dtype", default=d.codebook_dtype, choices=["float16", "float32"], help="storage of the centroids")
     g.add_argument("--bias_format", default=d.bias, choices=["float16", "float32", "quantized"], help="storage of the biases")
-    g.add_argument("--quantize_first_last", type=_bool, default=d.quantize_first_last,
+    g.add_argument("--quantize_first_last", type=parse_bool, default=d.quantize_first_last,
                    help="k-means the first and last layers too (false: store them raw as --first_last_dtype)")
     g.add_argument("--first_last_dtype", default=d.raw_dtype, choices=["float16", "float32"],
                    help="storage of the first/last layers when --quantize_first_last is false")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
+from config.options import parse_bool
 
 PARAMETER_TYPES = ("range", "choice", "fixed")
 VALUE_TYPES = ("int", "float", "str", "bool")
@@ -144,7 +145,7 @@ def _option_value_type(action) -> str:
         return "int"
     if t is float:
         return "float"
-    if t is not None and getattr(t, "__name__", "") == "_bool":
+    if t is parse_bool:
         return "bool"
     return "str"
 
