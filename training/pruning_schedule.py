@@ -31,7 +31,7 @@ from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
 from training.outputs import atomic_write_text
 from training.run import CHECKPOINT_NAME, evaluate, finish, load_training_volume, resolve_device, steps_for
 from training.sampler import make_sampler
-from training.tracking import Tracker
+from training.tracking import Tracker, tracked
 from training.trainer import Phase, Trainer
 
 FINETUNE_LR_FACTOR = 0.01
@@ -113,8 +113,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
     tracker = Tracker(cfg.trackers, out_dir, cfg.expname, cfg.mlflow_tracking_uri, cfg.tensorboard_dir,
                       mlflow_experiment=cfg.mlflow_experiment, parent_run_id=cfg.mlflow_parent_run_id or None,
                       resume_run_id=(resume or {}).get("tracking_run_id"))
-    status = "FAILED"
-    try:
+    with tracked(tracker):
         if resumed_phase != FINETUNE_PHASE:
             if resume is not None:
                 arch = Architecture.from_dict(rstate["architecture"])
@@ -206,13 +205,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
         extra = {**summary, "passes_finetuning": trainer.current_pass(),
                  "finetune_lr": cfg.optim.lr * FINETUNE_LR_FACTOR}
         result = finish(cfg, model, volume, info, totals, tracker, device, extra_info=extra)
-        status = "FINISHED"
         return result
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.close(status)
 
 
 def _interrupted_message(tag: str, trainer: Trainer, path) -> None:

@@ -19,7 +19,7 @@ from training import distributed
 from training.file_target import initial_architecture, write_compressed_file
 from training.outputs import atomic_write_text, save_slices_png, versions, write_info
 from training.sampler import VolumeSampler, make_sampler  # noqa: F401 (tests patch run.VolumeSampler)
-from training.tracking import Tracker
+from training.tracking import Tracker, tracked
 from training.trainer import Phase, Trainer
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -120,18 +120,10 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
     if resume is not None:
         model.load_state_dict(resume["model_state"])
         trainer.load_state_dict(resume["trainer"])
-    status = "FAILED"
-    try:
+    with tracked(tracker):
         trainer.run()
         checkpoint(trainer, "final")
-        result = finish(cfg, model, volume, info, trainer, tracker, device)
-        status = "FINISHED"
-        return result
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.close(status)
+        return finish(cfg, model, volume, info, trainer, tracker, device)
 
 
 def finish(cfg: NeurcompConfig, model: Neurcomp, volume, info: VolumeInfo, trainer: Trainer, tracker,

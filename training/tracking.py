@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -83,3 +84,17 @@ class Tracker:
         if self.mlflow:
             self.mlflow.end_run(status=status)
             self.mlflow = None
+
+
+@contextmanager
+def tracked(tracker: Tracker):
+    """Close ``tracker`` on leaving the block, its run marked FINISHED, KILLED (Ctrl-C) or FAILED."""
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close(status)
