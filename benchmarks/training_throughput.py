@@ -5,10 +5,16 @@ measured matrix-multiply FLOP rate.
     python -m benchmarks.training_throughput --device cuda --widths 128 256 512
 
 A step = sample positions on the device + trilinear targets + forward + loss (+ gradient loss) +
-backward + Adam, exactly as ``training.trainer.Trainer`` runs it. FLOPs per step count the
-multiply-adds of every linear layer: forward 2 N sum(in*out), backward twice that (weight and input
-gradients); the gradient loss (double backward) roughly doubles it again, so its fraction is not
-reported.
+backward + Adam, exactly as ``training.trainer.Trainer`` runs it, eager and compiled
+(``--compile off on``), in micro-batches (``--micro_batch``, 0: the automatic size). FLOPs per
+step count the multiply-adds of every linear layer: forward 2 N sum(in*out), backward twice that
+(weight and input gradients); the gradient loss roughly doubles it again, so its fraction is not
+reported. The matmul-only bound is the rate a step would reach if it did nothing but its matrix
+products.
+
+``--psnr_passes K`` also trains each volume for K passes twice from the same seed, the plain way
+(eager, whole step at once: the original's computation) and the fast way (compiled, automatic
+micro-batches), and reports the full-volume PSNR and wall time of both.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from config.options import OptimConfig
 from data.readers import read_volume
 from model.architecture import Architecture, width_for_ratio
 from model.neurcomp import Neurcomp
+from training.checkpoint import VolumeInfo
+from training.run import evaluate, steps_for
 from training.sampler import VolumeSampler
 from training.trainer import Phase, Trainer
 
@@ -54,34 +62,79 @@ def sync(device: torch.device) -> None:
 
 
 def measure(values: np.ndarray, arch: Architecture, optim: OptimConfig, device: torch.device,
-            seconds: float = 10.0) -> dict:
+            seconds: float = 10.0, compile: str = "off", micro_batch: int = 0, windows: int = 3) -> dict:
+    """Median samples/s over ``windows`` timed stretches of about seconds / windows each, after a
+    warm-up that includes compiling."""
     torch.manual_seed(0)
     model = Neurcomp(arch).to(device)
     sampler = VolumeSampler(values, device, with_gradients=optim.grad_lambda > 0)
     phase = Phase("bench", 10 ** 9, optim.lr, 1e12, optim)  # no pass ends: no logging inside the timing
-    trainer = Trainer(model, sampler, phase, progress=False)
-    steps = 3
-    while True:  # warm up, then time whole batches of steps for about `seconds`
+    trainer = Trainer(model, sampler, phase, progress=False, compile=compile, micro_batch=micro_batch)
+
+    def run(steps: int) -> float:
         phase.num_steps = trainer.step + steps
         sync(device)
         t0 = time.perf_counter()
         trainer.run()
         sync(device)
-        dt = time.perf_counter() - t0
-        if dt > seconds / 4 or steps > 10 ** 6:
-            break
+        return time.perf_counter() - t0
+
+    run(2)  # compiles, if compiling
+    steps = 2
+    while (dt := run(steps)) < seconds / (4 * windows) and steps < 10 ** 6:
         steps *= 2
-    phase.num_steps = trainer.step + max(1, int(steps * seconds / dt))
-    n_steps = phase.num_steps - trainer.step
+    steps = max(1, int(steps * seconds / windows / dt))
+    rates = sorted(steps * optim.points_per_step / run(steps) for _ in range(windows))
+    rate = rates[len(rates) // 2]
+    macs = sum(o * i for o, i in arch.linear_shapes())
+    return {"samples_per_second": rate, "window_samples_per_second": rates, "steps_per_window": steps,
+            "compiled": trainer.compiled, "micro_batch": trainer.micro_batch,
+            "model_flops_per_s": 6 * macs * rate}  # forward 2, backward 4 per multiply-add
+
+
+def gemm_floor(arch: Architecture, points: int, micro_batch: int, device: torch.device, seconds: float = 2.0) -> float:
+    """Samples/s if a step (no gradient loss) did nothing but its matrix products: per linear layer
+    and micro-batch, forward x W^T + b, weight gradient g^T x and (but for the first layer) input
+    gradient g W, timed back to back with the step's shapes."""
+    shapes = [(o, i) for o, i in arch.linear_shapes()]
+    tensors = [(torch.randn(micro_batch, i, device=device), torch.randn(o, i, device=device),
+                torch.randn(o, device=device), torch.randn(micro_batch, o, device=device)) for o, i in shapes]
+    n_micro = -(-points // micro_batch)
+
+    def step():
+        for _ in range(n_micro):
+            for k, (x, w, b, g) in enumerate(tensors):
+                torch.addmm(b, x, w.t())
+                g.t() @ x
+                if k > 0:
+                    g @ w
+
+    step()
     sync(device)
+    t0, k = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        step()
+        k += 1
+    sync(device)
+    return k * points / (time.perf_counter() - t0)
+
+
+def psnr_after_passes(volume, arch: Architecture, optim: OptimConfig, device: torch.device, passes: float,
+                      compile: str, micro_batch: int) -> dict:
+    """Full-volume PSNR (physical units) and wall time of ``passes`` passes from seed 0."""
+    torch.manual_seed(0)
+    model = Neurcomp(arch).to(device)
+    sampler = VolumeSampler(volume.normalized(), device, seed=0, with_gradients=optim.grad_lambda > 0)
+    num_steps, steps_per_pass = steps_for(passes, volume.num_voxels, optim.points_per_step)
+    trainer = Trainer(model, sampler, Phase("psnr", num_steps, optim.lr, steps_per_pass, optim), progress=False,
+                      compile=compile, micro_batch=micro_batch)
     t0 = time.perf_counter()
     trainer.run()
     sync(device)
-    dt = time.perf_counter() - t0
-    samples = n_steps * optim.points_per_step
-    macs = sum(o * i for o, i in arch.linear_shapes())
-    flops = 6 * macs * samples  # forward 2, backward 4 per multiply-add
-    return {"samples_per_second": samples / dt, "steps": n_steps, "seconds": dt, "model_flops_per_s": flops / dt}
+    seconds = time.perf_counter() - t0
+    _, metrics = evaluate(model, volume, VolumeInfo.from_volume(volume))
+    return {"passes": passes, "steps": num_steps, "compiled": trainer.compiled, "micro_batch": trainer.micro_batch,
+            "psnr": metrics["psnr"], "seconds": seconds}
 
 
 def main(argv=None) -> None:
@@ -95,7 +148,12 @@ def main(argv=None) -> None:
     p.add_argument("--sample_size", type=int, default=16)
     p.add_argument("--grad_lambda", type=float, nargs="+", default=[0.0, 0.05])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--seconds", type=float, default=10.0, help="timed duration per configuration")
+    p.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"],
+                   help="training step modes to measure (torch.compile off/on)")
+    p.add_argument("--micro_batch", type=int, nargs="+", default=[0], help="points per forward/backward (0: auto)")
+    p.add_argument("--seconds", type=float, default=9.0, help="timed duration per configuration")
+    p.add_argument("--psnr_passes", type=float, default=0, help="also compare PSNR after this many passes (0: skip)")
+    p.add_argument("--lr", type=float, default=5e-5, help="learning rate of the PSNR comparison")
     p.add_argument("--output", default="benchmarks/results/training_throughput.json")
     args = p.parse_args(argv)
 
@@ -108,25 +166,57 @@ def main(argv=None) -> None:
         volume = read_volume(path)
         widths = args.widths or [width_for_ratio(volume.num_voxels, args.compression_ratio, args.n_layers)]
         for width in widths:
+            arch = Architecture.uniform(width, args.n_layers)
             for grad_lambda in args.grad_lambda:
                 optim = OptimConfig(lr=5e-5, batch_size=args.batch_size, sample_size=args.sample_size,
                                     grad_lambda=grad_lambda)
-                r = measure(volume.normalized(), Architecture.uniform(width, args.n_layers), optim, device, args.seconds)
                 original = ORIGINAL.get((Path(path).name, grad_lambda > 0)) if not args.widths else None
-                rows.append({"volume": Path(path).name, "width": width, "grad_loss": grad_lambda > 0,
-                             "points_per_step": optim.points_per_step, **r,
-                             "fraction_of_matmul_rate": None if grad_lambda > 0 else r["model_flops_per_s"] / peak,
-                             "original_samples_per_second": original,
-                             "speedup_vs_original": r["samples_per_second"] / original if original else None})
-    print("\n| volume | width | grad loss | samples/s | vs original | fraction of matmul rate |")
-    print("|---|---|---|---|---|---|")
+                for micro_batch in args.micro_batch:
+                    for compile in args.compile:
+                        r = measure(volume.normalized(), arch, optim, device, args.seconds, compile, micro_batch)
+                        floor = (gemm_floor(arch, optim.points_per_step, r["micro_batch"], device)
+                                 if grad_lambda == 0 else None)
+                        rows.append({"volume": Path(path).name, "width": width, "grad_loss": grad_lambda > 0,
+                                     "compile": compile, "points_per_step": optim.points_per_step, **r,
+                                     "fraction_of_matmul_rate": None if grad_lambda > 0 else r["model_flops_per_s"] / peak,
+                                     "matmul_only_samples_per_second": floor,
+                                     "original_samples_per_second": original,
+                                     "speedup_vs_original": r["samples_per_second"] / original if original else None})
+                        print(f"{rows[-1]['volume']} w{width} grad={grad_lambda > 0} compile={compile} "
+                              f"micro_batch={r['micro_batch']}: {r['samples_per_second'] / 1e6:.3f} M/s", flush=True)
+    print("\n| volume | width | grad loss | compiled | micro-batch | samples/s | vs original "
+          "| fraction of matmul rate | matmul-only bound |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         frac = f"{r['fraction_of_matmul_rate']:.1%}" if r["fraction_of_matmul_rate"] is not None else "-"
         speed = f"{r['speedup_vs_original']:.2f}x" if r["speedup_vs_original"] else "-"
-        print(f"| {r['volume']} | {r['width']} | {r['grad_loss']} | {r['samples_per_second'] / 1e6:.3f} M | {speed} | {frac} |")
+        floor = f"{r['matmul_only_samples_per_second'] / 1e6:.3f} M" if r["matmul_only_samples_per_second"] else "-"
+        print(f"| {r['volume']} | {r['width']} | {r['grad_loss']} | {r['compiled']} | {r['micro_batch']} "
+              f"| {r['samples_per_second'] / 1e6:.3f} M | {speed} | {frac} | {floor} |")
+    psnr_rows = []
+    if args.psnr_passes > 0:
+        for path in args.volumes:
+            volume = read_volume(path)
+            arch = Architecture.uniform(width_for_ratio(volume.num_voxels, args.compression_ratio, args.n_layers),
+                                        args.n_layers)
+            for grad_lambda in args.grad_lambda:
+                optim = OptimConfig(lr=args.lr, batch_size=args.batch_size, sample_size=args.sample_size,
+                                    grad_lambda=grad_lambda)
+                for label, compile, micro_batch in (("plain", "off", optim.points_per_step), ("fast", "on", 0)):
+                    r = psnr_after_passes(volume, arch, optim, device, args.psnr_passes, compile, micro_batch)
+                    psnr_rows.append({"volume": Path(path).name, "width": arch.widths[0], "grad_loss": grad_lambda > 0,
+                                      "step": label, **r})
+                    print(f"{Path(path).name} grad={grad_lambda > 0} {label}: {r['psnr']:.2f} dB after "
+                          f"{args.psnr_passes:g} passes in {r['seconds']:.0f} s", flush=True)
+        print("\n| volume | width | grad loss | step | passes | PSNR (dB) | seconds |")
+        print("|---|---|---|---|---|---|---|")
+        for r in psnr_rows:
+            print(f"| {r['volume']} | {r['width']} | {r['grad_loss']} | {r['step']} | {r['passes']:g} "
+                  f"| {r['psnr']:.2f} | {r['seconds']:.0f} |")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"device": dev_name, "matmul_flops_per_s": peak, "torch": torch.__version__, "rows": rows}
+    result = {"device": dev_name, "matmul_flops_per_s": peak, "torch": torch.__version__, "rows": rows,
+              "psnr_after_passes": psnr_rows}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(out)

@@ -107,7 +107,14 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     g.add_argument("--variational_lambda_weight", type=float, default=1.0, help="variational: weight of the weight L1 term")
     g.add_argument("--variational_lambda_entropy", type=float, default=0.0, help="variational: weight of the drop-rate entropy term")
 
-    g = p.add_argument_group("scaling")
+    g = p.add_argument_group("speed and scaling")
+    g.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="torch.compile the training step (fuses the sine layers' elementwise work); "
+                        "auto: for phases of at least 1000 steps, where the ~20 s of compiling pays off")
+    g.add_argument("--micro_batch", type=int, default=0,
+                   help="points per forward/backward pass; a step's gradient is accumulated over its micro-batches "
+                        "(same gradient, cache-sized work). 0: auto (CPU: about 2 MiB of activations per layer; "
+                        "GPU: the whole step)")
     g.add_argument("--volume_storage", default="auto", choices=["auto", "float32", "native"],
                    help="volume on the device: float32, native (stored precision, interpolated in float32), auto (native when smaller)")
     g.add_argument("--stream_bricks", type=parse_bool, default=False,
@@ -183,8 +190,11 @@ class PruningConfig:
 
 @dataclass
 class ScalingConfig:
-    """Device memory and multi-process options (training.distributed, training.sampler)."""
+    """Speed, device memory and multi-process options (training.speed, training.distributed,
+    training.sampler)."""
 
+    compile: str = "auto"  # auto | on | off
+    micro_batch: int = 0  # 0: auto
     volume_storage: str = "auto"  # auto | float32 | native
     stream_bricks: bool = False
     brick_size: int = 32
@@ -306,6 +316,7 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     _check(ns.target_file_ratio >= 0, src, "target_file_ratio", ns.target_file_ratio, "must be >= 0")
     _check(ns.target_file_ratio == 0 or technique in ("", "none"), src, "target_file_ratio", ns.target_file_ratio,
            "cannot be combined with a dropout_technique: pruning changes the size after the network is sized")
+    _check(ns.micro_batch >= 0, src, "micro_batch", ns.micro_batch, "must be >= 0 (0: auto)")
     _check(ns.brick_size >= 2, src, "brick_size", ns.brick_size, "must be >= 2")
     _check(ns.bricks_resident >= 1, src, "bricks_resident", ns.bricks_resident, "must be >= 1")
     _check(ns.brick_refresh_steps >= 1, src, "brick_refresh_steps", ns.brick_refresh_steps, "must be >= 1")
@@ -343,7 +354,8 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
         mlflow_tracking_uri=ns.mlflow_tracking_uri, mlflow_experiment=ns.mlflow_experiment,
         mlflow_parent_run_id=ns.mlflow_parent_run_id, quant_bits=ns.quant_bits,
         target_file_ratio=ns.target_file_ratio, source=src, raw=raw,
-        scaling=ScalingConfig(volume_storage=ns.volume_storage, stream_bricks=ns.stream_bricks,
+        scaling=ScalingConfig(compile=ns.compile, micro_batch=ns.micro_batch,
+                              volume_storage=ns.volume_storage, stream_bricks=ns.stream_bricks,
                               brick_size=ns.brick_size, bricks_resident=ns.bricks_resident,
                               brick_refresh_steps=ns.brick_refresh_steps, dist_backend=ns.dist_backend),
     )

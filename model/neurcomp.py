@@ -40,6 +40,15 @@ class SineLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sin(scaled_linear(x, self.linear, self.omega_0))
 
+    def forward_with_cosines(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(output, cos of the pre-activation): what ``input_gradient`` needs."""
+        z = scaled_linear(x, self.linear, self.omega_0)
+        return torch.sin(z), (torch.cos(z),)
+
+    def input_gradient(self, grad_out: torch.Tensor, cosines: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """dL/dx from dL/dy:  (dL/dy * cos z) omega_0 W."""
+        return (grad_out * cosines[0]) @ (self.linear.weight * self.omega_0)
+
 
 def scaled_linear(x: torch.Tensor, linear: nn.Linear, scale: float) -> torch.Tensor:
     """scale * linear(x), computed by scaling the (small) weights instead of the (large) activations."""
@@ -69,6 +78,19 @@ class ResidualSineBlock(nn.Module):
         out = x + torch.sin(scaled_linear(self.inner(x), self.linear_2, self.omega_0))
         return out if self.out_scale == 1.0 else self.out_scale * out
 
+    def forward_with_cosines(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        z1 = F.linear(x, self.linear_1.weight * (self.omega_0 * self.in_scale), self.linear_1.bias * self.omega_0)
+        z2 = scaled_linear(torch.sin(z1), self.linear_2, self.omega_0)
+        out = x + torch.sin(z2)
+        return (out if self.out_scale == 1.0 else self.out_scale * out), (torch.cos(z1), torch.cos(z2))
+
+    def input_gradient(self, grad_out: torch.Tensor, cosines: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """dL/dx = a2 (g + ((g * cos z2) omega_0 W2 * cos z1) omega_0 a1 W1), g = dL/dy."""
+        cos_1, cos_2 = cosines
+        g = grad_out if self.out_scale == 1.0 else self.out_scale * grad_out
+        g_inner = ((g * cos_2) @ (self.linear_2.weight * self.omega_0)) * cos_1
+        return g + g_inner @ (self.linear_1.weight * (self.omega_0 * self.in_scale))
+
 
 class Neurcomp(nn.Module):
     """Coordinates in [-1, 1]^d_in -> normalised value in about [-1, 1].
@@ -93,11 +115,33 @@ class Neurcomp(nn.Module):
         self.output = nn.Linear(w[-1] if not arch.residual else w[0], arch.d_out)
         siren_uniform_(self.output, omega_0, is_first=False)
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+    def forward(self, coords: torch.Tensor, input_gradient: bool = False):
+        """Predictions (n, d_out); with ``input_gradient``, also d(sum of outputs)/d coords (n, d_in)."""
+        if input_gradient:
+            return self.value_and_input_gradient(coords)
         x = coords
         for layer in self.hidden:
             x = layer(x)
         return self.output(x)
+
+    def value_and_input_gradient(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predictions, d(sum of outputs)/d coords) with the reverse pass written out in tensor ops.
+
+        The gradient loss needs the network's spatial gradient inside the loss. autograd.grad with
+        create_graph=True gives it too, but as a double-backward graph that torch.compile cannot
+        take; written out, it is a first-order function of the weights that autograd and the
+        compiler differentiate like any other (same FLOPs: one more GEMM per layer, the cosines
+        of the pre-activations reused).
+        """
+        x, saved = coords, []
+        for layer in self.hidden:
+            x, cosines = layer.forward_with_cosines(x)
+            saved.append(cosines)
+        pred = self.output(x)
+        grad = self.output.weight.sum(0).expand_as(x)  # d(sum of outputs)/d x for the last features
+        for layer, cosines in zip(reversed(self.hidden), reversed(saved)):
+            grad = layer.input_gradient(grad, cosines)
+        return pred, grad
 
     def linears(self) -> list[nn.Linear]:
         """Every linear layer in forward order (matches ``Architecture.linear_shapes``)."""

@@ -45,15 +45,15 @@ class PruningTrainer(Trainer):
     def loss(self, coords, targets, target_grads):
         reg = self.phase.regularizer
         grad_lambda = self.phase.optim.grad_lambda
-        if grad_lambda > 0:
-            coords.requires_grad_(True)
-        pred = self.forward(coords)  # through DistributedDataParallel under torchrun
+        if grad_lambda > 0:  # through DistributedDataParallel under torchrun
+            pred, grads = self.forward_with_input_gradient(coords)
+        else:
+            pred = self.forward(coords)
         mse = torch.mean((pred - targets) ** 2)
         data = reg.data_loss(self.model, coords, pred, targets)
         loss = mse if data is None else data
         extras = {} if data is None else {"nll": data.detach()}
         if grad_lambda > 0:
-            grads = torch.autograd.grad(pred.sum(), coords, create_graph=True)[0]
             grad_loss = torch.mean((grads - target_grads) ** 2)
             loss = loss + grad_lambda * grad_loss
             extras["grad_loss"] = grad_loss.detach()
@@ -142,7 +142,8 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
             phase = Phase(PRUNE_PHASE, prune_steps, cfg.optim.lr, steps_per_pass, cfg.optim,
                           regularizer=gated.regularizer)
             trainer = PruningTrainer(gated, sampler, phase, tracker=tracker, checkpoint_fn=checkpoint_prune,
-                                     checkpoint_every_passes=cfg.checkpoint_every, progress=progress)
+                                     checkpoint_every_passes=cfg.checkpoint_every, progress=progress,
+                                     compile=cfg.scaling.compile, micro_batch=cfg.scaling.micro_batch)
             if resume is not None:
                 trainer.load_state_dict(resume["trainer"])
             trainer.run()
@@ -190,7 +191,8 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
 
         phase = Phase(FINETUNE_PHASE, finetune_steps, cfg.optim.lr * FINETUNE_LR_FACTOR, steps_per_pass, cfg.optim)
         trainer = Trainer(model, sampler, phase, tracker=tracker, checkpoint_fn=checkpoint_finetune,
-                          checkpoint_every_passes=cfg.checkpoint_every, step_offset=prune_steps, progress=progress)
+                          checkpoint_every_passes=cfg.checkpoint_every, step_offset=prune_steps, progress=progress,
+                          compile=cfg.scaling.compile, micro_batch=cfg.scaling.micro_batch)
         if resumed_phase == FINETUNE_PHASE:
             trainer.load_state_dict(resume["trainer"])
         else:

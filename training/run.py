@@ -116,7 +116,8 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
                   f"resume with --checkpoint_path {out_dir / CHECKPOINT_NAME}")
 
     trainer = Trainer(model, sampler, phase, tracker=tracker, checkpoint_fn=checkpoint,
-                      checkpoint_every_passes=cfg.checkpoint_every, progress=progress)
+                      checkpoint_every_passes=cfg.checkpoint_every, progress=progress,
+                      compile=cfg.scaling.compile, micro_batch=cfg.scaling.micro_batch)
     if resume is not None:
         model.load_state_dict(resume["model_state"])
         trainer.load_state_dict(resume["trainer"])

@@ -15,7 +15,9 @@ gradients would not be synchronised); the first step checks that they do.
 from __future__ import annotations
 
 import math
+import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -26,6 +28,7 @@ from config.errors import NeurcompError
 from config.options import OptimConfig
 from training import distributed
 from training.sampler import VolumeSampler
+from training.speed import micro_batch_size, should_compile
 
 NAN_CHECK_EVERY = 16  # steps between loss checks (each check synchronises with the device)
 PSNR_NORMALISED_RANGE_DB = 20.0 * math.log10(2.0)  # values live in [-1, 1]: range 2
@@ -62,11 +65,15 @@ class Phase:
 
 
 class Trainer:
-    """Trains ``model`` on ``sampler`` for one phase; ``checkpoint_fn(trainer, tag)`` writes checkpoints."""
+    """Trains ``model`` on ``sampler`` for one phase; ``checkpoint_fn(trainer, tag)`` writes checkpoints.
+
+    ``compile`` (auto | on | off) and ``micro_batch`` (points per forward/backward, 0: auto) only
+    change speed, see ``training.speed``.
+    """
 
     def __init__(self, model: torch.nn.Module, sampler: VolumeSampler, phase: Phase, *, tracker=None,
                  checkpoint_fn: Callable | None = None, checkpoint_every_passes: int = 0,
-                 step_offset: int = 0, progress: bool = True):
+                 step_offset: int = 0, progress: bool = True, compile: str = "off", micro_batch: int = 0):
         self.model = model
         self.sampler = sampler
         self.phase = phase
@@ -81,6 +88,12 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self.train_seconds = 0.0
+        self.micro_batch = micro_batch_size(micro_batch, distributed.local_points(phase.optim.points_per_step),
+                                            max(model.arch.widths), sampler.device)
+        # only the base class's pure data terms are compiled (subclasses' losses keep Python state)
+        self.compiled = should_compile(compile, phase.num_steps) and type(self).loss is Trainer.loss
+        self._data_terms = torch.compile(self.data_terms) if self.compiled else self.data_terms
+        self._compile_checked = not self.compiled
         # the fused Adam kernel saves a launch per parameter on CUDA
         self.optimizer = torch.optim.Adam(model.parameters(), lr=phase.lr, fused=sampler.device.type == "cuda")
         self.plateau = None
@@ -134,29 +147,84 @@ class Trainer:
         return self.phase.lr * self.phase.optim.lr_decay ** decays
 
     # -- loop ------------------------------------------------------------------------------------
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+    def forward(self, coords: torch.Tensor, **kwargs):
         """The model's prediction, through DistributedDataParallel when distributed."""
-        self._forward_calls += 1
-        return self.model(coords) if self.ddp is None else self.ddp(coords)
+        if not torch.compiler.is_compiling():  # a counter inside a compiled graph would recompile it
+            self._forward_calls += 1
+        return self.model(coords, **kwargs) if self.ddp is None else self.ddp(coords, **kwargs)
 
-    def loss(self, coords, targets, target_grads) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def forward_with_input_gradient(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predictions, d predictions / d coords) for the gradient loss: written out by the model
+        when it can (first-order, so compilable), else by autograd's double backward."""
+        if hasattr(self.model, "value_and_input_gradient"):
+            return self.forward(coords, input_gradient=True)
+        coords = coords.detach().requires_grad_(True)
+        pred = self.forward(coords)
+        return pred, torch.autograd.grad(pred.sum(), coords, create_graph=True)[0]
+
+    def data_terms(self, coords, targets, target_grads) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(data loss, MSE, gradient loss or None) of a batch of points."""
         grad_lambda = self.phase.optim.grad_lambda
         if grad_lambda > 0:
-            coords.requires_grad_(True)
-        pred = self.forward(coords)
+            pred, grads = self.forward_with_input_gradient(coords)
+        else:
+            pred = self.forward(coords)
         mse = torch.mean((pred - targets) ** 2)
-        loss = mse
-        extras = {}
-        if grad_lambda > 0:
-            grads = torch.autograd.grad(pred.sum(), coords, create_graph=True)[0]
-            grad_loss = torch.mean((grads - target_grads) ** 2)
-            loss = loss + grad_lambda * grad_loss
-            extras["grad_loss"] = grad_loss.detach()
+        if grad_lambda <= 0:
+            return mse, mse, None
+        grad_loss = torch.mean((grads - target_grads) ** 2)
+        return mse + grad_lambda * grad_loss, mse, grad_loss
+
+    def loss(self, coords, targets, target_grads) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        loss, mse, grad_loss = self._data_terms(coords, targets, target_grads)
+        extras = {} if grad_loss is None else {"grad_loss": grad_loss.detach()}
         if self.phase.regularizer is not None:
             reg, reg_metrics = self.phase.regularizer.loss(self.model, self.step)
             loss = loss + reg
             extras.update(reg_metrics)
         return loss, mse, extras
+
+    def accumulate_gradients(self, coords, targets, target_grads, weight: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Backward of the step's loss, one micro-batch at a time; each micro-batch's loss is weighted
+        by its share of the points (times the rank's ``weight``), so the gradients sum to those of the
+        whole step. Returns the step's (loss, MSE, extras) with the same weighting."""
+        n = coords.shape[0]
+        starts = range(0, n, self.micro_batch)
+        loss_sum, mse_sum, extras_sum = 0.0, 0.0, {}
+        for i, start in enumerate(starts):
+            part = slice(start, start + self.micro_batch)
+            share = (min(n, start + self.micro_batch) - start) / n
+            calls = self._forward_calls
+            # DDP all-reduces the gradients once, on the step's last backward
+            sync = self.ddp is None or i == len(starts) - 1
+            with nullcontext() if sync else self.ddp.no_sync():
+                loss, mse, extras = self.loss(coords[part], targets[part],
+                                              None if target_grads is None else target_grads[part])
+                if self.ddp is not None and self._forward_calls == calls and not self.compiled:
+                    raise RuntimeError(f"{type(self).__name__}.loss does not call self.forward(coords): under "
+                                       "torch.distributed its gradients would not be synchronised")
+                (loss * (share * weight)).backward()
+            loss_sum = loss_sum + loss.detach() * (share * weight)
+            mse_sum = mse_sum + mse.detach() * (share * weight)
+            for k, v in extras.items():
+                extras_sum[k] = extras_sum.get(k, 0.0) + v * share
+        return loss_sum, mse_sum, extras_sum
+
+    def _first_compiled_step(self, coords, targets, target_grads, weight):
+        """The first step compiles; if the compiler fails (no C++ toolchain, an unsupported
+        platform), say so once and train eagerly instead."""
+        try:
+            return self.accumulate_gradients(coords, targets, target_grads, weight)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager mode
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"warning: torch.compile failed ({type(exc).__name__}: {first_line[:200]}); "
+                  "training without compiling", file=sys.stderr)
+            self.compiled = False
+            self._data_terms = self.data_terms
+            self.optimizer.zero_grad(set_to_none=True)
+            return self.accumulate_gradients(coords, targets, target_grads, weight)
+        finally:
+            self._compile_checked = True
 
     def run(self) -> None:
         """Train until ``phase.num_steps``; Ctrl-C writes a checkpoint, then re-raises."""
@@ -177,15 +245,11 @@ class Trainer:
                 for g in self.optimizer.param_groups:
                     g["lr"] = self.scheduled_lr()
                 coords, targets, target_grads = self.sampler.sample(n_local)
-                calls = self._forward_calls
-                loss, mse, extras = self.loss(coords, targets, target_grads)
-                if self.ddp is not None and self._forward_calls == calls:
-                    raise RuntimeError(f"{type(self).__name__}.loss does not call self.forward(coords): under "
-                                       "torch.distributed its gradients would not be synchronised")
-                if weight != 1.0:
-                    loss, mse = loss * weight, mse * weight
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if self._compile_checked:
+                    loss, mse, extras = self.accumulate_gradients(coords, targets, target_grads, weight)
+                else:
+                    loss, mse, extras = self._first_compiled_step(coords, targets, target_grads, weight)
                 self.optimizer.step()
                 if phase.regularizer is not None:
                     phase.regularizer.after_step(self.model, self.step)
