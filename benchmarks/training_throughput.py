@@ -9,8 +9,8 @@ backward + Adam, exactly as ``training.trainer.Trainer`` runs it, eager and comp
 (``--compile off on``), in micro-batches (``--micro_batch``, 0: the automatic size). FLOPs per
 step count the multiply-adds of every linear layer: forward 2 N sum(in*out), backward twice that
 (weight and input gradients); the gradient loss roughly doubles it again, so its fraction is not
-reported. The matmul-only bound is the rate a step would reach if it did nothing but its matrix
-products.
+reported. The bounds are the rates a step would reach if it did nothing but its matrix products
+(and its sines and cosines), with torch's kernels on this device.
 
 ``--psnr_passes K`` also trains each volume for K passes twice from the same seed, the plain way
 (eager, whole step at once: the original's computation) and the fast way (compiled, automatic
@@ -92,31 +92,39 @@ def measure(values: np.ndarray, arch: Architecture, optim: OptimConfig, device: 
             "model_flops_per_s": 6 * macs * rate}  # forward 2, backward 4 per multiply-add
 
 
-def gemm_floor(arch: Architecture, points: int, micro_batch: int, device: torch.device, seconds: float = 2.0) -> float:
-    """Samples/s if a step (no gradient loss) did nothing but its matrix products: per linear layer
-    and micro-batch, forward x W^T + b, weight gradient g^T x and (but for the first layer) input
-    gradient g W, timed back to back with the step's shapes."""
+def step_bounds(arch: Architecture, points: int, micro_batch: int, device: torch.device,
+                seconds: float = 2.0) -> tuple[float, float]:
+    """Samples/s if a step (no gradient loss) did nothing but (a) its matrix products, (b) its matrix
+    products and sines. (a): per linear layer and micro-batch, forward x W^T + b, weight gradient
+    g^T x and (but for the first layer) input gradient g W. (b) adds, per sine layer, the forward
+    sin and the backward's cos of the pre-activations. Timed back to back with the step's shapes."""
     shapes = [(o, i) for o, i in arch.linear_shapes()]
     tensors = [(torch.randn(micro_batch, i, device=device), torch.randn(o, i, device=device),
                 torch.randn(o, device=device), torch.randn(micro_batch, o, device=device)) for o, i in shapes]
     n_micro = -(-points // micro_batch)
 
-    def step():
+    def step(with_sines: bool):
         for _ in range(n_micro):
             for k, (x, w, b, g) in enumerate(tensors):
-                torch.addmm(b, x, w.t())
+                z = torch.addmm(b, x, w.t())
                 g.t() @ x
                 if k > 0:
                     g @ w
+                if with_sines and k < len(tensors) - 1:  # every linear layer but the output feeds a sine
+                    torch.sin(z)
+                    torch.cos(z)
 
-    step()
-    sync(device)
-    t0, k = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        step()
-        k += 1
-    sync(device)
-    return k * points / (time.perf_counter() - t0)
+    def rate(with_sines: bool) -> float:
+        step(with_sines)
+        sync(device)
+        t0, k = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            step(with_sines)
+            k += 1
+        sync(device)
+        return k * points / (time.perf_counter() - t0)
+
+    return rate(False), rate(True)
 
 
 def psnr_after_passes(volume, arch: Architecture, optim: OptimConfig, device: torch.device, passes: float,
@@ -174,25 +182,27 @@ def main(argv=None) -> None:
                 for micro_batch in args.micro_batch:
                     for compile in args.compile:
                         r = measure(volume.normalized(), arch, optim, device, args.seconds, compile, micro_batch)
-                        floor = (gemm_floor(arch, optim.points_per_step, r["micro_batch"], device)
-                                 if grad_lambda == 0 else None)
+                        bounds = (step_bounds(arch, optim.points_per_step, r["micro_batch"], device)
+                                  if grad_lambda == 0 else (None, None))
                         rows.append({"volume": Path(path).name, "width": width, "grad_loss": grad_lambda > 0,
                                      "compile": compile, "points_per_step": optim.points_per_step, **r,
                                      "fraction_of_matmul_rate": None if grad_lambda > 0 else r["model_flops_per_s"] / peak,
-                                     "matmul_only_samples_per_second": floor,
+                                     "matmul_only_samples_per_second": bounds[0],
+                                     "matmul_and_sine_samples_per_second": bounds[1],
                                      "original_samples_per_second": original,
                                      "speedup_vs_original": r["samples_per_second"] / original if original else None})
                         print(f"{rows[-1]['volume']} w{width} grad={grad_lambda > 0} compile={compile} "
                               f"micro_batch={r['micro_batch']}: {r['samples_per_second'] / 1e6:.3f} M/s", flush=True)
     print("\n| volume | width | grad loss | compiled | micro-batch | samples/s | vs original "
-          "| fraction of matmul rate | matmul-only bound |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| fraction of matmul rate | matmul-only bound | matmul + sine bound |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         frac = f"{r['fraction_of_matmul_rate']:.1%}" if r["fraction_of_matmul_rate"] is not None else "-"
         speed = f"{r['speedup_vs_original']:.2f}x" if r["speedup_vs_original"] else "-"
-        floor = f"{r['matmul_only_samples_per_second'] / 1e6:.3f} M" if r["matmul_only_samples_per_second"] else "-"
+        bounds = " | ".join(f"{r[k] / 1e6:.3f} M" if r[k] else "-" for k in
+                            ("matmul_only_samples_per_second", "matmul_and_sine_samples_per_second"))
         print(f"| {r['volume']} | {r['width']} | {r['grad_loss']} | {r['compiled']} | {r['micro_batch']} "
-              f"| {r['samples_per_second'] / 1e6:.3f} M | {speed} | {frac} | {floor} |")
+              f"| {r['samples_per_second'] / 1e6:.3f} M | {speed} | {frac} | {bounds} |")
     psnr_rows = []
     if args.psnr_passes > 0:
         for path in args.volumes:

@@ -52,9 +52,10 @@ def volume(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, volume):
-    """One 2-process training with MLflow and TensorBoard, and its per-rank debug records."""
+    """One 2-process training with MLflow and TensorBoard, and its per-rank debug records; each rank's
+    512 points per step go through 3 micro-batches (gradients all-reduced once, on the last)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    torchrun(write_config(tmp, volume, "ddp", tracking="mlflow,tensorboard"), debug_dir=tmp / "debug")
+    torchrun(write_config(tmp, volume, "ddp", tracking="mlflow,tensorboard", micro_batch=200), debug_dir=tmp / "debug")
     return tmp
 
 
