@@ -104,7 +104,7 @@ def test_ranks_hold_identical_parameters_and_sample_with_distinct_seeds(two_proc
 
 @pytest.mark.slow
 def test_resume_under_torchrun_continues_exactly(two_processes, volume, tmp_path):
-    config = write_config(tmp_path, volume, "resumed")
+    config = write_config(tmp_path, volume, "resumed", micro_batch=200)  # as the uninterrupted run
     torchrun(config, "--max_pass", 3)  # stops after 3 of the 6 passes
     ckpt = tmp_path / "exp" / "resumed" / "checkpoint.pt"
     assert read_checkpoint(ckpt)["trainer"]["step"] == 8
