@@ -206,3 +206,13 @@ def test_shares_of_points_and_ranges():
     assert sum(local_points(16384, r, 3) for r in range(3)) == 16384
     assert [split_range(10, r, 3) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
     assert local_points(100) == 100 and split_range(7) == (0, 7)  # a single process
+
+
+@pytest.mark.slow  # compiles in both processes
+def test_compiled_step_under_torchrun_keeps_ranks_in_sync(volume, tmp_path):
+    config = write_config(tmp_path, volume, "compiled", compile="on", micro_batch=200, grad_lambda=0.05, max_pass=2)
+    proc = torchrun(config, debug_dir=tmp_path / "debug")
+    assert "torch.compile failed" not in proc.stderr  # compiled, not the eager fallback
+    records = [json.loads((tmp_path / "debug" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert records[0]["hash_train"] == records[1]["hash_train"]
+    assert json.loads((tmp_path / "exp" / "compiled" / "info.json").read_text())["steps"] == 6
