@@ -21,16 +21,17 @@ class NeurcompCodec(Codec):
 
     def __init__(self, steps: int = 2000, n_layers: int = 4, bits: int = 9, lr: float = 5e-4,
                  pass_decay: float | None = None, lr_decay: float = 0.2, batch_size: int = 1024,
-                 sample_size: int = 16, device: str = "auto", seed: int = 0):
+                 sample_size: int = 16, grad_lambda: float = 0.0, device: str = "auto", seed: int = 0):
         # a budget in steps, not passes: a pass of a 41^3 volume is only 4 steps of 16k points
         self.steps, self.n_layers, self.bits, self.lr = int(steps), int(n_layers), int(bits), float(lr)
         self.pass_decay = pass_decay
         self.lr_decay, self.batch_size, self.sample_size = float(lr_decay), int(batch_size), int(sample_size)
+        self.grad_lambda = float(grad_lambda)
         self.device, self.seed = device, int(seed)
 
     def options(self) -> dict:
         return {"steps": self.steps, "n_layers": self.n_layers, "bits": self.bits, "lr": self.lr,
-                "lr_decay": self.lr_decay,
+                "lr_decay": self.lr_decay, "grad_lambda": self.grad_lambda,
                 "points_per_step": self.batch_size * self.sample_size, "device": self.device}
 
     def _compress_to_ratio(self, values, target_ratio, *, work_dir):
@@ -48,6 +49,7 @@ class NeurcompCodec(Codec):
             "--n_layers", str(self.n_layers), "--max_pass", str(passes), "--lr", str(self.lr),
             "--pass_decay", str(pass_decay), "--lr_decay", str(self.lr_decay),
             "--batch_size", str(self.batch_size), "--sample_size", str(self.sample_size),
+            "--grad_lambda", str(self.grad_lambda),
             "--device", self.device, "--seed", str(self.seed), "--tracking", "none", "--checkpoint_every", "0"])
         t0 = time.perf_counter()
         info = train(cfg, progress=False)
@@ -73,9 +75,11 @@ class NeurcompCodec(Codec):
         group.add_argument("--neurcomp-n-layers", type=int, default=4, help="Neurcomp n_layers")
         group.add_argument("--neurcomp-bits", type=int, default=9, help="quantization bits")
         group.add_argument("--neurcomp-lr", type=float, default=5e-4, help="Adam learning rate")
+        group.add_argument("--neurcomp-grad-lambda", type=float, default=0.0,
+                           help="weight of the gradient loss (0: off)")
         group.add_argument("--neurcomp-device", default="auto", help="auto, cpu or cuda")
 
     @classmethod
     def from_args(cls, args):
         return cls(steps=args.neurcomp_steps, n_layers=args.neurcomp_n_layers, bits=args.neurcomp_bits,
-                   lr=args.neurcomp_lr, device=args.neurcomp_device)
+                   lr=args.neurcomp_lr, grad_lambda=args.neurcomp_grad_lambda, device=args.neurcomp_device)
