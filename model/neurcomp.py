@@ -130,8 +130,8 @@ class Neurcomp(nn.Module):
         The gradient loss needs the network's spatial gradient inside the loss. autograd.grad with
         create_graph=True gives it too, but as a double-backward graph that torch.compile cannot
         take; written out, it is a first-order function of the weights that autograd and the
-        compiler differentiate like any other (same FLOPs: one more GEMM per layer, the cosines
-        of the pre-activations reused).
+        compiler differentiate like any other, with the same matrix products as the double
+        backward (one more per layer) and the cosines of the pre-activations computed once.
         """
         x, saved = coords, []
         for layer in self.hidden:
