@@ -61,15 +61,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seeded_trainer(values: np.ndarray, arch: Architecture, phase: Phase, device: torch.device, compile: str,
+                   micro_batch: int) -> Trainer:
+    """A Trainer for a network initialised from seed 0, sampling with seed 0."""
+    torch.manual_seed(0)
+    model = Neurcomp(arch).to(device)
+    sampler = VolumeSampler(values, device, seed=0, with_gradients=phase.optim.grad_lambda > 0)
+    return Trainer(model, sampler, phase, progress=False, compile=compile, micro_batch=micro_batch)
+
+
 def measure(values: np.ndarray, arch: Architecture, optim: OptimConfig, device: torch.device,
             seconds: float = 10.0, compile: str = "off", micro_batch: int = 0, windows: int = 3) -> dict:
     """Median samples/s over ``windows`` timed stretches of about seconds / windows each, after a
     warm-up that includes compiling."""
-    torch.manual_seed(0)
-    model = Neurcomp(arch).to(device)
-    sampler = VolumeSampler(values, device, with_gradients=optim.grad_lambda > 0)
     phase = Phase("bench", 10 ** 9, optim.lr, 1e12, optim)  # no pass ends: no logging inside the timing
-    trainer = Trainer(model, sampler, phase, progress=False, compile=compile, micro_batch=micro_batch)
+    trainer = seeded_trainer(values, arch, phase, device, compile, micro_batch)
 
     def run(steps: int) -> float:
         phase.num_steps = trainer.step + steps
@@ -98,9 +104,9 @@ def step_bounds(arch: Architecture, points: int, micro_batch: int, device: torch
     products and sines. (a): per linear layer and micro-batch, forward x W^T + b, weight gradient
     g^T x and (but for the first layer) input gradient g W. (b) adds, per sine layer, the forward
     sin and the backward's cos of the pre-activations. Timed back to back with the step's shapes."""
-    shapes = [(o, i) for o, i in arch.linear_shapes()]
     tensors = [(torch.randn(micro_batch, i, device=device), torch.randn(o, i, device=device),
-                torch.randn(o, device=device), torch.randn(micro_batch, o, device=device)) for o, i in shapes]
+                torch.randn(o, device=device), torch.randn(micro_batch, o, device=device))
+               for o, i in arch.linear_shapes()]
     n_micro = -(-points // micro_batch)
 
     def step(with_sines: bool):
@@ -130,17 +136,14 @@ def step_bounds(arch: Architecture, points: int, micro_batch: int, device: torch
 def psnr_after_passes(volume, arch: Architecture, optim: OptimConfig, device: torch.device, passes: float,
                       compile: str, micro_batch: int) -> dict:
     """Full-volume PSNR (physical units) and wall time of ``passes`` passes from seed 0."""
-    torch.manual_seed(0)
-    model = Neurcomp(arch).to(device)
-    sampler = VolumeSampler(volume.normalized(), device, seed=0, with_gradients=optim.grad_lambda > 0)
     num_steps, steps_per_pass = steps_for(passes, volume.num_voxels, optim.points_per_step)
-    trainer = Trainer(model, sampler, Phase("psnr", num_steps, optim.lr, steps_per_pass, optim), progress=False,
-                      compile=compile, micro_batch=micro_batch)
+    trainer = seeded_trainer(volume.normalized(), arch, Phase("psnr", num_steps, optim.lr, steps_per_pass, optim),
+                             device, compile, micro_batch)
     t0 = time.perf_counter()
     trainer.run()
     sync(device)
     seconds = time.perf_counter() - t0
-    _, metrics = evaluate(model, volume, VolumeInfo.from_volume(volume))
+    _, metrics = evaluate(trainer.model, volume, VolumeInfo.from_volume(volume))
     return {"passes": passes, "steps": num_steps, "compiled": trainer.compiled, "micro_batch": trainer.micro_batch,
             "psnr": metrics["psnr"], "seconds": seconds}
 
