@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,16 @@ def parse_bool(value: str) -> bool:
     if v in ("false", "no", "off", "0"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def parse_lr(value: str) -> float | None:
+    """A learning rate, or ``auto`` (None): chosen from the network by ``training.recipe``."""
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
 
 
 class _Parser(configargparse.ArgumentParser):
@@ -84,8 +95,13 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     g.add_argument("--dont_use_resnet", action="store_true", help="build a plain SIREN of the same depth")
 
     g = p.add_argument_group("training")
-    g.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate")
+    g.add_argument("--lr", type=parse_lr, default=None,
+                   help="Adam learning rate, or auto: chosen from the network's widths, depth, omega_0 and gradient "
+                        "loss, with the output starting at the data's mean and at least min_steps steps "
+                        "(training.recipe); an explicit lr trains exactly as the original code did")
     g.add_argument("--max_pass", type=float, default=75, help="training length in passes (one pass = as many samples as voxels)")
+    g.add_argument("--min_steps", type=int, default=2000,
+                   help="with lr = auto: train at least this many steps (small volumes), stretching the pass schedule")
     g.add_argument("--pass_decay", type=float, default=20, help="multiply the learning rate by lr_decay every pass_decay passes")
     g.add_argument("--lr_decay", type=float, default=0.2, help="learning-rate decay factor")
     g.add_argument("--smallify_decay", type=float, default=0, help=">0: plateau schedule instead (factor lr_decay, patience smallify_decay passes)")
@@ -154,8 +170,9 @@ class NetworkConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-5
+    lr: float | None = None  # None: auto (training.recipe)
     max_pass: float = 75
+    min_steps: int = 2000  # with lr = auto
     pass_decay: float = 20
     lr_decay: float = 0.2
     smallify_decay: float = 0
@@ -166,6 +183,11 @@ class OptimConfig:
     @property
     def points_per_step(self) -> int:
         return self.batch_size * self.sample_size
+
+    @property
+    def auto(self) -> bool:
+        """lr = auto: the adaptive recipe of ``training.recipe`` (else the original's exact training)."""
+        return self.lr is None
 
 
 @dataclass
@@ -285,12 +307,13 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     _check(ns.pass_decay > 0, src, "pass_decay", ns.pass_decay, "must be > 0")
     _check(0 < ns.lr_decay <= 1, src, "lr_decay", ns.lr_decay, "must be in (0, 1]")
     _check(ns.smallify_decay >= 0, src, "smallify_decay", ns.smallify_decay, "must be >= 0")
-    _check(ns.lr > 0, src, "lr", ns.lr, "must be > 0")
+    _check(ns.lr is None or (math.isfinite(ns.lr) and ns.lr > 0), src, "lr", ns.lr, "must be a finite number > 0 or auto")
+    _check(ns.min_steps >= 0, src, "min_steps", ns.min_steps, "must be >= 0")
     _check(ns.batch_size > 0, src, "batch_size", ns.batch_size, "must be > 0")
     _check(ns.sample_size > 0, src, "sample_size", ns.sample_size, "must be > 0")
     _check(ns.n_layers >= 1, src, "n_layers", ns.n_layers, "must be >= 1")
     _check(ns.d_in >= 1 and ns.d_out >= 1, src, "d_in/d_out", (ns.d_in, ns.d_out), "must be >= 1")
-    _check(ns.omega_0 > 0, src, "omega_0", ns.omega_0, "must be > 0")
+    _check(math.isfinite(ns.omega_0) and ns.omega_0 > 0, src, "omega_0", ns.omega_0, "must be a finite number > 0")
     _check(ns.features_per_layer >= 0, src, "features_per_layer", ns.features_per_layer, "must be >= 0")
     _check(ns.grad_lambda >= 0, src, "grad_lambda", ns.grad_lambda, "must be >= 0")
     _check(ns.checkpoint_every >= 0, src, "checkpoint_every", ns.checkpoint_every, "must be >= 0")
@@ -337,7 +360,7 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
                               omega_0=ns.omega_0, d_in=ns.d_in, d_out=ns.d_out,
                               compression_ratio=ns.compression_ratio,
                               features_per_layer=ns.features_per_layer, feature_list=ns.feature_list),
-        optim=OptimConfig(lr=ns.lr, max_pass=ns.max_pass, pass_decay=ns.pass_decay, lr_decay=ns.lr_decay,
+        optim=OptimConfig(lr=ns.lr, max_pass=ns.max_pass, min_steps=ns.min_steps, pass_decay=ns.pass_decay, lr_decay=ns.lr_decay,
                           smallify_decay=ns.smallify_decay, batch_size=ns.batch_size,
                           sample_size=ns.sample_size, grad_lambda=ns.grad_lambda),
         pruning=PruningConfig(technique=technique, prune_fraction=ns.prune_fraction,
@@ -370,6 +393,8 @@ def format_config_file(raw: dict) -> str:
     """Render flat option values as a config file every entry script accepts."""
     lines = []
     for key, value in raw.items():
+        if key == "lr" and value is None:
+            value = "auto"
         if value is None or key in ("config", "dont_use_resnet"):
             continue
         if isinstance(value, (list, tuple)):

@@ -143,6 +143,12 @@ class Neurcomp(nn.Module):
             grad = layer.input_gradient(grad, cosines)
         return pred, grad
 
+    def start_at(self, value: float) -> None:
+        """Set the output layer's bias to ``value`` (the data's normalised mean, ``lr = auto``): the
+        untrained network then predicts the mean plus a small zero-mean ripple."""
+        with torch.no_grad():
+            self.output.bias.fill_(float(value))
+
     def linears(self) -> list[nn.Linear]:
         """Every linear layer in forward order (matches ``Architecture.linear_shapes``)."""
         return [m for m in self.modules() if isinstance(m, nn.Linear)]

@@ -29,7 +29,9 @@ from model.pruning import PrunableNeurcomp, build_pruning
 from training import distributed
 from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
 from training.outputs import atomic_write_text
-from training.run import CHECKPOINT_NAME, evaluate, finish, load_training_volume, resolve_device, steps_for
+from training.recipe import learning_rate, schedule_steps
+from training.run import (CHECKPOINT_NAME, evaluate, finish, load_training_volume, resolve_device, start_at_mean,
+                          training_report, validation_set)
 from training.sampler import make_sampler
 from training.tracking import Tracker, tracked
 from training.trainer import Phase, Trainer
@@ -103,7 +105,8 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
                            scaling=cfg.scaling)
     if distributed.is_main_process():
         atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.raw, "checkpoint_path": ""}))
-    _, steps_per_pass = steps_for(cfg.optim.max_pass, volume.num_voxels, cfg.optim.points_per_step)
+    _, steps_per_pass = schedule_steps(cfg.optim, volume.num_voxels)
+    validation = validation_set(cfg, volume, info, device)
     prune_steps, finetune_steps = passes_split(cfg, volume.num_voxels)
     method = build_pruning(cfg.pruning.technique, cfg.pruning, dataset_size=volume.num_voxels)
     if cfg.network.residual and cfg.network.n_layers < 2 and not prune_residual_width:
@@ -124,7 +127,9 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
                                     "num_parameters": count_parameters(arch),
                                     "prune_residual_width": prune_residual_width})
             gated = PrunableNeurcomp(arch, method, prune_residual_width=prune_residual_width,
-                                     seed=distributed.rank_seed(cfg.seed)).to(device)
+                                     seed=distributed.rank_seed(cfg.seed))
+            start_at_mean(cfg, gated.net, volume, info)
+            gated = gated.to(device)
             if resume is not None:
                 gated.load_state_dict(rstate["state"])
                 gated.load_noise_state(rstate.get("noise_state"))
@@ -139,8 +144,8 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
                                          "prune_residual_width": prune_residual_width})
                 _interrupted_message(tag, trainer, ckpt_path)
 
-            phase = Phase(PRUNE_PHASE, prune_steps, cfg.optim.lr, steps_per_pass, cfg.optim,
-                          regularizer=gated.regularizer)
+            phase = Phase(PRUNE_PHASE, prune_steps, learning_rate(cfg.optim, arch), steps_per_pass, cfg.optim,
+                          regularizer=gated.regularizer, validation=validation, keep_best=False)
             trainer = PruningTrainer(gated, sampler, phase, tracker=tracker, checkpoint_fn=checkpoint_prune,
                                      checkpoint_every_passes=cfg.checkpoint_every, progress=progress,
                                      compile=cfg.scaling.compile, micro_batch=cfg.scaling.micro_batch)
@@ -189,7 +194,10 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
                             pruning={"phase": FINETUNE_PHASE, "summary": summary, "prune_totals": prune_totals})
             _interrupted_message(tag, trainer, ckpt_path)
 
-        phase = Phase(FINETUNE_PHASE, finetune_steps, cfg.optim.lr * FINETUNE_LR_FACTOR, steps_per_pass, cfg.optim)
+        # lr = auto: the unpruned network's rate (the pruned one is narrower, and fine-tuning is gentle)
+        base_lr = learning_rate(cfg.optim, Architecture.from_dict(summary_arch(summary, model)))
+        phase = Phase(FINETUNE_PHASE, finetune_steps, base_lr * FINETUNE_LR_FACTOR, steps_per_pass, cfg.optim,
+                      validation=validation)
         trainer = Trainer(model, sampler, phase, tracker=tracker, checkpoint_fn=checkpoint_finetune,
                           checkpoint_every_passes=cfg.checkpoint_every, step_offset=prune_steps, progress=progress,
                           compile=cfg.scaling.compile, micro_batch=cfg.scaling.micro_batch)
@@ -205,7 +213,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
         totals = SimpleNamespace(step=steps, samples_seen=prune_totals["samples_seen"] + trainer.samples_seen,
                                  train_seconds=seconds, current_pass=lambda: steps / steps_per_pass)
         extra = {**summary, "passes_finetuning": trainer.current_pass(),
-                 "finetune_lr": cfg.optim.lr * FINETUNE_LR_FACTOR}
+                 "finetune_lr": phase.lr, **training_report(cfg, trainer)}
         result = finish(cfg, model, volume, info, totals, tracker, device, extra_info=extra)
         return result
 
@@ -216,8 +224,16 @@ def _interrupted_message(tag: str, trainer: Trainer, path) -> None:
               f"resume with --checkpoint_path {path}")
 
 
+def summary_arch(summary: dict, model: Neurcomp) -> dict:
+    """The architecture before pruning (what lr = auto was chosen for), from the pruning summary."""
+    sizes = summary.get("network_layer_sizes_before_pruning")
+    if not sizes:
+        return model.arch.to_dict()
+    return {**model.arch.to_dict(), "widths": list(sizes[1:-1])}
+
+
 def passes_split(cfg: NeurcompConfig, num_voxels: int) -> tuple[int, int]:
     """(prune-phase steps, fine-tune steps) for ``cfg`` on a volume of ``num_voxels``."""
-    total, _ = steps_for(cfg.optim.max_pass, num_voxels, cfg.optim.points_per_step)
+    total, _ = schedule_steps(cfg.optim, num_voxels)
     prune = min(total, max(1, round(cfg.pruning.prune_fraction * total)))
     return prune, total - prune

@@ -17,10 +17,12 @@ from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
 from training.inference import predict_volume
 from training import distributed
 from training.file_target import initial_architecture, write_compressed_file
+from training.recipe import learning_rate, schedule_steps
 from training.outputs import atomic_write_text, save_slices_png, versions, write_info
 from training.sampler import VolumeSampler, make_sampler  # noqa: F401 (tests patch run.VolumeSampler)
 from training.tracking import Tracker, tracked
 from training.trainer import Phase, Trainer
+from training.validation import ValidationSet, mean_value
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -51,6 +53,16 @@ def steps_for(passes: float, num_voxels: int, points_per_step: int) -> tuple[int
     """(number of steps, steps per pass) for ``passes`` passes over ``num_voxels`` samples."""
     steps_per_pass = num_voxels / points_per_step
     return max(1, math.ceil(passes * steps_per_pass - 1e-9)), steps_per_pass
+
+
+def validation_set(cfg: NeurcompConfig, volume, info: VolumeInfo, device) -> ValidationSet:
+    return ValidationSet(volume.values, info.vmin, info.vmax, device, seed=cfg.seed)
+
+
+def start_at_mean(cfg: NeurcompConfig, model: Neurcomp, volume, info: VolumeInfo) -> None:
+    """lr = auto: the output starts at the data's normalised mean (training.recipe)."""
+    if cfg.optim.auto:
+        model.start_at(2.0 * (mean_value(volume.values) - info.vmin) / (info.vmax - info.vmin) - 1.0)
 
 
 def evaluate(model: torch.nn.Module, volume, info: VolumeInfo) -> tuple[np.ndarray, dict]:
@@ -92,21 +104,25 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
         arch = Architecture.from_dict(resume["architecture"])
     else:
         arch = initial_architecture(cfg, volume.num_voxels)
-    model = Neurcomp(arch).to(device)
+    model = Neurcomp(arch)
     info = VolumeInfo.from_volume(volume)
+    start_at_mean(cfg, model, volume, info)
+    model = model.to(device)
+    lr = learning_rate(cfg.optim, arch)
     sampler = make_sampler(volume, device, seed=cfg.seed, with_gradients=cfg.optim.grad_lambda > 0,
                            scaling=cfg.scaling)
     if distributed.is_main_process():
         atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.raw, "checkpoint_path": ""}))
 
-    num_steps, steps_per_pass = steps_for(cfg.optim.max_pass, volume.num_voxels, cfg.optim.points_per_step)
-    phase = Phase("train", num_steps, cfg.optim.lr, steps_per_pass, cfg.optim)
+    num_steps, steps_per_pass = schedule_steps(cfg.optim, volume.num_voxels)
+    phase = Phase("train", num_steps, lr, steps_per_pass, cfg.optim,
+                  validation=validation_set(cfg, volume, info, device))
     tracker = Tracker(cfg.trackers, out_dir, cfg.expname, cfg.mlflow_tracking_uri, cfg.tensorboard_dir,
                       mlflow_experiment=cfg.mlflow_experiment, parent_run_id=cfg.mlflow_parent_run_id or None,
                       resume_run_id=(resume or {}).get("tracking_run_id"))
     if resume is None:
         tracker.log_params({**cfg.raw, "network_layer_sizes": arch.layer_sizes(),
-                            "num_parameters": count_parameters(arch)})
+                            "num_parameters": count_parameters(arch), "lr_used": lr})
 
     def checkpoint(trainer: Trainer, tag: str) -> None:
         save_checkpoint(out_dir / CHECKPOINT_NAME, trainer.model, info, trainer=trainer.state_dict(),
@@ -124,7 +140,14 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
     with tracked(tracker):
         trainer.run()
         checkpoint(trainer, "final")
-        return finish(cfg, model, volume, info, trainer, tracker, device)
+        return finish(cfg, model, volume, info, trainer, tracker, device, extra_info=training_report(cfg, trainer))
+
+
+def training_report(cfg: NeurcompConfig, trainer: Trainer) -> dict:
+    """How the run was trained, for info.json: the lr used and any recovery from divergence."""
+    return {"lr": trainer.phase.lr, "lr_auto": cfg.optim.auto, "lr_scale_final": trainer.lr_scale,
+            "recoveries": trainer.recoveries, "best_step": (trainer.best or {}).get("step"),
+            "restored_best_step": trainer.restored_best_step}
 
 
 def finish(cfg: NeurcompConfig, model: Neurcomp, volume, info: VolumeInfo, trainer: Trainer, tracker,

@@ -7,13 +7,21 @@ generator, step) is in the checkpoint, and the learning rate is a function of th
 Under torch.distributed (``training.distributed``) the model is wrapped in DistributedDataParallel;
 every rank draws its share of the step's points with its own generator, the loss is weighted so the
 all-reduced gradient is the mean over all the step's points, pass metrics are averaged over ranks,
-checkpoints carry every rank's sampler state, and only rank 0 shows the progress bar. Subclasses
+checkpoints carry every rank's sampler state, and only rank 0 shows the progress bar.
+
+Divergence is recovered, not just stopped: a phase with a ``validation`` sample (``training.validation``)
+evaluates it about ``EVALS_PER_PHASE`` times and keeps the best state (model and optimizer). When
+the validation MSE blows up (``DIVERGENCE_FACTOR`` times the best) or the loss or a weight becomes
+non-finite, that state is restored and the learning rate halved; after ``MAX_RECOVERIES`` the run
+stops with ``TrainingDiverged``. A ``keep_best`` phase ends on its best state, so the network
+written out is never worse than an earlier point of the same run. Subclasses
 must compute predictions with ``self.forward(coords)`` (``self.model`` is the bare module, whose
 gradients would not be synchronised); the first step checks that they do.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -31,6 +39,10 @@ from training.sampler import VolumeSampler
 from training.speed import micro_batch_size, should_compile
 
 NAN_CHECK_EVERY = 16  # steps between loss checks (each check synchronises with the device)
+EVALS_PER_PHASE = 50  # validation evaluations per phase (~2 % of the run between two)
+DIVERGENCE_FACTOR = 4.0  # validation MSE this many times the best (6 dB worse) counts as a blow-up
+MAX_RECOVERIES = 8  # restores (each halving the lr) before giving up
+RECOVERY_LR_FACTOR = 0.5
 PSNR_NORMALISED_RANGE_DB = 20.0 * math.log10(2.0)  # values live in [-1, 1]: range 2
 
 
@@ -62,6 +74,8 @@ class Phase:
     regularizer: Regularizer | None = None
     log_prefix: str = ""
     history: list = field(default_factory=list)
+    validation: object | None = None  # training.validation.ValidationSet: best-state tracking, recovery
+    keep_best: bool = True  # end on the best validated state (off while a regularizer trades MSE for sparsity)
 
 
 class Trainer:
@@ -88,6 +102,11 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self.train_seconds = 0.0
+        self.lr_scale = 1.0  # halved on each recovery from divergence
+        self.recoveries = 0
+        self.best: dict | None = None  # {step, val_mse, model, optimizer, lr_scale}
+        self.restored_best_step: int | None = None
+        self.eval_every = max(1, phase.num_steps // EVALS_PER_PHASE)
         self.micro_batch = micro_batch_size(micro_batch, distributed.local_points(phase.optim.points_per_step),
                                             max(model.arch.widths), sampler.device)
         # only the base class's pure data terms are compiled (subclasses' losses keep Python state)
@@ -112,7 +131,8 @@ class Trainer:
                 "train_seconds": self.train_seconds, "optimizer": self.optimizer.state_dict(),
                 "plateau": self.plateau.state_dict() if self.plateau else None,
                 "sampler": sampler_state, "sampler_ranks": ranks, "world_size": world_size,
-                "history": self.phase.history}
+                "history": self.phase.history, "lr_scale": self.lr_scale, "recoveries": self.recoveries,
+                "best": self.best}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -123,6 +143,9 @@ class Trainer:
             self.plateau.load_state_dict(state["plateau"])
         self._load_sampler_state(state)
         self.phase.history = list(state.get("history", []))
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+        self.recoveries = int(state.get("recoveries", 0))
+        self.best = state.get("best")
 
     def _load_sampler_state(self, state: dict) -> None:
         """This rank's sampler state; a rank the checkpoint has none for (another world size, an
@@ -144,7 +167,7 @@ class Trainer:
         if self.plateau is not None:
             return self.optimizer.param_groups[0]["lr"]
         decays = math.floor(self.current_pass() / self.phase.optim.pass_decay)
-        return self.phase.lr * self.phase.optim.lr_decay ** decays
+        return self.phase.lr * self.lr_scale * self.phase.optim.lr_decay ** decays
 
     # -- loop ------------------------------------------------------------------------------------
     def forward(self, coords: torch.Tensor, **kwargs):
@@ -240,6 +263,8 @@ class Trainer:
         pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
         next_pass_end = math.floor(self.current_pass()) + 1
         t0 = time.perf_counter()
+        if phase.validation is not None and self.best is None:
+            self._validate(bar)  # the starting state is the first "best"
         try:
             while self.step < phase.num_steps:
                 for g in self.optimizer.param_groups:
@@ -265,7 +290,14 @@ class Trainer:
                     # the mean over ranks: every rank sees a NaN at the same step, and the pass metrics
                     # are those of all the pass's points
                     totals = distributed.all_reduce_mean(torch.stack([pass_loss, pass_mse]))
-                    self._check_finite(float(totals[0]))
+                    if not (math.isfinite(float(totals[0])) and self._weights_finite()):
+                        self._recover(f"the loss became {float(totals[0])}", bar)
+                        pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
+                        continue
+                if phase.validation is not None and (self.step % self.eval_every == 0 or self.step == phase.num_steps):
+                    if self._validate(bar):  # recovered: this pass's sums belong to the abandoned weights
+                        pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
+                        continue
                 if end_of_pass:
                     self.train_seconds += time.perf_counter() - t0
                     self._end_of_pass(float(totals[0]) / pass_steps, float(totals[1]) / pass_steps, extras, bar)
@@ -280,14 +312,52 @@ class Trainer:
             raise
         finally:
             bar.close()
+        if phase.keep_best and self.best is not None and self.best["step"] != self.step:
+            # the last validation was at the last step: the best is strictly better than the end
+            self.model.load_state_dict(self.best["model"])
+            self.restored_best_step = int(self.best["step"])
         if self.ddp is not None:
             distributed.assert_in_sync(self.model, self.phase.name)
 
-    def _check_finite(self, loss_sum: float) -> None:
-        if not math.isfinite(loss_sum):
-            raise TrainingDiverged(
-                f"{self.phase.name}: the loss became {loss_sum} near pass {self.current_pass():.2f} "
-                f"(step {self.step}); lower lr or grad_lambda. The last good checkpoint is kept.")
+    # -- best state and recovery ------------------------------------------------------------------------
+    def _weights_finite(self) -> bool:
+        return bool(torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all())
+
+    def _validate(self, bar=None) -> bool:
+        """Evaluate the validation sample; keep the best state, or recover from a blow-up (True)."""
+        val_mse = self.phase.validation.mse(self.model)
+        best = self.best
+        blew_up = best is not None and self.phase.keep_best and val_mse > DIVERGENCE_FACTOR * best["val_mse"]
+        if not math.isfinite(val_mse) or blew_up:
+            self._recover(f"validation PSNR fell to {psnr_from_normalised_mse(val_mse):.2f} dB", bar)
+            return True
+        # a regularized phase trades MSE for sparsity: its reference is the latest sound state
+        if best is None or not self.phase.keep_best or val_mse < best["val_mse"]:
+            self.best = {"step": self.step, "val_mse": val_mse, "lr_scale": self.lr_scale,
+                         "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                         "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+        if self.tracker:
+            self.tracker.log_metrics({"val_psnr": psnr_from_normalised_mse(val_mse)}, self.step_offset + self.step)
+        return False
+
+    def _recover(self, reason: str, bar=None) -> None:
+        """Restore the best state and halve the learning rate, or give up with TrainingDiverged."""
+        self.recoveries += 1
+        where = f"{self.phase.name}: {reason} near pass {self.current_pass():.2f} (step {self.step})"
+        if self.best is None or self.recoveries > MAX_RECOVERIES:
+            tried = f" after {self.recoveries - 1} restores at lower learning rates" if self.recoveries > 1 else ""
+            raise TrainingDiverged(f"{where}{tried}; lower lr or grad_lambda")
+        self.model.load_state_dict(self.best["model"])
+        self.optimizer.load_state_dict(self.best["optimizer"])
+        self.lr_scale *= RECOVERY_LR_FACTOR
+        if self.plateau is not None:  # the plateau scheduler owns the lr: scale the restored one
+            for g in self.optimizer.param_groups:
+                g["lr"] *= self.lr_scale / self.best["lr_scale"]
+        message = (f"warning: {where}; restored the state of step {self.best['step']} and lowered the "
+                   f"learning rate to {self.lr_scale:g} x the schedule")
+        (bar.write if bar is not None else print)(message, file=sys.stderr)
+        if self.tracker:
+            self.tracker.log_metrics({"recoveries": self.recoveries}, self.step_offset + self.step)
 
     def _end_of_pass(self, loss: float, mse: float, extras: dict, bar) -> None:
         passes = self.current_pass()

@@ -1,0 +1,65 @@
+"""``lr = auto``: the training recipe that adapts to the network and the volume.
+
+An explicit ``lr`` trains exactly as the original code did (Lu et al. 2021: Adam, step decay every
+``pass_decay`` passes, ``max_pass`` passes). With ``lr = auto`` three things change:
+
+1. **The learning rate follows the network.** Adam moves every weight by about ``lr`` per step,
+   whatever its gradient's scale. A sine layer's pre-activation omega_0 (W x + b) sums ``fan_in``
+   such moves, each amplified by omega_0, and the residual blocks add a second sine layer per
+   block. Keeping the per-step change of the pre-activations at a fixed size gives
+
+       lr = C / (omega_0 * fan_in * sqrt(n_layers / 4) * (2 if grad_lambda > 0 else 1))
+
+   where ``fan_in`` is the widest layer's input width. C was fitted on learning-rate sweeps at
+   equal steps over three volumes and widths 7 to 118 (``benchmarks/lr_sweep.py``, table in the
+   README). The gradient loss differentiates the network once more, which multiplies every
+   layer's sensitivity by about omega_0 again in the coordinates; halving lr keeps it stable.
+2. **The output starts at the data's mean** (the output layer's bias): the first steps then fit
+   structure instead of moving the whole output, and a run that learns nothing still predicts the
+   mean rather than the middle of the value range.
+3. **At least ``min_steps`` optimizer steps.** A pass of a 40^3 volume is only 4 steps of 16k
+   points, so 75 passes are 300 steps, far too few for Adam. The run is stretched to ``min_steps``
+   and the pass-based schedule (decay, checkpoints) with it, in proportion.
+
+The loop itself (``training.trainer``) recovers from divergence for any lr: it tracks the best
+state on a fixed validation sample of voxels, and on a blow-up restores it and halves the learning
+rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+from config.options import OptimConfig
+from model.architecture import Architecture
+
+LR_CONSTANT = 0.5  # C above, fitted by benchmarks/lr_sweep.py
+REFERENCE_DEPTH = 4  # n_layers of the original's configs, where C was measured
+GRADIENT_LOSS_FACTOR = 0.5
+
+
+def auto_learning_rate(arch: Architecture, grad_lambda: float = 0.0) -> float:
+    """The learning rate ``lr = auto`` uses for a network of shape ``arch`` (see the module doc)."""
+    fan_in = max(arch.widths)
+    depth = math.sqrt(max(1, arch.n_layers) / REFERENCE_DEPTH)
+    lr = LR_CONSTANT / (arch.omega_0 * fan_in * depth)
+    return lr * (GRADIENT_LOSS_FACTOR if grad_lambda > 0 else 1.0)
+
+
+def learning_rate(optim: OptimConfig, arch: Architecture) -> float:
+    """The configured lr, or the automatic one."""
+    return auto_learning_rate(arch, optim.grad_lambda) if optim.auto else float(optim.lr)
+
+
+def schedule_steps(optim: OptimConfig, num_voxels: int) -> tuple[int, float]:
+    """(number of steps, steps per pass) of a run of ``max_pass`` passes over ``num_voxels`` samples.
+
+    With lr = auto a run has at least ``min_steps`` steps; a pass then counts ``num_steps / max_pass``
+    steps, so ``pass_decay`` and ``checkpoint_every`` keep their place in the run.
+    """
+    steps_per_pass = num_voxels / optim.points_per_step
+    num_steps = max(1, math.ceil(optim.max_pass * steps_per_pass - 1e-9))
+    if optim.auto and num_steps < optim.min_steps:
+        num_steps = int(optim.min_steps)
+        steps_per_pass = num_steps / optim.max_pass
+    return num_steps, steps_per_pass
