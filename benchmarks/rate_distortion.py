@@ -2,11 +2,13 @@
 
     python -m benchmarks.rate_distortion \\
         --volumes ../shared/datasets/nucleon_41x41x41_uint8.raw \\
-        --ratios 50 100 200 400 800 --codecs sz3 zfp --output benchmarks/results/rd
+        --ratios 50 100 200 400 800 --codecs sz3 sperr zfp --output benchmarks/results/rd
 
 Writes ``<output>/rd.json`` (one record per volume x codec x ratio, rewritten after each run so a
-long benchmark keeps its partial results), ``<output>/rd.md`` (markdown table, also printed) and
-``<output>/rd_<volume>.png`` (PSNR vs achieved ratio, a line per codec).
+long benchmark keeps its partial results), ``<output>/rd.md`` (markdown table, also printed),
+``<output>/rd_gap.md`` (per volume and ratio: the best classical codec, Neurcomp, the gap between
+them and the mean-predictor PSNR; also printed) and ``<output>/rd_<volume>.png`` (PSNR vs achieved
+ratio, a line per codec, the mean-predictor PSNR dashed).
 
 Codec options come from the codecs themselves: each registered codec adds its own
 ``--<codec>-...`` arguments (`Codec.add_cli_args`) and is built from them (`Codec.from_args`). To
@@ -21,12 +23,12 @@ import sys
 from pathlib import Path
 
 from benchmarks.codecs import CODECS
-from benchmarks.rd_eval import evaluate, markdown_table, plot_rd_per_volume, safe_name, write_results
+from benchmarks.rd_eval import evaluate, gap_table, markdown_table, plot_rd_per_volume, safe_name, write_results
 from config.cli import run_cli
 from config.errors import ConfigError, InputError, NeurcompError
 
 # Modules whose import registers codecs (with @register_codec).
-CODEC_MODULES = ("benchmarks.codecs", "benchmarks.neurcomp_codec")
+CODEC_MODULES = ("benchmarks.codecs", "benchmarks.sperr_codec", "benchmarks.neurcomp_codec")
 DEFAULT_RATIOS = (50.0, 100.0, 200.0, 400.0, 800.0)
 
 
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ratios", nargs="+", type=float, default=list(DEFAULT_RATIOS),
                         help="target compression ratios (float32 bytes / compressed bytes)")
     parser.add_argument("--codecs", nargs="+", default=["sz3", "zfp"], choices=sorted(CODECS), help="codecs to run")
-    parser.add_argument("--output", default="benchmarks/results/rd", help="folder for rd.json, rd.md, rd_<volume>.png")
+    parser.add_argument("--output", default="benchmarks/results/rd", help="folder for rd.json, rd.md, rd_gap.md, rd_<volume>.png")
     parser.add_argument("--work-dir", default="benchmarks/results/tmp",
                         help="scratch folder handed to codecs that need one (checkpoints); classic codecs ignore it")
     for name in sorted(CODECS):
@@ -69,7 +71,7 @@ def main(argv=None) -> list[dict]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     out = Path(args.output)
-    json_path, md_path = out / "rd.json", out / "rd.md"
+    json_path, md_path, gap_path = out / "rd.json", out / "rd.md", out / "rd_gap.md"
 
     from tqdm import tqdm
 
@@ -91,13 +93,14 @@ def main(argv=None) -> list[dict]:
                     except NeurcompError as exc:  # e.g. a ratio no network reaches: note it, go on
                         skipped.append(f"{name} {codec.name}@{ratio:g}: {exc}")
                         bar.write(f"skipped {skipped[-1]}")
-                    write_results(records, json_path, md_path)
+                    write_results(records, json_path, md_path, gap_path)
                     bar.update(1)
     pngs = plot_rd_per_volume(records, out)
     print(markdown_table(records))
+    print(gap_table(records))
     for line in skipped:
         print(f"skipped: {line}")
-    print(f"wrote {json_path}, {md_path}, " + ", ".join(str(p) for p in pngs), file=sys.stderr)
+    print(f"wrote {json_path}, {md_path}, {gap_path}, " + ", ".join(str(p) for p in pngs), file=sys.stderr)
     return records
 
 

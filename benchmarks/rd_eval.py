@@ -2,8 +2,11 @@
 
 A record is a flat JSON-serialisable dict (one codec, one volume, one target ratio). PSNR and
 errors are recomputed here with `data.metrics.volume_metrics` from the codec's decoded volume,
-never taken from the codec. Non-finite floats (PSNR of a lossless result) are written to JSON as
-``null``.
+never taken from the codec. Each record also holds ``mean_psnr``, the PSNR of the trivial codec
+that predicts the volume's mean everywhere: the floor any codec must clear. Non-finite floats
+(PSNR of a lossless result) are written to JSON as ``null``.
+
+`gap_table` compares, per volume and target ratio, the learned codec with the best classical one.
 """
 
 from __future__ import annotations
@@ -34,6 +37,32 @@ TABLE_COLUMNS = (
     ("settings", "settings", "{}"),
 )
 
+# The learned codec; `gap_rows` counts every other codec as a classical baseline.
+LEARNED_CODEC = "neurcomp"
+MEAN_PSNR_CHUNK = 1 << 22  # voxels per float64 chunk, as in data.metrics
+
+
+def mean_predictor_psnr(values) -> float:
+    """PSNR of predicting the volume's mean everywhere: 20 log10(range) - 10 log10(variance).
+
+    The reconstruction's MSE is then the (population) variance, so this is the PSNR a codec gets
+    from zero bits beyond the mean. Same conventions as `data.metrics.volume_metrics`: inf for a
+    constant volume (the mean is exact). Accumulated in float64 chunk by chunk.
+    """
+    flat = np.asarray(values).reshape(-1)
+    if flat.size == 0:
+        raise ValueError("mean_predictor_psnr needs a non-empty volume")
+    mean = float(np.mean(flat, dtype=np.float64))
+    sq_sum = 0.0
+    for start in range(0, flat.size, MEAN_PSNR_CHUNK):
+        dev = flat[start:start + MEAN_PSNR_CHUNK].astype(np.float64) - mean
+        sq_sum += float(np.dot(dev, dev))
+    variance = sq_sum / flat.size
+    value_range = float(flat.max()) - float(flat.min())
+    if variance == 0.0 or value_range == 0.0:
+        return math.inf
+    return 20.0 * math.log10(value_range) - 10.0 * math.log10(variance)
+
 
 def evaluate(codec, values, target_ratio: float, *, volume_name: str = "", work_dir=None) -> dict:
     """Compress ``values`` with ``codec`` at ``target_ratio`` and return one record.
@@ -46,7 +75,8 @@ def evaluate(codec, values, target_ratio: float, *, volume_name: str = "", work_
             volume_name = Path(values.path).stem
         values = values.values
     result = codec.compress_to_ratio(values, target_ratio, work_dir=work_dir)
-    metrics = volume_metrics(np.asarray(values, dtype=np.float32), result.decoded)
+    values32 = np.asarray(values, dtype=np.float32)
+    metrics = volume_metrics(values32, result.decoded)
     vrange = metrics["value_range"]
     return {
         "volume": volume_name,
@@ -56,6 +86,7 @@ def evaluate(codec, values, target_ratio: float, *, volume_name: str = "", work_
         "ratio": result.ratio,
         "num_bytes": result.num_bytes,
         "psnr": metrics["psnr"],
+        "mean_psnr": mean_predictor_psnr(values32),
         "mse": metrics["mse"],
         "rmse": metrics["rmse"],
         "mae": metrics["mae"],
@@ -117,18 +148,24 @@ def _settings(record: dict) -> str:
         parts.append(f"eb={p['abs_error_bound']:.3g}")
     if "tolerance" in p:
         parts.append(f"tol=2^{p['tolerance_log2']}")
+    if "rate" in p:
+        parts.append(f"rate={p['rate']:.4g} bpv")
     if p.get("match") not in (None, "matched"):
         parts.append(p["match"])
     return " ".join(parts)
 
 
-def _cell(record: dict, key: str, fmt: str) -> str:
-    value = _settings(record) if key == "settings" else record.get(key)
+def _fmt(value, fmt: str = "{:.2f}") -> str:
+    """A table cell: empty for None, inf / -inf / nan spelled out, else ``fmt``."""
     if value is None:
         return ""
     if isinstance(value, float) and not math.isfinite(value):
         return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
     return fmt.format(value)
+
+
+def _cell(record: dict, key: str, fmt: str) -> str:
+    return _fmt(_settings(record) if key == "settings" else record.get(key), fmt)
 
 
 def markdown_table(records: list[dict]) -> str:
@@ -154,18 +191,88 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(records: list[dict], json_path, md_path) -> None:
-    """Write the records as JSON (non-finite floats as null) and as a markdown table, atomically."""
+def _psnr_or_nan(record: dict | None) -> float:
+    """A record's PSNR as a float; NaN when absent or null (JSON's lossless inf, or a failure)."""
+    value = None if record is None else record.get("psnr")
+    return math.nan if value is None else float(value)
+
+
+def _difference(a: float, b: float | None) -> float | None:
+    """a - b in dB, or None when either side is missing."""
+    return None if b is None or math.isnan(a) or math.isnan(b) else a - b
+
+
+def gap_rows(records: list[dict]) -> list[dict]:
+    """Per volume and target ratio: the best classical codec, Neurcomp, and the gaps between them.
+
+    Classical = every codec but ``LEARNED_CODEC``; the best is the one with the highest PSNR at that
+    target (its achieved ratio is kept beside it, as codecs may land above the target or miss an
+    unreachable one). ``gap_db`` = Neurcomp PSNR - best classical PSNR (positive: Neurcomp wins);
+    ``neurcomp_above_mean_db`` = Neurcomp PSNR - mean-predictor PSNR. Missing pieces are None.
+    Rows come in order of the volumes' first appearance, then by target ratio.
+    """
+    groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
+    volume_order: dict[str, int] = {}
+    for r in records:
+        volume_order.setdefault(r["volume"], len(volume_order))
+        groups[(r["volume"], float(r["target_ratio"]))].append(r)
+
+    rows = []
+    for (volume, target), recs in sorted(groups.items(), key=lambda kv: (volume_order[kv[0][0]], kv[0][1])):
+        classical = [r for r in recs if r["codec"] != LEARNED_CODEC and not math.isnan(_psnr_or_nan(r))]
+        best = max(classical, key=lambda r: (_psnr_or_nan(r), r["ratio"]), default=None)
+        learned = next((r for r in recs if r["codec"] == LEARNED_CODEC), None)
+        mean_psnr = next((r["mean_psnr"] for r in recs if r.get("mean_psnr") is not None), None)
+        best_psnr, learned_psnr = _psnr_or_nan(best), _psnr_or_nan(learned)
+        rows.append({
+            "volume": volume,
+            "target_ratio": target,
+            "best_classical": None if best is None else best["codec"],
+            "classical_psnr": None if best is None else best_psnr,
+            "classical_ratio": None if best is None else best["ratio"],
+            "neurcomp_psnr": None if learned is None else learned_psnr,
+            "neurcomp_ratio": None if learned is None else learned["ratio"],
+            "gap_db": _difference(learned_psnr, None if best is None else best_psnr),
+            "mean_psnr": mean_psnr,
+            "neurcomp_above_mean_db": _difference(learned_psnr, mean_psnr),
+        })
+    return rows
+
+
+def gap_table(records: list[dict]) -> str:
+    """`gap_rows` as markdown: where Neurcomp stands against the best classical codec."""
+    lines = [f"Best classical codec vs {LEARNED_CODEC} per volume and target ratio: PSNR dB (achieved ratio); "
+             f"gap = {LEARNED_CODEC} - best classical; mean predictor = PSNR of the volume's mean everywhere.", "",
+             f"| volume | target | best classical | classical PSNR | {LEARNED_CODEC} PSNR | gap dB "
+             f"| mean predictor dB | {LEARNED_CODEC} above mean dB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in gap_rows(records):
+        classical = "" if row["best_classical"] is None else \
+            f"{_fmt(row['classical_psnr'])} ({row['classical_ratio']:.0f})"
+        learned = "" if row["neurcomp_ratio"] is None else \
+            f"{_fmt(row['neurcomp_psnr'])} ({row['neurcomp_ratio']:.0f})"
+        cells = [row["volume"], f"{row['target_ratio']:g}", row["best_classical"] or "", classical, learned,
+                 _fmt(row["gap_db"], "{:+.2f}"), _fmt(row["mean_psnr"]), _fmt(row["neurcomp_above_mean_db"], "{:+.2f}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(records: list[dict], json_path, md_path, gap_md_path=None) -> None:
+    """Write the records as JSON (non-finite floats as null) and as a markdown table, atomically;
+    with ``gap_md_path``, also `gap_table` there."""
     payload = json.dumps(_json_safe(records), indent=2, allow_nan=False) + "\n"
     _write_atomic(Path(json_path), payload.encode("utf-8"))
     _write_atomic(Path(md_path), markdown_table(records).encode("utf-8"))
+    if gap_md_path is not None:
+        _write_atomic(Path(gap_md_path), gap_table(records).encode("utf-8"))
 
 
 def plot_rd(records: list[dict], png_path) -> Path:
     """PSNR vs achieved ratio (log x), one line per codec, for the records given (one volume).
 
     Records of several volumes get one line per volume and codec. Lossless points (PSNR inf) are
-    left out of the plot.
+    left out of the plot. A dashed horizontal line marks each volume's mean-predictor PSNR
+    (``mean_psnr``) where the records hold it.
     """
     import matplotlib
 
@@ -183,12 +290,18 @@ def plot_rd(records: list[dict], png_path) -> Path:
     for label, points in sorted(lines.items()):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    for volume in volumes:
+        mean_psnr = next((r["mean_psnr"] for r in records if r["volume"] == volume and r.get("mean_psnr") is not None),
+                         None)
+        if mean_psnr is not None and math.isfinite(mean_psnr):
+            label = "mean predictor" if len(volumes) == 1 else f"{volume} mean predictor"
+            ax.axhline(mean_psnr, linestyle="--", color="gray", linewidth=1, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (float32 bytes / compressed bytes)")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(volumes[0] if len(volumes) == 1 else "rate-distortion")
     ax.grid(True, which="both", alpha=0.3)
-    if lines:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
     png_path = Path(png_path)
