@@ -106,6 +106,7 @@ class Trainer:
         self.recoveries = 0
         self.best: dict | None = None  # {step, val_mse, model, optimizer, lr_scale}
         self.restored_best_step: int | None = None
+        self.validation_log: list[tuple[int, float]] = []  # (step, validation MSE) of every evaluation
         self.eval_every = max(1, phase.num_steps // EVALS_PER_PHASE)
         self.micro_batch = micro_batch_size(micro_batch, distributed.local_points(phase.optim.points_per_step),
                                             max(model.arch.widths), sampler.device)
@@ -132,7 +133,7 @@ class Trainer:
                 "plateau": self.plateau.state_dict() if self.plateau else None,
                 "sampler": sampler_state, "sampler_ranks": ranks, "world_size": world_size,
                 "history": self.phase.history, "lr_scale": self.lr_scale, "recoveries": self.recoveries,
-                "best": self.best}
+                "best": self.best, "validation_log": self.validation_log}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -146,6 +147,7 @@ class Trainer:
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.recoveries = int(state.get("recoveries", 0))
         self.best = state.get("best")
+        self.validation_log = [tuple(x) for x in state.get("validation_log", [])]
 
     def _load_sampler_state(self, state: dict) -> None:
         """This rank's sampler state; a rank the checkpoint has none for (another world size, an
@@ -326,6 +328,7 @@ class Trainer:
     def _validate(self, bar=None) -> bool:
         """Evaluate the validation sample; keep the best state, or recover from a blow-up (True)."""
         val_mse = self.phase.validation.mse(self.model)
+        self.validation_log.append((self.step, val_mse))
         best = self.best
         blew_up = best is not None and self.phase.keep_best and val_mse > DIVERGENCE_FACTOR * best["val_mse"]
         if not math.isfinite(val_mse) or blew_up:
