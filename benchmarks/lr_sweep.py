@@ -6,7 +6,9 @@
 Each volume x ratio trains one network per learning rate and one with ``lr = auto`` (and, with
 ``--no-mean-start``, one with ``lr = auto`` but the output bias left at its random start), all for
 exactly ``--steps`` steps of the default schedule shape (two decays by 0.2), with the training
-pipeline the entry script runs (``training.run.train``). The width comes from ``compression_ratio``
+pipeline the entry script runs (``training.run.train``). The fixed learning rates run the same
+recipe as ``lr = auto`` with only the rule's lr replaced (so the comparison is of the lr alone);
+``--original-recipe`` runs them as explicit lrs instead (no mean start). The width comes from ``compression_ratio``
 (voxels / parameters). Prints a table (best fixed lr, auto's lr and PSNR, the gap) and writes
 ``sweep.json``, ``sweep.md`` and ``sweep_<volume>.png`` (PSNR against lr, auto marked).
 """
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--grad-lambda", type=float, default=0.0)
     p.add_argument("--no-mean-start", action="store_true", help="also run lr = auto without the mean start")
+    p.add_argument("--original-recipe", action="store_true", help="fixed lrs as explicit lrs (no mean start)")
     p.add_argument("--compile", default="off", choices=["auto", "on", "off"])
     p.add_argument("--output", default="benchmarks/results/lr_sweep")
     p.add_argument("--work-dir", default="benchmarks/results/tmp/lr_sweep")
@@ -43,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run_one(path: str, name: str, ratio: float, lr: str, args, work: Path, mean_start: bool = True) -> dict:
     from config.options import parse_config
     from data.readers import read_volume
+    from training import recipe
     from training import run as run_module
+
+    fixed_lr = None
+    if lr != "auto" and not args.original_recipe:  # the auto recipe with this lr
+        fixed_lr, lr = float(lr), "auto"
 
     num_voxels = read_volume(path).num_voxels
     points = 1024 * 16
@@ -54,16 +62,19 @@ def run_one(path: str, name: str, ratio: float, lr: str, args, work: Path, mean_
         "--max_pass", repr(passes), "--pass_decay", repr(passes / 3), "--min_steps", str(args.steps),
         "--grad_lambda", str(args.grad_lambda), "--compile", args.compile,
         "--tracking", "none", "--checkpoint_every", "0"])
-    real_start = run_module.start_at_mean
+    real_start, real_rule = run_module.start_at_mean, recipe.auto_learning_rate
     if not mean_start:
         run_module.start_at_mean = lambda *a, **k: None
+    if fixed_lr is not None:
+        recipe.auto_learning_rate = lambda *a, **k: fixed_lr
     try:
         t0 = time.perf_counter()
         info = run_module.train(cfg, progress=False)
         seconds = time.perf_counter() - t0
     finally:
-        run_module.start_at_mean = real_start
-    return {"volume": name, "ratio": ratio, "lr_setting": lr if mean_start else f"{lr}_no_mean_start",
+        run_module.start_at_mean, recipe.auto_learning_rate = real_start, real_rule
+    setting = f"{fixed_lr:g}" if fixed_lr is not None else (lr if mean_start else f"{lr}_no_mean_start")
+    return {"volume": name, "ratio": ratio, "lr_setting": setting,
             "lr": info["lr"], "width": info["network_layer_sizes"][1], "steps": info["steps"],
             "psnr": info["psnr"], "recoveries": info["recoveries"], "seconds": seconds}
 

@@ -1,7 +1,9 @@
 """This toolkit behind the benchmark's ``Codec`` interface: train + quantize to a target file ratio.
 
 Encoding = training a network sized by ``target_file_ratio`` (``training.file_target``) and writing
-the compressed file; the payload is that file's bytes. Decoding = rebuilding the network from the
+the compressed file; the payload is that file's bytes. By default the run uses the toolkit's
+defaults, as a user would (``lr = auto``, 75 passes with at least ``min_steps`` steps); ``steps``
+and ``lr`` override them for budgeted or hand-tuned comparisons. Decoding = rebuilding the network from the
 bytes alone and evaluating it on the grid. Training is the encode time, so it dominates.
 """
 
@@ -13,24 +15,27 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.codecs import Codec, CodecResult, register_codec
+from config.options import parse_lr
 
 
 @register_codec("neurcomp")
 class NeurcompCodec(Codec):
     """Neurcomp (Lu et al. 2021) + k-means quantization + entropy coding, at a target file ratio."""
 
-    def __init__(self, steps: int = 2000, n_layers: int = 4, bits: int = 9, lr: float = 5e-4,
+    def __init__(self, steps: int = 0, n_layers: int = 4, bits: int = 8, lr: float | None = None,
                  pass_decay: float | None = None, lr_decay: float = 0.2, batch_size: int = 1024,
                  sample_size: int = 16, grad_lambda: float = 0.0, device: str = "auto", seed: int = 0):
-        # a budget in steps, not passes: a pass of a 41^3 volume is only 4 steps of 16k points
-        self.steps, self.n_layers, self.bits, self.lr = int(steps), int(n_layers), int(bits), float(lr)
+        # steps = 0: the training defaults; > 0: a budget in steps (a pass of 41^3 is 4 steps of 16k points)
+        self.steps, self.n_layers, self.bits = int(steps), int(n_layers), int(bits)
+        self.lr = None if lr is None else float(lr)
         self.pass_decay = pass_decay
         self.lr_decay, self.batch_size, self.sample_size = float(lr_decay), int(batch_size), int(sample_size)
         self.grad_lambda = float(grad_lambda)
         self.device, self.seed = device, int(seed)
 
     def options(self) -> dict:
-        return {"steps": self.steps, "n_layers": self.n_layers, "bits": self.bits, "lr": self.lr,
+        return {"steps": self.steps or "default", "n_layers": self.n_layers, "bits": self.bits,
+                "lr": "auto" if self.lr is None else self.lr,
                 "lr_decay": self.lr_decay, "grad_lambda": self.grad_lambda,
                 "points_per_step": self.batch_size * self.sample_size, "device": self.device}
 
@@ -41,13 +46,15 @@ class NeurcompCodec(Codec):
         work = Path(work_dir or "benchmarks/results/tmp/neurcomp")
         work.mkdir(parents=True, exist_ok=True)
         np.save(work / "volume.npy", values)
-        passes = self.steps * self.batch_size * self.sample_size / values.size
-        pass_decay = self.pass_decay or passes / 3  # two decays of lr_decay over the run
+        schedule = []
+        if self.steps:  # a budget: that many steps, two decays of lr_decay over the run
+            passes = self.steps * self.batch_size * self.sample_size / values.size
+            schedule = ["--max_pass", repr(passes), "--pass_decay", repr(self.pass_decay or passes / 3),
+                        "--lr_decay", str(self.lr_decay), "--min_steps", str(self.steps)]
         cfg = parse_config([
             "--data", str(work / "volume.npy"), "--basedir", str(work), "--expname", "run",
             "--target_file_ratio", str(target_ratio), "--quant_bits", str(self.bits),
-            "--n_layers", str(self.n_layers), "--max_pass", str(passes), "--lr", str(self.lr),
-            "--pass_decay", str(pass_decay), "--lr_decay", str(self.lr_decay),
+            "--n_layers", str(self.n_layers), "--lr", "auto" if self.lr is None else repr(self.lr), *schedule,
             "--batch_size", str(self.batch_size), "--sample_size", str(self.sample_size),
             "--grad_lambda", str(self.grad_lambda),
             "--device", self.device, "--seed", str(self.seed), "--tracking", "none", "--checkpoint_every", "0"])
@@ -58,7 +65,8 @@ class NeurcompCodec(Codec):
         t0 = time.perf_counter()
         decoded = self.decompress(payload, values.shape)
         decode_seconds = time.perf_counter() - t0
-        params = {**self.options(), "passes": passes, "widths": info["network_layer_sizes"], "layer_bits": info["file_layer_bits"],
+        params = {**self.options(), "lr_used": info["lr"], "recoveries": info["recoveries"],
+                  "steps_trained": info["steps"], "passes": info["passes"], "widths": info["network_layer_sizes"], "layer_bits": info["file_layer_bits"],
                   "training_seconds": info["training_time_s"], "psnr_before_quantization": info["psnr"]}
         return CodecResult.build(self.name, target_ratio, payload, decoded, encode_seconds, decode_seconds, params)
 
@@ -71,10 +79,11 @@ class NeurcompCodec(Codec):
 
     @classmethod
     def add_cli_args(cls, group):
-        group.add_argument("--neurcomp-steps", type=int, default=2000, help="training steps (of 1024 x 16 points) per run")
+        group.add_argument("--neurcomp-steps", type=int, default=0,
+                           help="training steps (of 1024 x 16 points) per run; 0: the training defaults")
         group.add_argument("--neurcomp-n-layers", type=int, default=4, help="Neurcomp n_layers")
-        group.add_argument("--neurcomp-bits", type=int, default=9, help="quantization bits")
-        group.add_argument("--neurcomp-lr", type=float, default=5e-4, help="Adam learning rate")
+        group.add_argument("--neurcomp-bits", type=int, default=8, help="quantization bits")
+        group.add_argument("--neurcomp-lr", type=parse_lr, default=None, help="Adam learning rate (default: auto)")
         group.add_argument("--neurcomp-grad-lambda", type=float, default=0.0,
                            help="weight of the gradient loss (0: off)")
         group.add_argument("--neurcomp-device", default="auto", help="auto, cpu or cuda")

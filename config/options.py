@@ -77,7 +77,7 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     g.add_argument("--num_workers", type=int, default=0, help="accepted for compatibility with the original; sampling runs on the device, no workers")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="datasets/marschner_lobb_64.npy", help="volume file: .npy .raw .h5/.hdf5 .cvol .vti")
+    g.add_argument("--data", default="datasets/marschner_lobb_f3_64.npy", help="volume file: .npy .raw .h5/.hdf5 .cvol .vti")
     g.add_argument("--data_key", default="", help="HDF5 dataset, CVOL feature or VTI array name")
     g.add_argument("--channel", type=int, default=-1, help="channel of a multi-channel volume (-1: none)")
     g.add_argument("--raw_shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"), help="dims of a .raw file whose name does not carry them")

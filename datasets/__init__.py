@@ -3,19 +3,25 @@
 from pathlib import Path
 
 
-def _marschner_lobb(shape):
-    # Imported on use: `python -m datasets.marschner_lobb` must not find the module pre-imported.
-    from datasets.marschner_lobb import marschner_lobb
+def _marschner_lobb(f_m):
+    def generate(shape):
+        # Imported on use: `python -m datasets.marschner_lobb` must not find the module pre-imported.
+        from datasets.marschner_lobb import marschner_lobb
 
-    return marschner_lobb(shape)
+        return marschner_lobb(shape, f_m=f_m)
+
+    return generate
 
 
 # File name -> (generator(shape) -> float32 (Z, Y, X) array, shape (Z, Y, X)).
+# marschner_lobb_<n>: the standard signal (f_M = 6), nearly at the Nyquist rate on a 64^3 grid;
+# marschner_lobb_f3_<n>: half the ripple frequency, resolved at 64^3 (the default volume).
 GENERATED_VOLUMES = {
-    f"marschner_lobb_{n}.npy": (_marschner_lobb, (n, n, n)) for n in (32, 64, 128)
+    **{f"marschner_lobb_{n}.npy": (_marschner_lobb(6.0), (n, n, n)) for n in (32, 64, 128)},
+    **{f"marschner_lobb_f3_{n}.npy": (_marschner_lobb(3.0), (n, n, n)) for n in (32, 64, 128)},
 }
 
-DEFAULT_VOLUME = Path(__file__).resolve().parent / "marschner_lobb_64.npy"
+DEFAULT_VOLUME = Path(__file__).resolve().parent / "marschner_lobb_f3_64.npy"
 
 
 def ensure_default_volume(path) -> bool:

@@ -31,8 +31,13 @@ def test_default_shape_and_range():
 
 
 def test_registry_names_the_default():
-    assert DEFAULT_VOLUME.name == "marschner_lobb_64.npy"
+    assert DEFAULT_VOLUME.name == "marschner_lobb_f3_64.npy"
     assert GENERATED_VOLUMES["marschner_lobb_64.npy"][1] == (64, 64, 64)
+    generate, shape = GENERATED_VOLUMES[DEFAULT_VOLUME.name]
+    assert shape == (64, 64, 64)
+    np.testing.assert_array_equal(generate((9, 9, 9)), marschner_lobb((9, 9, 9), f_m=3.0))
+    # f_M = 3 is half the standard ripple: its values differ from the standard signal off the axis
+    assert not np.array_equal(generate((9, 9, 9)), marschner_lobb((9, 9, 9)))
 
 
 def test_ensure_generates_once(tmp_path):

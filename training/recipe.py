@@ -33,7 +33,7 @@ import math
 from config.options import OptimConfig
 from model.architecture import Architecture
 
-LR_CONSTANT = 0.5  # C above, fitted by benchmarks/lr_sweep.py
+LR_CONSTANT = 1.5  # C above, fitted by benchmarks/lr_sweep.py
 REFERENCE_DEPTH = 4  # n_layers of the original's configs, where C was measured
 GRADIENT_LOSS_FACTOR = 0.5
 
