@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mean-start", action="store_true", help="also run lr = auto without the mean start")
     p.add_argument("--original-recipe", action="store_true", help="fixed lrs as explicit lrs (no mean start)")
     p.add_argument("--compile", default="off", choices=["auto", "on", "off"])
+    p.add_argument("--reuse", nargs="+", default=[],
+                   help="earlier sweep.json files: their fixed-lr runs with the same volume, ratio, steps and recipe are "
+                        "kept instead of re-run (lr = auto always runs anew, so a changed rule is measured)")
     p.add_argument("--output", default="benchmarks/results/lr_sweep")
     p.add_argument("--work-dir", default="benchmarks/results/tmp/lr_sweep")
     return p
@@ -76,7 +79,22 @@ def run_one(path: str, name: str, ratio: float, lr: str, args, work: Path, mean_
     setting = f"{fixed_lr:g}" if fixed_lr is not None else (lr if mean_start else f"{lr}_no_mean_start")
     return {"volume": name, "ratio": ratio, "lr_setting": setting,
             "lr": info["lr"], "width": info["network_layer_sizes"][1], "steps": info["steps"],
-            "psnr": info["psnr"], "recoveries": info["recoveries"], "seconds": seconds}
+            "psnr": info["psnr"], "recoveries": info["recoveries"], "seconds": seconds,
+            "n_layers": args.n_layers, "grad_lambda": args.grad_lambda, "original_recipe": args.original_recipe}
+
+
+def reusable_runs(paths: list[str], args) -> dict:
+    """(volume, ratio, lr_setting) -> record, for the fixed-lr runs of earlier sweeps with these settings."""
+    found = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for r in data["runs"] if isinstance(data, dict) else data:
+            same = (r.get("steps") == args.steps and r.get("n_layers", 4) == args.n_layers
+                    and r.get("grad_lambda", 0.0) == args.grad_lambda
+                    and r.get("original_recipe", False) == args.original_recipe)
+            if same and not r["lr_setting"].startswith("auto"):
+                found[(r["volume"], r["ratio"], r["lr_setting"])] = r
+    return found
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
@@ -155,6 +173,7 @@ def main(argv=None) -> list[dict]:
     out, work = Path(args.output), Path(args.work_dir)
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
+    reuse = reusable_runs(args.reuse, args)
     settings = [f"{lr:g}" for lr in args.lrs] + ["auto"]
     total = len(args.volumes) * len(args.ratios) * (len(settings) + int(args.no_mean_start))
     with tqdm(total=total, unit="run", file=sys.stderr) as bar:
@@ -163,7 +182,8 @@ def main(argv=None) -> list[dict]:
                 runs = [(s, True) for s in settings] + ([("auto", False)] if args.no_mean_start else [])
                 for lr, mean_start in runs:
                     bar.set_description(f"{name} r{ratio:g} lr {lr}")
-                    records.append(run_one(path, name, ratio, lr, args, work, mean_start))
+                    kept = reuse.get((name, ratio, lr)) if mean_start else None
+                    records.append(kept or run_one(path, name, ratio, lr, args, work, mean_start))
                     _write_atomic(out / "sweep.json", json.dumps(records, indent=1).encode())
                     bar.update(1)
     rows = summary_rows(records)

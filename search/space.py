@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
-from config.options import parse_bool
+from config.options import parse_bool, parse_lr
 
 PARAMETER_TYPES = ("range", "choice", "fixed")
 VALUE_TYPES = ("int", "float", "str", "bool")
@@ -143,7 +143,7 @@ def _option_value_type(action) -> str:
     t = action.type
     if t is int:
         return "int"
-    if t is float:
+    if t is float or t is parse_lr:  # lr also takes "auto"; a search samples numbers
         return "float"
     if t is parse_bool:
         return "bool"

@@ -74,7 +74,7 @@ def test_written_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("text, match", [
     ("lrr = 1\n", r"unknown key 'lrr' \(did you mean 'lr'\?\)"),
-    ("lr = fast\n", r"argument --lr: invalid float value"),
+    ("lr = fast\n", r"argument --lr: expected a number or auto"),
     ("compression_ratio = -3\n", r"compression_ratio = -3.0 is invalid"),
     ("max_pass = 0\n", r"max_pass = 0.0 is invalid"),
     ("dropout_technique = magic\n", r"dropout_technique = 'magic' is invalid"),

@@ -30,7 +30,7 @@ from training import distributed
 from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
 from training.outputs import atomic_write_text
 from training.recipe import learning_rate, schedule_steps
-from training.run import (CHECKPOINT_NAME, evaluate, finish, load_training_volume, resolve_device, start_at_mean,
+from training.run import (CHECKPOINT_NAME, announce_recipe, evaluate, finish, load_training_volume, resolve_device, start_at_mean,
                           training_report, validation_set)
 from training.sampler import make_sampler
 from training.tracking import Tracker, tracked
@@ -126,6 +126,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
                 tracker.log_params({**cfg.raw, "network_layer_sizes": arch.layer_sizes(),
                                     "num_parameters": count_parameters(arch),
                                     "prune_residual_width": prune_residual_width})
+            announce_recipe(cfg, arch, learning_rate(cfg.optim, arch), volume.num_voxels)
             gated = PrunableNeurcomp(arch, method, prune_residual_width=prune_residual_width,
                                      seed=distributed.rank_seed(cfg.seed))
             start_at_mean(cfg, gated.net, volume, info)

@@ -5,15 +5,18 @@ An explicit ``lr`` trains exactly as the original code did (Lu et al. 2021: Adam
 
 1. **The learning rate follows the network.** Adam moves every weight by about ``lr`` per step,
    whatever its gradient's scale. A sine layer's pre-activation omega_0 (W x + b) sums ``fan_in``
-   such moves, each amplified by omega_0, and the residual blocks add a second sine layer per
-   block. Keeping the per-step change of the pre-activations at a fixed size gives
+   such moves, each amplified by omega_0, so keeping the per-step change of the pre-activations
+   at a fixed size gives
 
-       lr = C / (omega_0 * fan_in * sqrt(n_layers / 4) * (2 if grad_lambda > 0 else 1))
+       lr = C / (omega_0 * fan_in) * sqrt(4 / n_layers) * (1/2 if grad_lambda > 0)
 
-   where ``fan_in`` is the widest layer's input width. C was fitted on learning-rate sweeps at
-   equal steps over three volumes and widths 7 to 118 (``benchmarks/lr_sweep.py``, table in the
-   README). The gradient loss differentiates the network once more, which multiplies every
-   layer's sensitivity by about omega_0 again in the coordinates; halving lr keeps it stable.
+   with ``fan_in`` the widest layer's input width. C = 1.75 was fitted on learning-rate sweeps at
+   equal steps (``benchmarks/lr_sweep.py``, table in the README): the best fixed lr was
+   5e-3 to 1e-2 at widths 6 to 14 (C = 1.8 to 2.1), 2e-3 at width 28 (C = 1.7) and 5e-4 to 1e-3
+   at width 82 (C = 1.2 to 2.5), while C of 3.6 or more failed at every width. The depth and
+   gradient-loss factors follow the same argument and were not fitted: more layers add more
+   moving pre-activations in series, and the gradient loss differentiates the network once more
+   in the coordinates, which multiplies every layer's sensitivity by about omega_0 again.
 2. **The output starts at the data's mean** (the output layer's bias): the first steps then fit
    structure instead of moving the whole output, and a run that learns nothing still predicts the
    mean rather than the middle of the value range.
@@ -33,7 +36,7 @@ import math
 from config.options import OptimConfig
 from model.architecture import Architecture
 
-LR_CONSTANT = 1.5  # C above, fitted by benchmarks/lr_sweep.py
+LR_CONSTANT = 1.75  # C above, fitted by benchmarks/lr_sweep.py
 REFERENCE_DEPTH = 4  # n_layers of the original's configs, where C was measured
 GRADIENT_LOSS_FACTOR = 0.5
 

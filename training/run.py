@@ -59,6 +59,13 @@ def validation_set(cfg: NeurcompConfig, volume, info: VolumeInfo, device) -> Val
     return ValidationSet(volume.values, info.vmin, info.vmax, device, seed=cfg.seed)
 
 
+def announce_recipe(cfg: NeurcompConfig, arch: Architecture, lr: float, num_voxels: int) -> None:
+    """One line saying what lr = auto chose, so a user sees it before the run."""
+    if cfg.optim.auto and distributed.is_main_process():
+        steps, _ = schedule_steps(cfg.optim, num_voxels)
+        print(f"lr = auto: {lr:.3g} for widths {arch.widths}; {steps} steps; output starts at the data's mean")
+
+
 def start_at_mean(cfg: NeurcompConfig, model: Neurcomp, volume, info: VolumeInfo) -> None:
     """lr = auto: the output starts at the data's normalised mean (training.recipe)."""
     if cfg.optim.auto:
@@ -109,6 +116,7 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
     start_at_mean(cfg, model, volume, info)
     model = model.to(device)
     lr = learning_rate(cfg.optim, arch)
+    announce_recipe(cfg, arch, lr, volume.num_voxels)
     sampler = make_sampler(volume, device, seed=cfg.seed, with_gradients=cfg.optim.grad_lambda > 0,
                            scaling=cfg.scaling)
     if distributed.is_main_process():
