@@ -141,3 +141,22 @@ def test_best_state_is_what_is_written(tmp_path, tiny_volume):
     assert state["best"]["val_mse"] == best
     assert info["best_step"] == state["best"]["step"]
     assert info["lr_auto"] is True and info["lr"] == pytest.approx(auto_learning_rate(Architecture.uniform(12, 2)))
+
+
+def test_run_that_cannot_recover_ends_in_one_line(tmp_path, tiny_volume):
+    from tests.conftest import run_script
+
+    args = config(tmp_path, tiny_volume, lr="1e6", max_pass=40)
+    proc = run_script("NeurcompTraining.py", *args)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    assert last.startswith("error: train:") and "after 8 restores" in last
+    assert "No checkpoint was written" in last
+    # with periodic checkpoints, the message names the last good one, and it holds finite weights
+    proc = run_script("NeurcompTraining.py", *config(tmp_path, tiny_volume, lr="1e6", max_pass=40, checkpoint_every=1,
+                                                      expname="ck"))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "The last good checkpoint is" in last
+    state = read_checkpoint(tmp_path / "exp" / "ck" / "checkpoint.pt")
+    assert all(torch.isfinite(v).all() for v in state["model_state"].values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from training.recipe import learning_rate, schedule_steps
 from training.outputs import atomic_write_text, save_slices_png, versions, write_info
 from training.sampler import VolumeSampler, make_sampler  # noqa: F401 (tests patch run.VolumeSampler)
 from training.tracking import Tracker, tracked
-from training.trainer import Phase, Trainer
+from training.trainer import Phase, Trainer, TrainingDiverged
 from training.validation import ValidationSet, mean_value
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -146,9 +147,23 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
         model.load_state_dict(resume["model_state"])
         trainer.load_state_dict(resume["trainer"])
     with tracked(tracker):
-        trainer.run()
+        with checkpoint_named_on_divergence(out_dir / CHECKPOINT_NAME):
+            trainer.run()
         checkpoint(trainer, "final")
         return finish(cfg, model, volume, info, trainer, tracker, device, extra_info=training_report(cfg, trainer))
+
+
+@contextmanager
+def checkpoint_named_on_divergence(path: Path):
+    """A run that cannot recover says where its last good checkpoint is (periodic checkpoints are
+    written only after the weights were checked finite), or that there is none."""
+    try:
+        yield
+    except TrainingDiverged as exc:
+        if path.is_file():
+            step = read_checkpoint(path).get("trainer", {}).get("step")
+            raise TrainingDiverged(f"{exc}. The last good checkpoint is {path} (step {step})") from None
+        raise TrainingDiverged(f"{exc}. No checkpoint was written before it diverged") from None
 
 
 def training_report(cfg: NeurcompConfig, trainer: Trainer) -> dict:
