@@ -242,14 +242,15 @@ def gap_rows(records: list[dict]) -> list[dict]:
 def gap_table(records: list[dict]) -> str:
     """`gap_rows` as markdown: where Neurcomp stands against the best classical codec."""
     lines = [f"Best classical codec vs {LEARNED_CODEC} per volume and target ratio: PSNR dB (achieved ratio); "
-             f"gap = {LEARNED_CODEC} - best classical; mean predictor = PSNR of the volume's mean everywhere.", "",
+             f"gap = {LEARNED_CODEC} - best classical; mean predictor = PSNR of the volume's mean everywhere; "
+             f"-: no {LEARNED_CODEC} result (a ratio no network fits is skipped, as the benchmark prints).", "",
              f"| volume | target | best classical | classical PSNR | {LEARNED_CODEC} PSNR | gap dB "
              f"| mean predictor dB | {LEARNED_CODEC} above mean dB |",
              "|---|---|---|---|---|---|---|---|"]
     for row in gap_rows(records):
         classical = "" if row["best_classical"] is None else \
             f"{_fmt(row['classical_psnr'])} ({row['classical_ratio']:.0f})"
-        learned = "" if row["neurcomp_ratio"] is None else \
+        learned = "-" if row["neurcomp_ratio"] is None else \
             f"{_fmt(row['neurcomp_psnr'])} ({row['neurcomp_ratio']:.0f})"
         cells = [row["volume"], f"{row['target_ratio']:g}", row["best_classical"] or "", classical, learned,
                  _fmt(row["gap_db"], "{:+.2f}"), _fmt(row["mean_psnr"]), _fmt(row["neurcomp_above_mean_db"], "{:+.2f}")]
