@@ -197,7 +197,7 @@ def test_gap_table_picks_best_classical_per_ratio():
     assert lines[2].startswith("| volume | target | best classical |")
     assert "| a | 100 | sperr | 57.00 (100) | 31.50 (99) | -25.50 | 12.00 | +19.50 |" in lines
     assert "| a | 400 | sz3 | 45.00 (400) | 46.50 (401) | +1.50 | 12.00 | +34.50 |" in lines
-    assert "| b | 100 | zfp | 20.00 (100) |  |  | 9.50 |  |" in lines
+    assert "| b | 100 | zfp | 20.00 (100) | - |  | 9.50 |  |" in lines
 
 
 def test_gap_table_written_and_plot_shows_mean_line(tmp_path):
