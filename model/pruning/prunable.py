@@ -21,6 +21,7 @@ from torch import nn
 
 from model.architecture import Architecture, count_parameters
 from model.neurcomp import Neurcomp
+from training.portable_state import generator_state, reseed_value, restore_generator
 
 
 @dataclass
@@ -140,18 +141,30 @@ class PrunableNeurcomp(nn.Module):
     def generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != torch.device(device):
             self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(self.noise_seed)
+            self._generator.manual_seed(self._start_seed)
             if self._pending_noise_state is not None:
-                self._generator.set_state(self._pending_noise_state)
+                saved = self._pending_noise_state
+                restore_generator(self._generator, saved["generator"], saved.get("device_type"),
+                                  self._start_seed, "variational noise")
                 self._pending_noise_state = None
         return self._generator
 
-    def noise_state(self):
-        return self._generator.get_state() if self._generator is not None else self._pending_noise_state
+    @property
+    def _start_seed(self) -> int:
+        return getattr(self, "_restart_seed", self.noise_seed)
 
-    def load_noise_state(self, state) -> None:
+    def noise_state(self) -> dict | None:
+        """The noise generator's state and device type (None before any noise was drawn)."""
+        return generator_state(self._generator) if self._generator is not None else self._pending_noise_state
+
+    def load_noise_state(self, state, step: int = 0) -> None:
+        """Continue the noise stream of a checkpoint. ``state`` None (a rank the checkpoint has no
+        state for) or a state from another device type restarts it from the seed and ``step``."""
         self._generator = None
+        if torch.is_tensor(state):  # checkpoints before the device type was stored
+            state = {"generator": state, "device_type": None}
         self._pending_noise_state = state
+        self._restart_seed = reseed_value(self.noise_seed, step) if step else self.noise_seed
 
     # -- forward -------------------------------------------------------------------------------------
     @staticmethod
