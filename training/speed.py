@@ -56,8 +56,8 @@ def _limit_name() -> str:
     return "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
 
 
-def compile_step(fn):
-    """``torch.compile(fn)``, with room in dynamo's cache for this trainer's graphs."""
+def make_room() -> None:
+    """Raise dynamo's recompile limit by GRAPHS_PER_TRAINER for one more compiled trainer."""
     global _compiled_trainers
     import torch._dynamo.config as dynamo_config
 
@@ -66,6 +66,11 @@ def compile_step(fn):
     needed = 8 + GRAPHS_PER_TRAINER * _compiled_trainers
     if getattr(dynamo_config, name) < needed:
         setattr(dynamo_config, name, needed)
+
+
+def compile_step(fn):
+    """``torch.compile(fn)``, with room in dynamo's cache for this trainer's graphs."""
+    make_room()
     return torch.compile(fn, backend=COMPILE_BACKEND)
 
 
