@@ -412,3 +412,36 @@ def test_parallel_trials_sharing_a_gpu_are_announced_and_labelled(monkeypatch):
     assert sharing_note(2, ["0", "1"]) is None and sharing_note(4, []) is None
     assert device_label("3") == "cuda:0 (GPU 3)"  # was: cuda:3, a device the trial never saw
     assert device_label("0", shared=True) == "cuda:0 (GPU 0, shared)" and device_label(None) == ""
+
+
+@pytest.mark.slow  # two torchrun processes
+def test_ctrl_c_under_torchrun_saves_every_ranks_state(tmp_path):
+    """Ctrl-C in a terminal: SIGINT to torchrun and both ranks (torchrun forwards another one)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    volume = tmp_path / "v.npy"
+    np.save(volume, smooth() * 10)
+    config = tiny_config(tmp_path, volume, "ctrl_c", max_pass=100000, checkpoint_every=20)[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(REPO / "NeurcompTraining.py"), "--config", config]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    path = tmp_path / "exp" / "ctrl_c" / "checkpoint.pt"
+    try:
+        deadline = time.time() + 180
+        while not path.is_file():  # training runs (its first periodic checkpoint is written)
+            assert proc.poll() is None and time.time() < deadline, "training did not start"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)  # was: rank 0 could wait on its peer until the timeout
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    ckpt = read_checkpoint(path)
+    assert ckpt["tag"] == "interrupt", output[-2000:]
+    assert len(ckpt["trainer"]["sampler_ranks"]) == 2  # both ranks stopped at the same step and gathered
+    assert "stopping every rank at the same step" in output
