@@ -271,10 +271,10 @@ class Trainer:
         pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
         next_pass_end = math.floor(self.current_pass()) + 1
         t0 = time.perf_counter()
-        graphs0 = graphs_compiled()
-        stop = distributed.StopAgreement()  # under torchrun, Ctrl-C stops every rank at the same step
+        graphs0 = graphs_compiled() if self.compiled else 0
         if phase.validation is not None and self.best is None:
             self._validate(bar)  # the starting state is the first "best"
+        stop = distributed.StopAgreement()  # under torchrun, Ctrl-C stops every rank at the same step
         try:
             while self.step < phase.num_steps:
                 for g in self.optimizer.param_groups:

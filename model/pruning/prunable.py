@@ -109,8 +109,9 @@ class PrunableNeurcomp(nn.Module):
         self.aux = nn.ModuleDict(method.aux_modules(arch))
         self.regularizer = PruningRegularizer(method)
         self.noise_seed = int(seed)
+        self._start_seed = self.noise_seed  # where the noise stream starts (a resume may move it)
         self._generator: torch.Generator | None = None
-        self._pending_noise_state = None
+        self._pending_noise_state: dict | None = None
 
     # -- structure ---------------------------------------------------------------------------------
     @property
@@ -149,10 +150,6 @@ class PrunableNeurcomp(nn.Module):
                 self._pending_noise_state = None
         return self._generator
 
-    @property
-    def _start_seed(self) -> int:
-        return getattr(self, "_restart_seed", self.noise_seed)
-
     def noise_state(self) -> dict | None:
         """The noise generator's state and device type (None before any noise was drawn)."""
         return generator_state(self._generator) if self._generator is not None else self._pending_noise_state
@@ -164,7 +161,7 @@ class PrunableNeurcomp(nn.Module):
         if torch.is_tensor(state):  # checkpoints before the device type was stored
             state = {"generator": state, "device_type": None}
         self._pending_noise_state = state
-        self._restart_seed = reseed_value(self.noise_seed, step) if step else self.noise_seed
+        self._start_seed = reseed_value(self.noise_seed, step)
 
     # -- forward -------------------------------------------------------------------------------------
     @staticmethod
