@@ -294,13 +294,19 @@ def test_more_processes_per_node_than_gpus_is_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ConfigError, match="torchrun started 2 processes on this node but only 1 GPU"):
+    with pytest.raises(ConfigError, match="2 training processes on this node but only 1 GPU"):
         distributed.device_for_rank(torch.device("cuda"))  # was: cuda:0 for both ranks
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert distributed.device_for_rank(torch.device("cuda")) == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match="device = cuda:0 under torchrun"):
         distributed.device_for_rank(torch.device("cuda", 0))
     assert distributed.device_for_rank(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")  # another launcher: this process's local rank must have a GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="2 training processes"):
+        distributed.device_for_rank(torch.device("cuda"))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.device_for_rank(torch.device("cuda")) == torch.device("cuda", 0)
 
 
 # -- 8, 10, 12: two gloo processes -----------------------------------------------------------------------

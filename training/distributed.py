@@ -81,8 +81,10 @@ def local_rank() -> int:
 
 
 def local_world_size() -> int:
-    """Processes torchrun started on this node (LOCAL_WORLD_SIZE; the world size if unset)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", str(env_world_size())))
+    """Processes on this node: torchrun's LOCAL_WORLD_SIZE; other launchers' at least LOCAL_RANK + 1."""
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    return local_rank() + 1
 
 
 def device_for_rank(device: torch.device) -> torch.device:
@@ -100,8 +102,8 @@ def device_for_rank(device: torch.device) -> torch.device:
         raise ConfigError(f"device = {device} under torchrun puts all {per_node} processes of this node on one "
                           "GPU: use device = cuda (or auto), which gives each process its own")
     if per_node > gpus:
-        raise ConfigError(f"torchrun started {per_node} processes on this node but only {gpus} GPU(s) are "
-                          f"visible: use --nproc_per_node {gpus} (one process per GPU)")
+        raise ConfigError(f"{per_node} training processes on this node but only {gpus} GPU(s) are visible: "
+                          f"start one per GPU (torchrun --nproc_per_node {gpus}); two on one GPU fail in NCCL")
     return device if device.index is not None else torch.device("cuda", local_rank())
 
 
