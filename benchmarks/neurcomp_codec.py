@@ -4,7 +4,8 @@ Encoding = training a network sized by ``target_file_ratio`` (``training.file_ta
 the compressed file; the payload is that file's bytes. By default the run uses the toolkit's
 defaults, as a user would (``lr = auto``, 75 passes with at least ``min_steps`` steps); ``steps``
 and ``lr`` override them for budgeted or hand-tuned comparisons. Decoding = rebuilding the network from the
-bytes alone and evaluating it on the grid. Training is the encode time, so it dominates.
+bytes alone and evaluating it on the grid, on the codec's device (the one training ran on), with
+the device synchronised before each clock reading. Training is the encode time, so it dominates.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmarks.codecs import Codec, CodecResult, register_codec
 from config.options import parse_lr
@@ -58,24 +60,36 @@ class NeurcompCodec(Codec):
             "--batch_size", str(self.batch_size), "--sample_size", str(self.sample_size),
             "--grad_lambda", str(self.grad_lambda),
             "--device", self.device, "--seed", str(self.seed), "--tracking", "none", "--checkpoint_every", "0"])
+        device = self.torch_device()
         t0 = time.perf_counter()
         info = train(cfg, progress=False)
+        _synchronize(device)
         encode_seconds = time.perf_counter() - t0
         payload = (cfg.experiment_dir / info["file"]).read_bytes()
         t0 = time.perf_counter()
         decoded = self.decompress(payload, values.shape)
+        _synchronize(device)
         decode_seconds = time.perf_counter() - t0
         params = {**self.options(), "lr_used": info["lr"], "recoveries": info["recoveries"],
                   "steps_trained": info["steps"], "passes": info["passes"], "widths": info["network_layer_sizes"], "layer_bits": info["file_layer_bits"],
-                  "training_seconds": info["training_time_s"], "psnr_before_quantization": info["psnr"]}
+                  "training_seconds": info["training_time_s"], "psnr_before_quantization": info["psnr"],
+                  "compiled": info.get("compiled"), "compile_graphs": info.get("compile_graphs"),
+                  "decode_device": str(device)}
         return CodecResult.build(self.name, target_ratio, payload, decoded, encode_seconds, decode_seconds, params)
+
+    def torch_device(self) -> torch.device:
+        """The device training and decoding run on (auto: CUDA when available)."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     def decompress(self, payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
         from quantization.decode import decode_bytes
         from training.inference import predict_volume
 
+        device = self.torch_device()
         model, info, _ = decode_bytes(payload, "<neurcomp payload>")
-        return predict_volume(model, tuple(shape), info)
+        return predict_volume(model.to(device), tuple(shape), info, device=device)
 
     @classmethod
     def add_cli_args(cls, group):
@@ -92,3 +106,9 @@ class NeurcompCodec(Codec):
     def from_args(cls, args):
         return cls(steps=args.neurcomp_steps, n_layers=args.neurcomp_n_layers, bits=args.neurcomp_bits,
                    lr=args.neurcomp_lr, grad_lambda=args.neurcomp_grad_lambda, device=args.neurcomp_device)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock reading covers it (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -94,7 +94,7 @@ def measure(values: np.ndarray, arch: Architecture, optim: OptimConfig, device: 
     rate = rates[len(rates) // 2]
     macs = sum(o * i for o, i in arch.linear_shapes())
     return {"samples_per_second": rate, "window_samples_per_second": rates, "steps_per_window": steps,
-            "compiled": trainer.compiled, "micro_batch": trainer.micro_batch,
+            "compiled": trainer.compiled, "compile_graphs": trainer.compile_graphs, "micro_batch": trainer.micro_batch,
             "model_flops_per_s": 6 * macs * rate}  # forward 2, backward 4 per multiply-add
 
 
@@ -144,8 +144,8 @@ def psnr_after_passes(volume, arch: Architecture, optim: OptimConfig, device: to
     sync(device)
     seconds = time.perf_counter() - t0
     _, metrics = evaluate(trainer.model, volume, VolumeInfo.from_volume(volume))
-    return {"passes": passes, "steps": num_steps, "compiled": trainer.compiled, "micro_batch": trainer.micro_batch,
-            "psnr": metrics["psnr"], "seconds": seconds}
+    return {"passes": passes, "steps": num_steps, "compiled": trainer.compiled, "compile_graphs": trainer.compile_graphs,
+            "micro_batch": trainer.micro_batch, "psnr": metrics["psnr"], "seconds": seconds}
 
 
 def main(argv=None) -> None:

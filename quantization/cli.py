@@ -115,17 +115,24 @@ def quantize_main(argv=None, parser=None) -> dict:
     net = quantize_network(model, info, bits, options, seed=ns.kmeans_seed)
     finetune = None
     if ns.finetune_passes > 0:
-        from training.sampler import VolumeSampler
+        from training.run import load_training_volume
+        from training.sampler import make_sampler
 
-        volume = _read_volume(cfg.data.path, cfg)
+        # as training holds it: volume_storage and stream_bricks decide what goes on the device
+        volume = load_training_volume(cfg)
         if tuple(volume.shape) != tuple(info.shape):
             raise InputError(f"{cfg.data.path}: volume shape {volume.shape} (Z, Y, X) differs from the "
                              f"checkpoint's {tuple(info.shape)}; fine-tune on the volume the network was trained on")
         device = _device(cfg.device)
         torch.manual_seed(cfg.seed)
-        sampler = VolumeSampler(volume.normalized(), device, seed=cfg.seed)
-        finetune = finetune_codebooks(model, net, sampler, ns.finetune_passes, lr=ns.finetune_lr,
-                                      points_per_step=cfg.optim.points_per_step)
+        sampler = make_sampler(volume, device, seed=cfg.seed, scaling=cfg.scaling)
+        try:
+            finetune = finetune_codebooks(model, net, sampler, ns.finetune_passes, lr=ns.finetune_lr,
+                                          points_per_step=cfg.optim.points_per_step, reference=volume)
+        finally:
+            if hasattr(sampler, "close"):
+                sampler.close()
+        finetune["sampler"] = {"storage": sampler.storage, "resident_bytes": sampler.resident_bytes()}
     data = encode_network(net)
     seconds = time.perf_counter() - t0
 

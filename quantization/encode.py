@@ -207,20 +207,37 @@ class _CodedTensor(nn.Module):
 
 
 @torch.no_grad()
-def normalized_psnr(model: nn.Module, normalized_zyx: torch.Tensor) -> float:
-    """PSNR of the network over the whole grid, in normalised units (range 2, equal to physical PSNR)."""
-    from training.inference import predict_volume
+def normalized_psnr(model: nn.Module, reference) -> float:
+    """PSNR of the network over the whole grid, in normalised units (range 2, equal to physical PSNR).
 
-    pred = torch.from_numpy(predict_volume(model, tuple(normalized_zyx.shape))).to(normalized_zyx.device)
-    gt = normalized_zyx.float()
-    mse = float(torch.mean((pred.double() - gt.double()) ** 2))
-    value_range = float(gt.max() - gt.min())
-    return math.inf if mse == 0 else 20 * math.log10(value_range) - 10 * math.log10(mse)
+    ``reference``: the normalised values (Z, Y, X), a tensor on any device or an array, or a volume
+    (``data.volume.Volume``, ``data.lazy.LazyVolume``), normalised slab by slab. The prediction
+    comes to the host and the error is summed there in float64, one slab at a time: no float64
+    copy of the volume, and nothing but the network on the device.
+    """
+    from data.volume import normalize
+    from training.inference import predict_volume
+    from training.validation import z_slabs
+
+    if hasattr(reference, "vmin"):  # a volume in physical units
+        lo, hi = reference.vmin, reference.vmax
+        slabs = ((z0, np.clip(normalize(slab, lo, hi), -1.0, 1.0)) for z0, slab in z_slabs(reference.values))
+    else:
+        values = reference.detach().cpu().numpy() if torch.is_tensor(reference) else np.asarray(reference)
+        slabs = z_slabs(values)
+    pred = predict_volume(model, tuple(int(n) for n in reference.shape))
+    sq_sum, gt_min, gt_max = 0.0, math.inf, -math.inf
+    for z0, gt in slabs:
+        diff = pred[z0:z0 + gt.shape[0]].astype(np.float64) - gt.astype(np.float64)
+        sq_sum += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
+        gt_min, gt_max = min(gt_min, float(gt.min())), max(gt_max, float(gt.max()))
+    mse = sq_sum / pred.size
+    return math.inf if mse == 0 else 20 * math.log10(gt_max - gt_min) - 10 * math.log10(mse)
 
 
 def finetune_codebooks(model: Neurcomp, assignments: CompressedNetwork, sampler, passes: float, *,
                        points_per_step: int = 16384, lr: float = 1e-5, num_voxels: int | None = None,
-                       evaluate: bool = True, keep_best: bool = True, log=print) -> dict:
+                       evaluate: bool = True, keep_best: bool = True, reference=None, log=print) -> dict:
     """Quantization-aware fine-tuning: train the centroids with the assignments fixed, plus biases.
 
     Every stored tensor becomes a parameter: each codebook (weights = codebook[indices], the
@@ -229,14 +246,16 @@ def finetune_codebooks(model: Neurcomp, assignments: CompressedNetwork, sampler,
     ``passes`` passes (one pass = as many samples as voxels). Afterwards the values are rounded
     back to their stored dtypes and written into ``assignments`` (in place) and ``model``.
 
-    With ``evaluate`` the PSNR over the whole grid (sampler's volume) is measured before and after;
-    with ``keep_best`` the fine-tuned values are kept only if they improve it. Returns
-    {"steps", "psnr_before", "psnr_after", "kept", "seconds"}.
+    ``sampler`` is any of ``training.sampler``'s (float32, native or bricks). With ``evaluate`` the
+    PSNR over the whole grid is measured before and after, against ``reference`` (the volume, or
+    its normalised values; default: a float32 sampler's resident grid), on the host
+    (``normalized_psnr``); with ``keep_best`` the fine-tuned values are kept only if they improve
+    it. Returns {"steps", "psnr_before", "psnr_after", "kept", "seconds"}.
     """
     t0 = time.perf_counter()
-    grid = sampler.grid[0, 0]  # normalised volume (Z, Y, X) on the sampler's device
-    num_voxels = int(num_voxels or grid.numel())
-    device = grid.device
+    grid = reference if reference is not None else sampler.grid[0, 0]
+    num_voxels = int(num_voxels or np.prod(tuple(grid.shape)))
+    device = sampler.device
     shapes = assignments.arch.linear_shapes()
     work = Neurcomp(assignments.arch).to(device)
     load_into(work, assignments)

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from config.errors import ConfigError, NeurcompError
-from search.runner import TrialResult, TrialRunner, visible_gpus
+from search.runner import TrialResult, TrialRunner, sharing_note, visible_gpus
 from search.space import SearchSpace, check_against_config, format_value, load_search_space, overrides
 
 AX_STATE = "ax_state.json"
@@ -56,7 +56,7 @@ def build_search_parser() -> argparse.ArgumentParser:
     p.add_argument("--search_space", required=True, help="search-space JSON file (see search/space.py)")
     p.add_argument("--trials", type=int, default=20, help="total number of trials (completed and failed) in the search")
     p.add_argument("--output_dir", required=True, help="search folder; an existing search there is resumed")
-    p.add_argument("--parallel", type=int, default=1, help="trials trained at once (one GPU each when several exist)")
+    p.add_argument("--parallel", type=int, default=1, help="trials trained at once (one GPU each when several exist; more trials than GPUs share them)")
     p.add_argument("--min_ratio", type=float, default=None, help="objective threshold: compression ratio >= this")
     p.add_argument("--min_psnr", type=float, default=None, help="objective threshold: PSNR >= this (dB)")
     p.add_argument("--method", choices=["bayesian", "random"], default="bayesian",
@@ -503,6 +503,9 @@ def run_search(args) -> dict:
     runner = TrialRunner(state.data["base_config"], out / "trials", fixed=space.fixed, extra_args=extra,
                          parallel=args.parallel, gpus=visible_gpus(base_cfg.device), timeout_s=args.trial_timeout,
                          cwd=state.data.get("cwd"))
+    note = sharing_note(runner.parallel, runner.gpus)
+    if note:
+        print(note, file=sys.stderr)
 
     # Settle trials a stopped search left RUNNING: recorded ones are told to Ax, the others run again.
     records = state.records

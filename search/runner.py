@@ -5,6 +5,10 @@ and ``train.log`` with the process's output). Up to ``parallel`` processes run a
 GPUs are visible each process gets its own through CUDA_VISIBLE_DEVICES. A process that exits
 non-zero, times out, or leaves no usable info.json is a failed trial, with the reason taken from
 its log; it never stops the search.
+
+A trial pinned to a GPU sees it as cuda:0; its record names both (``cuda:0 (GPU 3)``). More
+parallel trials than GPUs share them: each trial holds its own copy of the volume and compiles its
+own step, so device memory adds up (``sharing_note`` says so when the search starts).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class _Running:
 
 
 def visible_gpus(device_option: str = "auto") -> list[str]:
-    """GPU ids to pin trials to: empty unless training may use CUDA and at least two GPUs are visible."""
+    """GPU ids to pin trials to: empty unless training may use CUDA and a GPU is visible."""
     if device_option == "cpu":
         return []
     try:
@@ -66,11 +70,27 @@ def visible_gpus(device_option: str = "auto") -> list[str]:
         count = torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no usable CUDA means no pinning
         return []
-    if count < 2:
+    if count < 1:
         return []
     env = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     ids = [d.strip() for d in env.split(",") if d.strip()] if env else [str(i) for i in range(count)]
     return ids[:count]
+
+
+def sharing_note(parallel: int, gpus: list[str]) -> str | None:
+    """One line when parallel trials must share GPUs (each brings its own volume copy and compile)."""
+    if not gpus or parallel <= len(gpus):
+        return None
+    per = math.ceil(parallel / len(gpus))
+    return (f"note: --parallel {parallel} on {len(gpus)} GPU(s): up to {per} trials share each GPU, each with its "
+            "own copy of the volume and its own compiled step; lower --parallel if trials run out of memory")
+
+
+def device_label(gpu: str | None, shared: bool = False) -> str:
+    """How a trial's device is recorded: what the trial saw (cuda:0) and which GPU that was."""
+    if gpu is None:
+        return ""
+    return f"cuda:0 (GPU {gpu}{', shared' if shared else ''})"
 
 
 def failure_reason(log_path: Path, returncode: int | None) -> str:
@@ -148,7 +168,7 @@ class TrialRunner:
         r.log.close()
         seconds = time.monotonic() - r.started
         result = TrialResult(index=r.index, parameters=r.parameters, status="failed", folder=str(r.folder),
-                             seconds=round(seconds, 2), device=f"cuda:{r.device}" if r.device is not None else "")
+                             seconds=round(seconds, 2), device=device_label(r.device, self.parallel > len(self.gpus)))
         if timed_out:
             result.error = f"timed out after {self.timeout_s:g} s"
             return result

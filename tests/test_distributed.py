@@ -24,7 +24,7 @@ OUTPUT_FILES = {"checkpoint.pt", "config.txt", "info.json", "info.txt", "ground_
 def write_config(tmp_path, volume, name, **extra) -> str:
     opts = {"data": volume, "basedir": tmp_path / "exp", "expname": name, "features_per_layer": 12, "n_layers": 2,
             "max_pass": 6, "batch_size": 64, "sample_size": 16, "lr": 1e-3, "pass_decay": 2, "lr_decay": 0.5,
-            "checkpoint_every": 2, "tracking": "none", **extra}
+            "checkpoint_every": 2, "tracking": "none", "device": "cpu", **extra}  # gloo, even on a GPU machine
     path = tmp_path / f"{name}.txt"
     path.write_text("".join(f"{k} = {v}\n" for k, v in opts.items()))
     return str(path)

@@ -213,7 +213,7 @@ def test_runner_results_failures_and_timeout(tmp_path):
     while runner.running:
         results.update({r.index: r for r in runner.wait_any(interval=0.05)})
     assert results[0].status == "completed" and results[0].psnr == 32.0 and results[0].num_parameters == 120
-    assert results[0].device == "cuda:0"
+    assert results[0].device == "cuda:0 (GPU 0)"  # what the trial saw, and which GPU that was
     assert results[1].status == "failed" and results[1].error == "exit code 2: error: data.npy: something went wrong"
     assert (tmp_path / "trials" / "trial_1" / "train.log").is_file()
     assert failure_reason(tmp_path / "missing.log", 1) == "exit code 1: no output"

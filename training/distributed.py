@@ -20,9 +20,12 @@ Semantics (see ``training.trainer.Trainer``):
 * decisions that must agree across ranks (pruning) are made on rank 0 and broadcast
   (``broadcast_object``, ``sync_module_state``, ``prune_once``).
 
+* Ctrl-C stops every rank at the same step (``StopAgreement``), so the checkpoint it writes
+  holds every rank's state and no rank waits on a collective its peer never joins.
+
 Helpers for other modules: ``is_main_process``, ``get_rank``, ``get_world_size``, ``is_enabled``,
 ``broadcast_object``, ``all_gather_object``, ``barrier``, ``sync_module_state``, ``prune_once``,
-``assert_in_sync``.
+``assert_in_sync``, ``collective_device``, ``rank_state``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ import hashlib
 import inspect
 import json
 import os
+import signal
+import sys
+import threading
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -74,11 +80,31 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def local_world_size() -> int:
+    """Processes on this node: torchrun's LOCAL_WORLD_SIZE; other launchers' at least LOCAL_RANK + 1."""
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    return local_rank() + 1
+
+
 def device_for_rank(device: torch.device) -> torch.device:
-    """Under torchrun each process gets its own GPU: cuda:LOCAL_RANK."""
-    if device.type == "cuda" and env_world_size() > 1 and device.index is None:
-        return torch.device("cuda", local_rank() % max(1, torch.cuda.device_count()))
-    return device
+    """Under torchrun each process gets its own GPU: cuda:LOCAL_RANK.
+
+    Two ranks on one GPU fail inside NCCL ("Duplicate GPU detected") or crawl, so more processes
+    per node than visible GPUs, or a fixed ``cuda:N`` for every rank, is refused with one line.
+    """
+    if device.type != "cuda" or env_world_size() <= 1:
+        return device
+    from config.errors import ConfigError
+
+    per_node, gpus = local_world_size(), torch.cuda.device_count()
+    if device.index is not None and per_node > 1:
+        raise ConfigError(f"device = {device} under torchrun puts all {per_node} processes of this node on one "
+                          "GPU: use device = cuda (or auto), which gives each process its own")
+    if per_node > gpus:
+        raise ConfigError(f"{per_node} training processes on this node but only {gpus} GPU(s) are visible: "
+                          f"start one per GPU (torchrun --nproc_per_node {gpus}); two on one GPU fail in NCCL")
+    return device if device.index is not None else torch.device("cuda", local_rank())
 
 
 def init_from_env(device: torch.device, backend: str = "auto") -> bool:
@@ -150,6 +176,61 @@ def all_gather_object(obj) -> list:
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def collective_device(device: torch.device) -> torch.device:
+    """Where tensors for ``gather`` must live: gloo gathers CPU tensors only, NCCL device ones."""
+    if is_initialized() and dist.get_backend() == "gloo":
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def rank_state(ranks: list | None, rank0_state):
+    """This rank's entry of a checkpoint's per-rank states (``ranks``, saved by every rank), rank 0's
+    ``rank0_state`` when the checkpoint has no entry per rank, else None (restart from the seed)."""
+    if ranks and len(ranks) == get_world_size():
+        return ranks[get_rank()]
+    return rank0_state if get_rank() == 0 else None
+
+
+class StopAgreement:
+    """Ctrl-C under torch.distributed: every rank stops at the same step.
+
+    Each rank gets SIGINT at its own moment (the terminal's and torchrun's), so a rank that stopped
+    at once could leave a peer waiting in an all-reduce it never joins, and rank 0's save would
+    queue behind it until the NCCL timeout. While training, SIGINT only sets a flag; ``agreed()``
+    (called by every rank at the same steps) all-reduces the flags, so all ranks stop together,
+    with every collective matched, and can still save a checkpoint holding every rank's state.
+    In a single process nothing changes (KeyboardInterrupt as usual).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.together = False
+        self._installed = False
+        if is_enabled() and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+
+    def _on_sigint(self, signum, frame) -> None:
+        if not self.requested and is_main_process():
+            print("\ninterrupt: stopping every rank at the same step, then saving a checkpoint", file=sys.stderr)
+        self.requested = True  # later SIGINTs (torchrun forwards one) change nothing
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any rank asked to stop (a collective: every rank calls it at the same step)."""
+        if not self._installed:
+            return False
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.together = bool(flag.item() > 0)
+        return self.together
+
+    def close(self) -> None:
+        if self._installed:
+            previous = self._previous if self._previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
+            self._installed = False
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:

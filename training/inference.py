@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from training.checkpoint import VolumeInfo
 
-CHUNK_POINTS = 1 << 18  # 262k points: activations of a width-512 network stay under ~1 GB
+CHUNK_POINTS = 1 << 18  # 262k points: one activation of a width-512 network is 512 MB
 
 
 def grid_coordinates(shape_zyx, z_range: slice, device) -> torch.Tensor:
@@ -29,51 +29,70 @@ def grid_coordinates(shape_zyx, z_range: slice, device) -> torch.Tensor:
     return torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3)
 
 
+def flat_coordinates(axes_xyz, start: int, stop: int) -> torch.Tensor:
+    """(x, y, z) coordinates of the voxels with flat (Z, Y, X) C-order indices [start, stop)."""
+    ax, ay, az = axes_xyz
+    nx, ny = ax.numel(), ay.numel()
+    index = torch.arange(start, stop, device=ax.device)
+    return torch.stack([ax[index % nx], ay[(index // nx) % ny], az[index // (nx * ny)]], dim=1)
+
+
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None = None,
                    device=None, chunk_points: int = CHUNK_POINTS, progress: bool = False,
                    split: bool = False) -> np.ndarray | None:
     """Evaluate ``model`` on a (Z, Y, X) grid spanning [-1, 1]^3; physical units when ``volume`` is given.
 
-    Returns a float32 numpy array of shape ``shape_zyx``. ``split`` shares the chunks among the ranks
-    of a distributed run (a collective: every rank calls); rank 0 then returns the volume, the others None.
+    Returns a float32 numpy array of shape ``shape_zyx``. The grid goes through the network in
+    ranges of ``chunk_points`` consecutive voxels (flat C order), not whole slices: a 4096^2 slice
+    at width 512 would need 34 GB per activation. ``split`` shares the chunks among the ranks of a
+    distributed run (a collective: every rank calls); rank 0 then returns the volume, the others None.
     """
-    from training import distributed
+    from training import distributed, precision
 
+    precision.use_full_float32()  # no TF32 (training.precision)
     device = device or next(model.parameters()).device
     nz, ny, nx = (int(s) for s in shape_zyx)
-    slices_per_chunk = max(1, chunk_points // (ny * nx))
-    starts = list(range(0, nz, slices_per_chunk))
+    total = nz * ny * nx
+    chunk_points = max(1, min(int(chunk_points), total))
+    starts = list(range(0, total, chunk_points))
     split = split and distributed.is_enabled()
     world_size = distributed.get_world_size() if split else 1
     rank = distributed.get_rank() if split else 0
-    out = np.empty((nz, ny, nx), dtype=np.float32) if rank == 0 else None
+    out = np.empty(total, dtype=np.float32) if rank == 0 else None
+
+    def axis(n):
+        return torch.linspace(-1.0, 1.0, n, device=device) if n > 1 else torch.zeros(1, device=device)
+
+    axes = (axis(nx), axis(ny), axis(nz))
     was_training = model.training
     model.eval()
 
     def chunk(i: int) -> torch.Tensor:
-        z0 = starts[i]
-        z1 = min(nz, z0 + slices_per_chunk)
-        pred = model(grid_coordinates((nz, ny, nx), slice(z0, z1), device)).reshape(z1 - z0, ny, nx)
+        start = starts[i]
+        pred = model(flat_coordinates(axes, start, min(total, start + chunk_points))).reshape(-1)
         return volume.denormalize(pred) if volume is not None else pred
 
+    # gloo gathers CPU tensors only (dist_backend = gloo with CUDA training)
+    gather_device = distributed.collective_device(device) if world_size > 1 else device
     rounds = range(0, len(starts), world_size)
     for first in tqdm(rounds, desc="inference", unit="chunk", disable=not progress or rank != 0, leave=False):
         if world_size == 1:
-            out[starts[first]:starts[first] + slices_per_chunk] = chunk(first).float().cpu().numpy()
+            pred = chunk(first).float().cpu().numpy()
+            out[starts[first]:starts[first] + pred.size] = pred
             continue
         # one chunk per rank, padded to full size, gathered on rank 0
-        mine = torch.zeros((slices_per_chunk, ny, nx), dtype=torch.float32, device=device)
+        mine = torch.zeros(chunk_points, dtype=torch.float32, device=gather_device)
         if first + rank < len(starts):
             pred = chunk(first + rank).float()
-            mine[:pred.shape[0]] = pred
+            mine[:pred.numel()] = pred.to(gather_device)
         gathered = [torch.empty_like(mine) for _ in range(world_size)] if rank == 0 else None
         torch.distributed.gather(mine, gathered, dst=0)
         if rank == 0:
             for r, part in enumerate(gathered):
                 if first + r < len(starts):
-                    z0 = starts[first + r]
-                    z1 = min(nz, z0 + slices_per_chunk)
-                    out[z0:z1] = part[:z1 - z0].cpu().numpy()
+                    start = starts[first + r]
+                    stop = min(total, start + chunk_points)
+                    out[start:stop] = part[:stop - start].cpu().numpy()
     model.train(was_training)
-    return out
+    return out.reshape(nz, ny, nx) if out is not None else None

@@ -133,7 +133,9 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
             gated = gated.to(device)
             if resume is not None:
                 gated.load_state_dict(rstate["state"])
-                gated.load_noise_state(rstate.get("noise_state"))
+                # each rank continues its own noise stream (variational), as its sampler does
+                gated.load_noise_state(distributed.rank_state(rstate.get("noise_state_ranks"), rstate.get("noise_state")),
+                                       step=int(resume["trainer"]["step"]))
 
             def checkpoint_prune(trainer: Trainer, tag: str) -> None:
                 snapshot, _ = gated.prune()
@@ -142,6 +144,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
                                 pruning={"phase": PRUNE_PHASE, "technique": method.name,
                                          "architecture": gated.arch.to_dict(), "state": gated.state_dict(),
                                          "noise_state": gated.noise_state(),
+                                         "noise_state_ranks": noise_states(gated, trainer),
                                          "prune_residual_width": prune_residual_width})
                 _interrupted_message(tag, trainer, ckpt_path)
 
@@ -217,6 +220,12 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
                  "finetune_lr": phase.lr, **training_report(cfg, trainer)}
         result = finish(cfg, model, volume, info, totals, tracker, device, extra_info=extra)
         return result
+
+
+def noise_states(gated: PrunableNeurcomp, trainer: Trainer) -> list | None:
+    """Every rank's noise state, for the checkpoint (a collective, as ``Trainer.state_dict``); None
+    after an interrupt that did not stop all ranks together."""
+    return None if trainer._interrupted else distributed.all_gather_object(gated.noise_state())
 
 
 def _interrupted_message(tag: str, trainer: Trainer, path) -> None:

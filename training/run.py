@@ -20,6 +20,7 @@ from training import distributed
 from training.file_target import initial_architecture, write_compressed_file
 from training.recipe import learning_rate, schedule_steps
 from training.outputs import atomic_write_text, save_slices_png, versions, write_info
+from training import precision
 from training.sampler import VolumeSampler, make_sampler  # noqa: F401 (tests patch run.VolumeSampler)
 from training.tracking import Tracker, tracked
 from training.trainer import Phase, Trainer, TrainingDiverged
@@ -97,6 +98,7 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
     """Train a network as ``cfg`` says and write every output; returns the info dict."""
     # under torchrun: join the process group (training.distributed); a single process: nothing
     distributed.init_from_env(resolve_device(cfg.device), cfg.scaling.dist_backend)
+    precision.use_full_float32()  # no TF32: it caps a SIREN's PSNR (training.precision)
     if cfg.pruning.enabled:  # gates, prune, fine-tune: training.pruning_schedule
         from training.pruning_schedule import train_with_pruning
 
@@ -170,7 +172,8 @@ def training_report(cfg: NeurcompConfig, trainer: Trainer) -> dict:
     """How the run was trained, for info.json: the lr used and any recovery from divergence."""
     return {"lr": trainer.phase.lr, "lr_auto": cfg.optim.auto, "lr_scale_final": trainer.lr_scale,
             "recoveries": trainer.recoveries, "best_step": (trainer.best or {}).get("step"),
-            "restored_best_step": trainer.restored_best_step}
+            "restored_best_step": trainer.restored_best_step,
+            "compiled": trainer.compiled, "compile_graphs": trainer.compile_graphs}
 
 
 def finish(cfg: NeurcompConfig, model: Neurcomp, volume, info: VolumeInfo, trainer: Trainer, tracker,
@@ -205,6 +208,7 @@ def finish(cfg: NeurcompConfig, model: Neurcomp, volume, info: VolumeInfo, train
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "world_size": distributed.get_world_size(),
         "seed": cfg.seed,
+        **precision.current(),
         "versions": versions(),
         **(extra_info or {}),
     }

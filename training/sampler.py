@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.portable_state import generator_state, reseed_value, restore_generator
+
 REPLACE_FRACTION = 0.25  # brick streaming: share of the resident bricks replaced at each refresh
 NATIVE_DTYPES = ("uint8", "int8", "uint16", "int16", "float16", "float32")
 STORAGES = ("auto", "float32", "native")
@@ -163,10 +165,15 @@ class VolumeSampler:
         return coords, vals[:, :1], grads
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return generator_state(self.generator)
 
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+    def load_state_dict(self, state: dict, step: int = 0) -> None:
+        """Restore the stream; a state from another device type restarts it from seed and ``step``."""
+        self._load_generator(state, step)
+
+    def _load_generator(self, state: dict, step: int) -> None:
+        restore_generator(self.generator, state["generator"], state.get("device_type"),
+                          reseed_value(self.seed, step), "sampler")
 
     def reseed(self, seed: int) -> None:
         """Restart the random stream from ``seed`` (a rank resuming without its own saved state)."""
@@ -403,12 +410,12 @@ class BrickSampler(_GatherSampler):
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "brick_generator": self.brick_generator.get_state(),
+        return {**generator_state(self.generator), "brick_generator": self.brick_generator.get_state(),
                 "current": list(self.current), "next": None if self.next is None else list(self.next),
                 "oldest": self.oldest, "steps_since_refresh": self.steps_since_refresh}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+    def load_state_dict(self, state: dict, step: int = 0) -> None:
+        self._load_generator(state, step)  # positions: on the device; the brick choice is always on the CPU
         if "brick_generator" not in state:  # a checkpoint of another sampler: same positions stream only
             return
         self.brick_generator.set_state(state["brick_generator"])

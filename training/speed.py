@@ -37,3 +37,75 @@ def should_compile(mode: str, num_steps: int) -> bool:
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, not {mode!r}")
     return mode == "on" or (mode == "auto" and num_steps >= COMPILE_MIN_STEPS)
+
+
+# -- torch.compile of the training step ------------------------------------------------------------
+# Every Trainer compiles the same code object (Trainer.data_terms), so they share one dynamo cache:
+# each new architecture or grad_lambda adds an entry, and past dynamo's recompile limit (8) the
+# step would silently run eagerly while reporting itself compiled. Each compiled Trainer raises the
+# limit by GRAPHS_PER_TRAINER, the compiling first step turns a hit limit into an error (so the
+# fallback says so and the trainer reports itself eager), and the graphs compiled are counted.
+GRAPHS_PER_TRAINER = 4  # a step needs 1 graph, 2 when the last micro-batch is smaller
+COMPILE_BACKEND = "inductor"
+_compiled_trainers = 0
+
+
+def _limit_name() -> str:
+    import torch._dynamo.config as dynamo_config
+
+    return "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+
+
+def make_room() -> None:
+    """Raise dynamo's recompile limit by GRAPHS_PER_TRAINER for one more compiled trainer."""
+    global _compiled_trainers
+    import torch._dynamo.config as dynamo_config
+
+    _compiled_trainers += 1
+    name = _limit_name()
+    needed = 8 + GRAPHS_PER_TRAINER * _compiled_trainers
+    if getattr(dynamo_config, name) < needed:
+        setattr(dynamo_config, name, needed)
+
+
+def compile_step(fn):
+    """``torch.compile(fn)``, with room in dynamo's cache for this trainer's graphs."""
+    make_room()
+    return torch.compile(fn, backend=COMPILE_BACKEND)
+
+
+def strict_recompiles():
+    """Context for the compiling step: hitting the recompile limit raises instead of running eagerly
+    (torch >= 2.5; older versions rely on the raised limit alone)."""
+    from contextlib import nullcontext
+
+    import torch._dynamo.config as dynamo_config
+
+    if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):
+        return dynamo_config.patch(fail_on_recompile_limit_hit=True)
+    return nullcontext()
+
+
+def graphs_compiled() -> int:
+    """Graphs dynamo has compiled in this process so far (differences count a trainer's graphs)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def is_device_failure(exc: BaseException) -> bool:
+    """An out-of-memory error or a CUDA error (a device-side assert leaves the context unusable):
+    not a compiler failure, so retrying eagerly would only fail again or hide it."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (oom, torch.cuda.OutOfMemoryError)):
+            return True
+        if type(exc).__name__ == "AcceleratorError":
+            return True
+        text = str(exc)
+        if "CUDA error" in text or "device-side assert" in text or "out of memory" in text:
+            return True
+        exc = getattr(exc, "inner_exception", None) or exc.__cause__ or exc.__context__
+    return False

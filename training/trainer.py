@@ -35,8 +35,10 @@ from tqdm import tqdm
 from config.errors import NeurcompError
 from config.options import OptimConfig
 from training import distributed
+from training.portable_state import load_optimizer_state
 from training.sampler import VolumeSampler
-from training.speed import micro_batch_size, should_compile
+from training.speed import (compile_step, graphs_compiled, is_device_failure, micro_batch_size, should_compile,
+                            strict_recompiles)
 
 NAN_CHECK_EVERY = 16  # steps between loss checks (each check synchronises with the device)
 EVALS_PER_PHASE = 50  # validation evaluations per phase (~2 % of the run between two)
@@ -112,8 +114,9 @@ class Trainer:
                                             max(model.arch.widths), sampler.device)
         # only the base class's pure data terms are compiled (subclasses' losses keep Python state)
         self.compiled = should_compile(compile, phase.num_steps) and type(self).loss is Trainer.loss
-        self._data_terms = torch.compile(self.data_terms) if self.compiled else self.data_terms
+        self._data_terms = compile_step(self.data_terms) if self.compiled else self.data_terms
         self._compile_checked = not self.compiled
+        self.compile_graphs = 0  # graphs dynamo compiled while this trainer ran (training.speed)
         # the fused Adam kernel saves a launch per parameter on CUDA
         self.optimizer = torch.optim.Adam(model.parameters(), lr=phase.lr, fused=sampler.device.type == "cuda")
         self.plateau = None
@@ -139,7 +142,7 @@ class Trainer:
         self.step = int(state["step"])
         self.samples_seen = int(state.get("samples_seen", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])  # keeps this device's fused/foreach
         if self.plateau and state.get("plateau"):
             self.plateau.load_state_dict(state["plateau"])
         self._load_sampler_state(state)
@@ -155,9 +158,9 @@ class Trainer:
         rank, world_size = distributed.get_rank(), distributed.get_world_size()
         ranks = state.get("sampler_ranks")
         if ranks and len(ranks) == world_size:
-            self.sampler.load_state_dict(ranks[rank])
+            self.sampler.load_state_dict(ranks[rank], step=self.step)
         elif rank == 0:
-            self.sampler.load_state_dict(state["sampler"])
+            self.sampler.load_state_dict(state["sampler"], step=self.step)
         else:
             self.sampler.reseed(self.sampler.seed + 7919 * self.step)
 
@@ -239,8 +242,11 @@ class Trainer:
         """The first step compiles; if the compiler fails (no C++ toolchain, an unsupported
         platform), say so once and train eagerly instead."""
         try:
-            return self.accumulate_gradients(coords, targets, target_grads, weight)
+            with strict_recompiles():  # past dynamo's recompile limit: an error here, not a silent eager step
+                return self.accumulate_gradients(coords, targets, target_grads, weight)
         except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager mode
+            if is_device_failure(exc):  # out of memory, a device-side assert: not the compiler's fault
+                raise
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             print(f"warning: torch.compile failed ({type(exc).__name__}: {first_line[:200]}); "
                   "training without compiling", file=sys.stderr)
@@ -265,8 +271,10 @@ class Trainer:
         pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
         next_pass_end = math.floor(self.current_pass()) + 1
         t0 = time.perf_counter()
+        graphs0 = graphs_compiled() if self.compiled else 0
         if phase.validation is not None and self.best is None:
             self._validate(bar)  # the starting state is the first "best"
+        stop = distributed.StopAgreement()  # under torchrun, Ctrl-C stops every rank at the same step
         try:
             while self.step < phase.num_steps:
                 for g in self.optimizer.param_groups:
@@ -292,6 +300,8 @@ class Trainer:
                     # the mean over ranks: every rank sees a NaN at the same step, and the pass metrics
                     # are those of all the pass's points
                     totals = distributed.all_reduce_mean(torch.stack([pass_loss, pass_mse]))
+                    if stop.agreed(self.sampler.device):
+                        raise KeyboardInterrupt
                     if not (math.isfinite(float(totals[0])) and self._weights_finite()):
                         self._recover(f"the loss became {float(totals[0])}", bar)
                         pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
@@ -308,11 +318,15 @@ class Trainer:
                     next_pass_end = math.floor(self.current_pass()) + 1
         except KeyboardInterrupt:
             self.train_seconds += time.perf_counter() - t0
-            self._interrupted = True  # other ranks may be gone: no collectives from here on
+            # other ranks may be gone (no collectives from here on), unless all stopped at this step
+            self._interrupted = not stop.together
             if self.checkpoint_fn:
                 self.checkpoint_fn(self, "interrupt")
             raise
         finally:
+            stop.close()
+            if self.compiled:
+                self.compile_graphs += graphs_compiled() - graphs0
             bar.close()
         if phase.keep_best and self.best is not None and self.best["step"] != self.step:
             # the last validation was at the last step: the best is strictly better than the end
@@ -351,7 +365,7 @@ class Trainer:
             tried = f" after {self.recoveries - 1} restores at lower learning rates" if self.recoveries > 1 else ""
             raise TrainingDiverged(f"{where}{tried}; lower lr or grad_lambda")
         self.model.load_state_dict(self.best["model"])
-        self.optimizer.load_state_dict(self.best["optimizer"])
+        load_optimizer_state(self.optimizer, self.best["optimizer"])
         self.lr_scale *= RECOVERY_LR_FACTOR
         if self.plateau is not None:  # the plateau scheduler owns the lr: scale the restored one
             for g in self.optimizer.param_groups:

@@ -77,7 +77,10 @@ class Gate(nn.Module):
             return forced, True
 
     def keep_mask(self) -> torch.Tensor:
-        return self.keep_info()[0]
+        """``keep_info()``'s mask, decided on the device: every training step's forward calls it,
+        and asking the host whether any neuron is kept would synchronise with the GPU each time."""
+        with torch.no_grad():
+            return keep_or_strongest(self.raw_keep().bool(), self.strength())
 
     def eval_factor(self) -> torch.Tensor:
         return self.scale() * self.keep_mask().to(self.scale().dtype)
@@ -90,6 +93,12 @@ class Gate(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n={self.n}, position={self.position}"
+
+
+def keep_or_strongest(keep: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """``keep``, or only the strongest neuron when ``keep`` is all False; no host synchronisation."""
+    strongest = torch.zeros_like(keep).scatter_(0, torch.argmax(strength).reshape(1), True)
+    return torch.where(keep.any(), keep, strongest)
 
 
 def weight_l1(net: nn.Module) -> torch.Tensor:

@@ -21,6 +21,7 @@ from torch import nn
 
 from model.architecture import Architecture, count_parameters
 from model.neurcomp import Neurcomp
+from training.portable_state import generator_state, reseed_value, restore_generator
 
 
 @dataclass
@@ -108,8 +109,9 @@ class PrunableNeurcomp(nn.Module):
         self.aux = nn.ModuleDict(method.aux_modules(arch))
         self.regularizer = PruningRegularizer(method)
         self.noise_seed = int(seed)
+        self._start_seed = self.noise_seed  # where the noise stream starts (a resume may move it)
         self._generator: torch.Generator | None = None
-        self._pending_noise_state = None
+        self._pending_noise_state: dict | None = None
 
     # -- structure ---------------------------------------------------------------------------------
     @property
@@ -140,18 +142,26 @@ class PrunableNeurcomp(nn.Module):
     def generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != torch.device(device):
             self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(self.noise_seed)
+            self._generator.manual_seed(self._start_seed)
             if self._pending_noise_state is not None:
-                self._generator.set_state(self._pending_noise_state)
+                saved = self._pending_noise_state
+                restore_generator(self._generator, saved["generator"], saved.get("device_type"),
+                                  self._start_seed, "variational noise")
                 self._pending_noise_state = None
         return self._generator
 
-    def noise_state(self):
-        return self._generator.get_state() if self._generator is not None else self._pending_noise_state
+    def noise_state(self) -> dict | None:
+        """The noise generator's state and device type (None before any noise was drawn)."""
+        return generator_state(self._generator) if self._generator is not None else self._pending_noise_state
 
-    def load_noise_state(self, state) -> None:
+    def load_noise_state(self, state, step: int = 0) -> None:
+        """Continue the noise stream of a checkpoint. ``state`` None (a rank the checkpoint has no
+        state for) or a state from another device type restarts it from the seed and ``step``."""
         self._generator = None
+        if torch.is_tensor(state):  # checkpoints before the device type was stored
+            state = {"generator": state, "device_type": None}
         self._pending_noise_state = state
+        self._start_seed = reseed_value(self.noise_seed, step)
 
     # -- forward -------------------------------------------------------------------------------------
     @staticmethod

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from model.pruning import register_pruning
-from model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, weight_l1
+from model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, keep_or_strongest, weight_l1
 
 
 class SmallifyGate(Gate):
@@ -83,18 +83,16 @@ class SmallifyGate(Gate):
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
+        # every decision stays on the device (torch.where): this runs after every optimizer step
         sign = torch.where(self.beta >= 0, 1.0, -1.0)
-        if int(self.tracked_steps) == 0:
-            self.sign_mean.copy_(sign)
-        else:
-            d = sign - self.sign_mean
-            incr = self.momentum * d
-            self.sign_mean.add_(incr)
-            self.sign_var.copy_((1.0 - self.momentum) * (self.sign_var + d * incr))
+        first = self.tracked_steps == 0  # the first tracked step starts the mean at the sign
+        d = sign - self.sign_mean
+        incr = self.momentum * d
+        self.sign_mean.copy_(torch.where(first, sign, self.sign_mean + incr))
+        self.sign_var.copy_(torch.where(first, self.sign_var, (1.0 - self.momentum) * (self.sign_var + d * incr)))
         self.tracked_steps += 1
-        self.alive &= self.sign_var <= self.threshold
-        if not bool(self.alive.any()):  # keep the strongest one alive in training as well
-            self.alive[int(torch.argmax(self.strength()))] = True
+        # keep the strongest one alive in training as well
+        self.alive.copy_(keep_or_strongest(self.alive & (self.sign_var <= self.threshold), self.strength()))
 
 
 @register_pruning("smallify")
