@@ -102,7 +102,17 @@ def train(cfg: NeurcompConfig, progress: bool = True) -> dict:
     if cfg.pruning.enabled:  # gates, prune, fine-tune: training.pruning_schedule
         from training.pruning_schedule import train_with_pruning
 
-        return train_with_pruning(cfg, progress)
+        result = train_with_pruning(cfg, progress)
+    else:
+        result = train_plain(cfg, progress)
+    # under torchrun, ranks leave together: a rank that exits (tearing down its gloo threads) while
+    # rank 0 still writes the outputs aborts with "terminate called without an active exception"
+    distributed.barrier()
+    return result
+
+
+def train_plain(cfg: NeurcompConfig, progress: bool = True) -> dict:
+    """Training without pruning (``train`` chooses)."""
     volume = load_training_volume(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
