@@ -160,3 +160,17 @@ def test_run_that_cannot_recover_ends_in_one_line(tmp_path, tiny_volume):
     assert proc.returncode == 2 and "The last good checkpoint is" in last
     state = read_checkpoint(tmp_path / "exp" / "ck" / "checkpoint.pt")
     assert all(torch.isfinite(v).all() for v in state["model_state"].values())
+
+
+@pytest.mark.slow
+def test_quickstart_convinces(tmp_path):
+    """The README's first command: the bundled volume and quickstart.txt reach at least 35 dB."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    args = ["--config", str(repo / "experiment-config-files" / "quickstart.txt"), "--basedir", str(tmp_path),
+            "--tracking", "none", "--data", str(repo / "datasets" / "marschner_lobb_f3_64.npy")]
+    info = train(parse_config(args), progress=False)
+    assert info["lr_auto"] and info["steps"] == 1500
+    assert info["psnr"] >= 35.0
+    assert (tmp_path / "quickstart" / "slices.png").stat().st_size > 10_000
