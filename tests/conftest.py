@@ -40,3 +40,19 @@ def run_script(script: str, *args, cwd=None, env_extra=None, timeout=300) -> sub
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_two_gloo_ranks(worker, tmp_path, timeout: float = 120) -> tuple[dict, dict]:
+    """Spawn ``worker(rank, store, results)`` in two processes; each writes ``<results>.<rank>`` as JSON."""
+    import json
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(worker, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.time() + timeout
+    while not ctx.join(timeout=5):
+        assert time.time() < deadline, "spawned workers did not finish"
+    r0, r1 = (json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1))
+    return r0, r1

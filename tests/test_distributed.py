@@ -5,14 +5,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from config.options import parse_config
-from tests.conftest import REPO
+from tests.conftest import REPO, run_two_gloo_ranks
 from training.checkpoint import load_model, read_checkpoint
 from training.distributed import DEBUG_DIR_ENV, local_points, rank_seed, split_range, state_hash
 from training.run import train
@@ -187,14 +186,7 @@ def _worker(rank: int, store: str, results: str) -> None:
 
 
 def test_helpers_with_two_gloo_processes(tmp_path):
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(_worker, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.time() + 120
-    while not ctx.join(timeout=5):
-        assert time.time() < deadline, "spawned workers did not finish"
-    r0, r1 = (json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1))
+    r0, r1 = run_two_gloo_ranks(_worker, tmp_path)
     assert r0["objects"] == r1["objects"] == [0, [0, 1]]
     assert r0["inference"] and r1["inference"]
     assert r0["gradient"] < 1e-6 and r1["gradient"] < 1e-6

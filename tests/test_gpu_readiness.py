@@ -23,6 +23,7 @@ from training.portable_state import RESEED_STRIDE, load_optimizer_state
 from training.run import train
 from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler
 from training.trainer import Phase, Trainer
+from tests.conftest import run_two_gloo_ranks
 
 CUDA_STATE = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state: Philox seed and offset
 
@@ -367,14 +368,7 @@ def _ranks_worker(rank: int, store: str, results: str) -> None:
 
 
 def test_two_ranks_stop_together_keep_their_own_noise_and_gather_on_the_cpu(tmp_path):
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(_ranks_worker, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.time() + 120
-    while not ctx.join(timeout=5):
-        assert time.time() < deadline, "spawned workers did not finish"
-    r0, r1 = (json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1))
+    r0, r1 = run_two_gloo_ranks(_ranks_worker, tmp_path)
     assert r0["gather_device"] == r1["gather_device"] == "cpu"  # gloo gathers CPU tensors only
     assert r0["interrupted"] and r1["interrupted"]
     # the first check after the signal (step 16), with both ranks' sampler states
