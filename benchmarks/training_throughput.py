@@ -32,7 +32,8 @@ from data.readers import read_volume
 from model.architecture import Architecture, width_for_ratio
 from model.neurcomp import Neurcomp
 from training.checkpoint import VolumeInfo
-from training.run import evaluate, steps_for
+from training.recipe import steps_for
+from training.run import evaluate
 from training.sampler import VolumeSampler
 from training.trainer import Phase, Trainer
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from config.errors import InputError
 from data.readers import SUPPORTED_EXTENSIONS, _numeric_dtype, raw_layout_from_name, read_volume
-from data.volume import normalize
+from data.volume import normalize, z_slabs
 from datasets import ensure_default_volume
 
 CHUNK_VOXELS = 1 << 24  # voxels per slab when scanning for the value range (16 Mi: 64 MiB as float32)
@@ -116,15 +116,10 @@ def value_range(path, values, chunk_voxels: int = CHUNK_VOXELS) -> tuple[float, 
     Raises InputError for NaN/Inf values or a constant volume, like ``data.readers``.
     """
     nz, ny, nx = (int(s) for s in values.shape)
-    step = max(1, chunk_voxels // max(1, ny * nx))
-    chunks = getattr(values, "chunks", None)
-    if chunks:  # whole HDF5 chunks along z
-        step = max(chunks[0], step // chunks[0] * chunks[0])
     is_float = np.issubdtype(values.dtype, np.floating)
     lo, hi = np.inf, -np.inf
     bad = 0
-    for z0 in range(0, nz, step):
-        block = np.asarray(values[z0:z0 + step])
+    for _, block in z_slabs(values, chunk_voxels):
         if is_float:
             finite = np.isfinite(block)
             if not finite.all():

@@ -15,6 +15,27 @@ def normalize(values, vmin: float, vmax: float) -> np.ndarray:
     return out
 
 
+SLAB_VOXELS = 1 << 24  # voxels per z-slab when scanning a volume (16 Mi: 64 MiB as float32)
+
+
+def z_slabs(values_zyx, slab_voxels: int = SLAB_VOXELS):
+    """(z0, slab) pairs covering a (Z, Y, X) array-like (in memory, memory-mapped or an HDF5
+    dataset, whose slabs hold whole chunks along z), each slab read into memory as it comes."""
+    nz, ny, nx = (int(s) for s in values_zyx.shape)
+    step = max(1, slab_voxels // max(1, ny * nx))
+    chunks = getattr(values_zyx, "chunks", None)
+    if chunks:
+        step = max(chunks[0], step // chunks[0] * chunks[0])
+    for z0 in range(0, nz, step):
+        yield z0, np.asarray(values_zyx[z0:z0 + step])
+
+
+def mean_value(values_zyx) -> float:
+    """The volume's mean, accumulated in float64 slab by slab."""
+    total = sum(float(slab.sum(dtype=np.float64)) for _, slab in z_slabs(values_zyx))
+    return total / int(np.prod(values_zyx.shape))
+
+
 def denormalize(values_in_minus1_1, vmin: float, vmax: float) -> np.ndarray:
     """Inverse of `normalize`: map [-1, 1] back to [vmin, vmax] physical units, as float32."""
     half_range = np.float32((float(vmax) - float(vmin)) / 2.0)

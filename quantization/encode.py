@@ -215,9 +215,8 @@ def normalized_psnr(model: nn.Module, reference) -> float:
     comes to the host and the error is summed there in float64, one slab at a time: no float64
     copy of the volume, and nothing but the network on the device.
     """
-    from data.volume import normalize
+    from data.volume import normalize, z_slabs
     from training.inference import predict_volume
-    from training.validation import z_slabs
 
     if hasattr(reference, "vmin"):  # a volume in physical units
         lo, hi = reference.vmin, reference.vmax

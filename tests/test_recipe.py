@@ -17,7 +17,8 @@ from training.inference import predict_volume
 from training.recipe import auto_learning_rate, learning_rate, schedule_steps
 from training.run import train
 from training.trainer import Trainer
-from training.validation import ValidationSet, gather_voxels, mean_value
+from data.volume import mean_value
+from training.validation import ValidationSet, gather_voxels
 
 
 def config(tmp_path, volume, **extra) -> list[str]:
@@ -85,6 +86,10 @@ def test_validation_sample_is_fixed_and_matches_the_grid(tiny_volume):
     a = ValidationSet(volume.values, volume.vmin, volume.vmax, "cpu", seed=3, num_points=500)
     b = ValidationSet(volume.values, volume.vmin, volume.vmax, "cpu", seed=3, num_points=500)
     assert torch.equal(a.coords, b.coords) and len(a) == 500
+    # exactly the coordinates full-volume inference gives the same voxels
+    from training.inference import grid_coordinates
+    full = ValidationSet(volume.values, volume.vmin, volume.vmax, "cpu", num_points=10 ** 6)  # every voxel
+    assert torch.equal(full.coords, grid_coordinates(volume.shape, slice(None), "cpu"))
     # a voxel's coordinate maps back to the value stored there
     nz, ny, nx = volume.shape
     c = a.coords[0].numpy()

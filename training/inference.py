@@ -17,15 +17,16 @@ from training.checkpoint import VolumeInfo
 CHUNK_POINTS = 1 << 18  # 262k points: one activation of a width-512 network is 512 MB
 
 
+def axis(n: int, device) -> torch.Tensor:
+    """Coordinates in [-1, 1] of the n voxels along an axis: grid points at both ends."""
+    return torch.linspace(-1.0, 1.0, n, device=device) if n > 1 else torch.zeros(1, device=device)
+
+
 def grid_coordinates(shape_zyx, z_range: slice, device) -> torch.Tensor:
     """(x, y, z) coordinates in [-1, 1] of the voxels in slices ``z_range`` (grid points at the corners)."""
     nz, ny, nx = shape_zyx
-
-    def axis(n):
-        return torch.linspace(-1.0, 1.0, n, device=device) if n > 1 else torch.zeros(1, device=device)
-
-    z = axis(nz)[z_range]
-    zz, yy, xx = torch.meshgrid(z, axis(ny), axis(nx), indexing="ij")
+    z = axis(nz, device)[z_range]
+    zz, yy, xx = torch.meshgrid(z, axis(ny, device), axis(nx, device), indexing="ij")
     return torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3)
 
 
@@ -60,11 +61,7 @@ def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None 
     world_size = distributed.get_world_size() if split else 1
     rank = distributed.get_rank() if split else 0
     out = np.empty(total, dtype=np.float32) if rank == 0 else None
-
-    def axis(n):
-        return torch.linspace(-1.0, 1.0, n, device=device) if n > 1 else torch.zeros(1, device=device)
-
-    axes = (axis(nx), axis(ny), axis(nz))
+    axes = (axis(nx, device), axis(ny, device), axis(nz, device))
     was_training = model.training
     model.eval()
 

@@ -126,7 +126,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
                 tracker.log_params({**cfg.raw, "network_layer_sizes": arch.layer_sizes(),
                                     "num_parameters": count_parameters(arch),
                                     "prune_residual_width": prune_residual_width})
-            announce_recipe(cfg, arch, learning_rate(cfg.optim, arch), volume.num_voxels)
+            announce_recipe(cfg, arch, learning_rate(cfg.optim, arch), prune_steps + finetune_steps)
             gated = PrunableNeurcomp(arch, method, prune_residual_width=prune_residual_width,
                                      seed=distributed.rank_seed(cfg.seed))
             start_at_mean(cfg, gated.net, volume, info)

@@ -12,7 +12,8 @@ An explicit ``lr`` trains exactly as the original code did (Lu et al. 2021: Adam
 
    with ``fan_in`` the widest layer's input width. C = 1.75 was fitted on learning-rate sweeps at
    equal steps (``benchmarks/lr_sweep.py``, table in the README): the best fixed lr was
-   5e-3 to 1e-2 at widths 6 to 14 (C = 1.8 to 2.1), 2e-3 at width 28 (C = 1.7) and 5e-4 to 1e-3
+   5e-3 to 1e-2 at widths 6 to 14 (C = 1.8 to 2.1; 1e-2 at width 6 in a sweep without the mean
+   start, beyond the README table's range), 2e-3 at width 28 (C = 1.7) and 5e-4 to 1e-3
    at width 82 (C = 1.2 to 2.5), while C of 3.6 or more failed at every width. The depth and
    gradient-loss factors follow the same argument and were not fitted: more layers add more
    moving pre-activations in series, and the gradient loss differentiates the network once more
@@ -54,14 +55,17 @@ def learning_rate(optim: OptimConfig, arch: Architecture) -> float:
     return auto_learning_rate(arch, optim.grad_lambda) if optim.auto else float(optim.lr)
 
 
-def schedule_steps(optim: OptimConfig, num_voxels: int) -> tuple[int, float]:
-    """(number of steps, steps per pass) of a run of ``max_pass`` passes over ``num_voxels`` samples.
+def steps_for(passes: float, num_voxels: int, points_per_step: int) -> tuple[int, float]:
+    """(number of steps, steps per pass) for ``passes`` passes over ``num_voxels`` samples."""
+    steps_per_pass = num_voxels / points_per_step
+    return max(1, math.ceil(passes * steps_per_pass - 1e-9)), steps_per_pass
 
-    With lr = auto a run has at least ``min_steps`` steps; a pass then counts ``num_steps / max_pass``
-    steps, so ``pass_decay`` and ``checkpoint_every`` keep their place in the run.
-    """
-    steps_per_pass = num_voxels / optim.points_per_step
-    num_steps = max(1, math.ceil(optim.max_pass * steps_per_pass - 1e-9))
+
+def schedule_steps(optim: OptimConfig, num_voxels: int) -> tuple[int, float]:
+    """``steps_for`` the configured ``max_pass``; with lr = auto, at least ``min_steps`` steps, and a
+    pass then counts ``num_steps / max_pass`` steps, so ``pass_decay`` and ``checkpoint_every`` keep
+    their place in the run."""
+    num_steps, steps_per_pass = steps_for(optim.max_pass, num_voxels, optim.points_per_step)
     if optim.auto and num_steps < optim.min_steps:
         num_steps = int(optim.min_steps)
         steps_per_pass = num_steps / optim.max_pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from config.errors import ConfigError
 from config.options import NeurcompConfig, format_config_file
 from data.metrics import volume_metrics
+from data.volume import mean_value, normalize
 from model.architecture import Architecture, count_parameters
 from model.neurcomp import Neurcomp
 from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
@@ -24,7 +24,7 @@ from training import precision
 from training.sampler import VolumeSampler, make_sampler  # noqa: F401 (tests patch run.VolumeSampler)
 from training.tracking import Tracker, tracked
 from training.trainer import Phase, Trainer, TrainingDiverged
-from training.validation import ValidationSet, mean_value
+from training.validation import ValidationSet
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -51,27 +51,20 @@ def load_training_volume(cfg: NeurcompConfig):
                        raw_dtype=d.raw_dtype or None, channel=d.channel)
 
 
-def steps_for(passes: float, num_voxels: int, points_per_step: int) -> tuple[int, float]:
-    """(number of steps, steps per pass) for ``passes`` passes over ``num_voxels`` samples."""
-    steps_per_pass = num_voxels / points_per_step
-    return max(1, math.ceil(passes * steps_per_pass - 1e-9)), steps_per_pass
-
-
 def validation_set(cfg: NeurcompConfig, volume, info: VolumeInfo, device) -> ValidationSet:
     return ValidationSet(volume.values, info.vmin, info.vmax, device, seed=cfg.seed)
 
 
-def announce_recipe(cfg: NeurcompConfig, arch: Architecture, lr: float, num_voxels: int) -> None:
+def announce_recipe(cfg: NeurcompConfig, arch: Architecture, lr: float, num_steps: int) -> None:
     """One line saying what lr = auto chose, so a user sees it before the run."""
     if cfg.optim.auto and distributed.is_main_process():
-        steps, _ = schedule_steps(cfg.optim, num_voxels)
-        print(f"lr = auto: {lr:.3g} for widths {arch.widths}; {steps} steps; output starts at the data's mean")
+        print(f"lr = auto: {lr:.3g} for widths {arch.widths}; {num_steps} steps; output starts at the data's mean")
 
 
 def start_at_mean(cfg: NeurcompConfig, model: Neurcomp, volume, info: VolumeInfo) -> None:
     """lr = auto: the output starts at the data's normalised mean (training.recipe)."""
     if cfg.optim.auto:
-        model.start_at(2.0 * (mean_value(volume.values) - info.vmin) / (info.vmax - info.vmin) - 1.0)
+        model.start_at(float(normalize(mean_value(volume.values), info.vmin, info.vmax)))
 
 
 def evaluate(model: torch.nn.Module, volume, info: VolumeInfo) -> tuple[np.ndarray, dict]:
@@ -129,13 +122,13 @@ def train_plain(cfg: NeurcompConfig, progress: bool = True) -> dict:
     start_at_mean(cfg, model, volume, info)
     model = model.to(device)
     lr = learning_rate(cfg.optim, arch)
-    announce_recipe(cfg, arch, lr, volume.num_voxels)
+    num_steps, steps_per_pass = schedule_steps(cfg.optim, volume.num_voxels)
+    announce_recipe(cfg, arch, lr, num_steps)
     sampler = make_sampler(volume, device, seed=cfg.seed, with_gradients=cfg.optim.grad_lambda > 0,
                            scaling=cfg.scaling)
     if distributed.is_main_process():
         atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.raw, "checkpoint_path": ""}))
 
-    num_steps, steps_per_pass = schedule_steps(cfg.optim, volume.num_voxels)
     phase = Phase("train", num_steps, lr, steps_per_pass, cfg.optim,
                   validation=validation_set(cfg, volume, info, device))
     tracker = Tracker(cfg.trackers, out_dir, cfg.expname, cfg.mlflow_tracking_uri, cfg.tensorboard_dir,
