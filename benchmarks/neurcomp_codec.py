@@ -85,7 +85,7 @@ class NeurcompCodec(Codec):
 
     def decompress(self, payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
         from quantization.decode import decode_bytes
-        from training.inference import predict_volume
+        from model.inference import predict_volume
 
         device = self.torch_device()
         model, info, _ = decode_bytes(payload, "<neurcomp payload>")

@@ -22,7 +22,7 @@ from quantization.bitpack import packed_size
 from quantization.format import (BIAS_MODES, COMPRESSIONS, DTYPES, CompressedNetwork, QuantSettings, TensorCode,
                                  compress, raw_payload, serialize)
 from quantization.kmeans import MAX_ITERS, assign, kmeans_1d
-from training.checkpoint import VolumeInfo
+from data.volume import VolumeInfo
 
 FLOAT16_MAX = 65504.0
 
@@ -216,7 +216,7 @@ def normalized_psnr(model: nn.Module, reference) -> float:
     copy of the volume, and nothing but the network on the device.
     """
     from data.volume import normalize, z_slabs
-    from training.inference import predict_volume
+    from model.inference import predict_volume
 
     if hasattr(reference, "vmin"):  # a volume in physical units
         lo, hi = reference.vmin, reference.vmax

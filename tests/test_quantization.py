@@ -248,7 +248,7 @@ def test_cli_end_to_end_with_vtk_reader(experiment):
 
     from data.metrics import volume_metrics
     from quantization.decode import decode_file
-    from training.inference import predict_volume
+    from model.inference import predict_volume
 
     tmp, exp_dir, model, volume = experiment
     r = _run("NeurcompQuantization.py", "--config", exp_dir / "config.txt", "--filename", "tiny.ncq",

@@ -11,7 +11,7 @@ from config.options import parse_config
 from quantization.decode import decode_file
 from quantization.rate_control import architecture_for_file_bytes, predict_file_bytes
 from tests.conftest import shared_volume
-from training.inference import predict_volume
+from model.inference import predict_volume
 from training.run import train
 
 
