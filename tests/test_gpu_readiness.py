@@ -379,7 +379,7 @@ def test_two_ranks_stop_together_keep_their_own_noise_and_gather_on_the_cpu(tmp_
 # -- 11. the rate-distortion benchmark decodes on the codec's device ------------------------------------
 def test_the_codec_decodes_on_its_own_device(monkeypatch):
     import model.inference as inference
-    from benchmarks.neurcomp_codec import NeurcompCodec
+    from compressors.neurcomp import NeurcompCodec
     from quantization.encode import encode_model
 
     torch.manual_seed(0)
