@@ -42,15 +42,16 @@ MAX_DIM = 1 << 24
 
 @dataclass
 class QuantSettings:
-    """The encoder's choices, recorded in the header (informational for the decoder except ``compression``)."""
+    """The encoder's choices, recorded in the header (informational for the decoder except
+    ``compression``). No defaults: ``encode.EncoderOptions`` holds them, this only records them."""
 
-    bits: int = 9
-    codebook_dtype: str = "float16"
-    bias: str = "float16"
-    quantize_first_last: bool = True
-    raw_dtype: str = "float32"
-    compression: str = "none"
-    finetune_passes: float = 0.0
+    bits: int
+    codebook_dtype: str
+    bias: str
+    quantize_first_last: bool
+    raw_dtype: str
+    compression: str
+    finetune_passes: float
 
 
 @dataclass

@@ -3,8 +3,8 @@
 Two stages:
   1. Before training, ``architecture_for_file_bytes`` sizes the network from a *prediction* of the
      file size: header + per tensor (12-byte record, float16 codebook, float16 biases) + weights x
-     ``bits_per_weight`` / 8, where bits_per_weight is what the entropy coder leaves of the B-bit
-     indices (calibrated by ``benchmarks/target_ratio_bench.py`` on trained networks). The shared
+     ``CODING_GAIN`` x B / 8, an assumed entropy-coding gain on the B-bit indices (what is left of
+     the prediction's error, ``measured_architecture`` and stage 2 correct by measuring). The shared
      width is the largest that fits; the residual blocks' inner widths (or the last hidden width of
      a plain SIREN) then grow one neuron at a time, which moves the size in steps of about 2 w
      weights, far finer than the 5 % tolerance.
@@ -23,15 +23,8 @@ from quantization.encode import EncoderOptions, encode_network, quantize_network
 
 HEADER_BYTES = 160  # fixed header, architecture, volume and settings records, checksums (FORMAT.md)
 TENSOR_RECORD_BYTES = 12
-# bits per weight the entropy coder leaves of B-bit k-means indices, by B (measured, see module doc);
-# B missing from the table: assume 0.985 B
-BITS_PER_WEIGHT = {}
-DEFAULT_CODING_GAIN = 0.985
+CODING_GAIN = 0.985  # assumed fraction of the B index bits per weight left after entropy coding
 MAX_ROUNDS = 4  # rate control moves a layer at most this many bits from the requested ones
-
-
-def bits_per_weight(bits: int) -> float:
-    return BITS_PER_WEIGHT.get(int(bits), DEFAULT_CODING_GAIN * bits)
 
 
 def predict_tensor_bytes(count: int, bits: int, codebook_item: int) -> float:
@@ -39,7 +32,7 @@ def predict_tensor_bytes(count: int, bits: int, codebook_item: int) -> float:
     k = 1 << bits
     if k * codebook_item + packed_size(count, bits) >= count * 4:
         return count * 4.0  # a codebook would not beat raw float32: the encoder stores raw values
-    return k * codebook_item + count * bits_per_weight(bits) / 8
+    return k * codebook_item + count * CODING_GAIN * bits / 8
 
 
 def predict_file_bytes(arch: Architecture, bits: int, options: EncoderOptions | None = None) -> float:
