@@ -51,7 +51,7 @@ def quantize_main(argv=None, parser=None) -> dict:
     options = EncoderOptions(codebook_dtype=ns.codebook_dtype, bias=ns.bias_format,
                              quantize_first_last=ns.quantize_first_last, raw_dtype=ns.first_last_dtype,
                              compression=ns.entropy_coder)
-    net = quantize_network(model, info, bits, options, seed=ns.kmeans_seed)
+    net = quantize_network(model, info, bits, options, seed=ns.kmeans_seed, source=str(checkpoint))
     finetune = _finetune(cfg, ns, model, net, info, finetune_codebooks) if ns.finetune_passes > 0 else None
     data = encode_network(net)
     seconds = time.perf_counter() - t0
