@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from model.architecture import MIN_WIDTH, Architecture
+from model.architecture import MIN_WIDTH, Architecture, hidden_layers
 from quantization.bitpack import packed_size
 from quantization.encode import EncoderOptions, encode_network, quantize_network, quantize_tensor
 
@@ -56,9 +56,12 @@ def predict_file_bytes(arch: Architecture, bits: int, options: EncoderOptions | 
 def architecture_for_file_bytes(target_bytes: float, n_layers: int, bits: int, residual: bool = True,
                                 options: EncoderOptions | None = None, d_in: int = 3, d_out: int = 1,
                                 omega_0: float = 30.0, source: str = "config") -> Architecture:
-    """The largest network whose predicted file fits ``target_bytes`` (uneven last widths fill the rest)."""
+    """The largest network whose predicted file fits ``target_bytes`` (uneven last widths fill the rest).
+
+    A plain network has ``2 n_layers - 1`` hidden layers, as one sized by ``compression_ratio``."""
     from config.errors import ConfigError
 
+    n_layers = hidden_layers(n_layers, residual)
     def arch(widths):
         return Architecture(widths=list(widths), residual=residual, d_in=d_in, d_out=d_out, omega_0=omega_0)
 
