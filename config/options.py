@@ -319,9 +319,9 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     _check(ns.checkpoint_every >= 0, src, "checkpoint_every", ns.checkpoint_every, "must be >= 0")
     _check(ns.num_workers >= 0, src, "num_workers", ns.num_workers, "must be >= 0")
     if ns.feature_list is not None:
-        n_widths = ns.n_layers if ns.use_resnet and not ns.dont_use_resnet else 2 * ns.n_layers - 1  # plain: as the original
-        _check(len(ns.feature_list) == n_widths and min(ns.feature_list) >= 1, src, "feature_list",
-               ns.feature_list, f"needs {n_widths} positive widths (n_layers = {ns.n_layers}; a plain network has 2 n_layers - 1)")
+        plain = not (ns.use_resnet and not ns.dont_use_resnet)  # the original takes a plain network's list as it is
+        _check((plain or len(ns.feature_list) == ns.n_layers) and min(ns.feature_list) >= 1, src, "feature_list",
+               ns.feature_list, f"needs n_layers = {ns.n_layers} positive widths (a plain network: any number)")
     technique = ns.dropout_technique.strip().lower()
     _check(technique in DROPOUT_TECHNIQUES, src, "dropout_technique", ns.dropout_technique,
            f"choose one of {', '.join(t for t in DROPOUT_TECHNIQUES if t)}")
