@@ -136,3 +136,15 @@ def test_residual_scales_follow_lu_et_al():
 def test_architecture_dict_round_trip():
     arch = Architecture([24, 7, 13, 5], residual=True, omega_0=25.0)
     assert Architecture.from_dict(arch.to_dict()) == arch
+
+
+def test_resolve_device():
+    from model.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="'gpu0' is not a device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda:1")

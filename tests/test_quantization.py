@@ -469,3 +469,13 @@ def test_dequantization_outputs_that_cannot_be_files_fail_in_one_line(experiment
     assert code == 2 and "Traceback" not in err and err.strip().count("\n") == 0
     assert option in err and message in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.ncq"]
+
+
+def test_quantization_and_decoding_do_not_import_training():
+    """Dependencies run one way: entry scripts -> training -> quantization -> model, data -> config."""
+    code = ("import sys, quantization.cli, quantization.decode, quantization.encode, quantization.rate_control, "
+            "model.inference, model.device, NeurcompDequantization; "
+            "print(sorted(m for m in sys.modules if m == 'training' or m.startswith('training.')))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
