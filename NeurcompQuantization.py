@@ -3,13 +3,94 @@
     python NeurcompQuantization.py --config experiments/<exp>/config.txt --filename <name> --quant_bits <B>
 
 Options: the shared ones (config/options.py) plus the "compressed file" group (quantization/cli.py).
+The orchestration lives here, above both packages: it reads training's checkpoint and, for
+``--finetune_passes``, samples the volume with training's sampler; quantization itself does not
+import training.
 """
 
+import math
 import sys
+import time
+from pathlib import Path
+
+import torch
 
 from config.cli import run_cli
-from config.options import build_parser
-from quantization.cli import add_quantization_arguments, quantize_main
+from config.errors import ConfigError, InputError
+from config.options import build_parser, config_from_namespace, parse_namespace
+from model.device import resolve_device
+from quantization.cli import (CHECKPOINT_NAME, DEFAULT_SUFFIX, add_quantization_arguments, atomic_write_bytes,
+                              check_output_path, human_bytes, itemsize, stored_compression)
+
+
+def quantize_main(argv=None, parser=None) -> dict:
+    """Quantize ``<experiment_dir>/checkpoint.pt`` into a compressed file; returns a summary dict."""
+    from quantization.encode import EncoderOptions, encode_network, finetune_codebooks, quantize_network
+    from training.checkpoint import load_model
+
+    if parser is None:
+        parser = add_quantization_arguments(build_parser("Quantize a trained Neurcomp network into a compressed file"))
+    ns = parse_namespace(parser, argv)
+    cfg = config_from_namespace(ns)
+    src = cfg.source
+    if not 0 <= ns.finetune_passes < math.inf:  # also NaN; inf passes would never end
+        raise ConfigError(f"{src}: finetune_passes = {ns.finetune_passes!r} is invalid: must be a finite number >= 0")
+    if not 0 < ns.finetune_lr < math.inf:
+        raise ConfigError(f"{src}: finetune_lr = {ns.finetune_lr!r} is invalid: must be a finite number > 0")
+    bits = cfg.quant_bits
+    if ns.output:
+        out = check_output_path(Path(ns.output), "--output")
+    else:
+        out = check_output_path(cfg.experiment_dir / (ns.filename or f"{cfg.expname}_{bits}bit{DEFAULT_SUFFIX}"),
+                                "--filename")
+    checkpoint = cfg.experiment_dir / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: checkpoint not found (train the experiment first, or check --basedir/--expname)")
+    t0 = time.perf_counter()
+    model, info, _ = load_model(checkpoint)
+    options = EncoderOptions(codebook_dtype=ns.codebook_dtype, bias=ns.bias_format,
+                             quantize_first_last=ns.quantize_first_last, raw_dtype=ns.first_last_dtype,
+                             compression=ns.entropy_coder)
+    net = quantize_network(model, info, bits, options, seed=ns.kmeans_seed, source=str(checkpoint))
+    finetune = _finetune(cfg, ns, model, net, info, finetune_codebooks) if ns.finetune_passes > 0 else None
+    data = encode_network(net)
+    seconds = time.perf_counter() - t0
+
+    atomic_write_bytes(out, data, "--output" if ns.output else "--filename")
+    num_voxels = info.num_voxels
+    summary = {"file": str(out), "file_bytes": len(data), "bits": bits,
+               "compression_ratio": num_voxels * 4 / len(data),
+               "compression_ratio_vs_source_dtype": num_voxels * itemsize(info.source_dtype) / len(data),
+               "source_dtype": info.source_dtype, "seconds": seconds,
+               "entropy_coder": stored_compression(data), "finetune": finetune}
+    print(f"wrote {out}: {human_bytes(len(data))}, {bits}-bit indices, payload coding {summary['entropy_coder']}")
+    print(f"compression ratio {summary['compression_ratio']:.1f} (vs {num_voxels} float32 voxels), "
+          f"{summary['compression_ratio_vs_source_dtype']:.1f} vs the original {info.source_dtype} volume")
+    print(f"time {seconds:.2f} s")
+    return summary
+
+
+def _finetune(cfg, ns, model, net, info, finetune_codebooks) -> dict:
+    """Quantization-aware fine-tuning on the volume, held as training holds it (volume_storage and
+    stream_bricks decide what goes on the device)."""
+    from training.run import load_training_volume
+    from training.sampler import make_sampler
+
+    volume = load_training_volume(cfg)
+    if tuple(volume.shape) != tuple(info.shape):
+        raise InputError(f"{cfg.data.path}: volume shape {volume.shape} (Z, Y, X) differs from the "
+                         f"checkpoint's {tuple(info.shape)}; fine-tune on the volume the network was trained on")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    sampler = make_sampler(volume, device, seed=cfg.seed, scaling=cfg.scaling)
+    try:
+        result = finetune_codebooks(model, net, sampler, ns.finetune_passes, lr=ns.finetune_lr,
+                                    points_per_step=cfg.optim.points_per_step, reference=volume)
+    finally:
+        if hasattr(sampler, "close"):
+            sampler.close()
+    result["sampler"] = {"storage": sampler.storage, "resident_bytes": sampler.resident_bytes()}
+    return result
 
 
 def main(argv=None):

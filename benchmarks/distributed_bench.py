@@ -89,7 +89,7 @@ def worker_throughput(args) -> None:
     distributed.init_from_env(device)
     volume = read_volume(args.volume)
     optim = OptimConfig(lr=5e-5, batch_size=1024, sample_size=16)
-    arch = Architecture.uniform(width_for_ratio(volume.num_voxels, 50.0, 4, True), 4, residual=True)
+    arch = Architecture.uniform(width_for_ratio(volume.num_voxels, 50.0, 4), 4, residual=True)
     torch.manual_seed(0)
     model = Neurcomp(arch).to(device)
     sampler = make_sampler(volume, device, seed=0, scaling=ScalingConfig(volume_storage=args.storage))

@@ -12,33 +12,24 @@ ratio, a line per codec, the mean-predictor PSNR dashed).
 
 Codec options come from the codecs themselves: each registered codec adds its own
 ``--<codec>-...`` arguments (`Codec.add_cli_args`) and is built from them (`Codec.from_args`). To
-add a codec, register it in a module listed in ``CODEC_MODULES``.
+add a codec, add a module to the ``compressors`` package (see compressors/base.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
-from benchmarks.codecs import CODECS
+from compressors import CODECS
 from benchmarks.rd_eval import evaluate, gap_table, markdown_table, plot_rd_per_volume, safe_name, write_results
 from config.cli import run_cli
 from config.errors import ConfigError, InputError, NeurcompError
 
-# Modules whose import registers codecs (with @register_codec).
-CODEC_MODULES = ("benchmarks.codecs", "benchmarks.sperr_codec", "benchmarks.neurcomp_codec")
 DEFAULT_RATIOS = (50.0, 100.0, 200.0, 400.0, 800.0)
 
 
-def _load_codec_modules() -> None:
-    for module in CODEC_MODULES:
-        importlib.import_module(module)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    _load_codec_modules()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rate_distortion", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--volumes", nargs="+", required=True, help="volume files (any format read_volume reads)")

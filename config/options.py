@@ -92,7 +92,7 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     g.add_argument("--features_per_layer", type=int, default=0, help="fixed width (overrides compression_ratio; 0: from the ratio)")
     g.add_argument("--feature_list", type=int, nargs="+", default=None, help="explicit per-layer widths (overrides both)")
     g.add_argument("--use_resnet", type=parse_bool, default=True, help="residual sine blocks (true) or a plain SIREN (false)")
-    g.add_argument("--dont_use_resnet", action="store_true", help="build a plain SIREN of the same depth")
+    g.add_argument("--dont_use_resnet", action="store_true", help="build a plain SIREN: 2 n_layers - 1 sine layers, as the original")
 
     g = p.add_argument_group("training")
     g.add_argument("--lr", type=parse_lr, default=None,
@@ -319,8 +319,9 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     _check(ns.checkpoint_every >= 0, src, "checkpoint_every", ns.checkpoint_every, "must be >= 0")
     _check(ns.num_workers >= 0, src, "num_workers", ns.num_workers, "must be >= 0")
     if ns.feature_list is not None:
-        _check(len(ns.feature_list) == ns.n_layers and min(ns.feature_list) >= 1, src, "feature_list",
-               ns.feature_list, f"needs n_layers = {ns.n_layers} positive widths")
+        plain = not (ns.use_resnet and not ns.dont_use_resnet)  # the original takes a plain network's list as it is
+        _check((plain or len(ns.feature_list) == ns.n_layers) and min(ns.feature_list) >= 1, src, "feature_list",
+               ns.feature_list, f"needs n_layers = {ns.n_layers} positive widths (a plain network: any number)")
     technique = ns.dropout_technique.strip().lower()
     _check(technique in DROPOUT_TECHNIQUES, src, "dropout_technique", ns.dropout_technique,
            f"choose one of {', '.join(t for t in DROPOUT_TECHNIQUES if t)}")

@@ -1,20 +1,30 @@
-"""The shape of a Neurcomp network, its exact parameter count, and width selection."""
+"""The shape of a Neurcomp network, its exact parameter count, and width selection.
+
+Width selection follows the original code (Bussler/NeurcompCompression, ``compute_num_neurons``
+and ``setup_neurcomp``): the width is the largest whose residual network stays under
+``int(voxels / compression_ratio)`` parameters, never below 15; a plain network
+(``dont_use_resnet``) gets ``2 n_layers - 1`` sine layers of that width, about as many layers as
+the residual one has linear maps, and the same parameter count.
+"""
 
 from dataclasses import asdict, dataclass
 
 from config.errors import ConfigError
 
 MIN_WIDTH = 4  # narrower networks cannot represent anything useful
+ORIGINAL_MIN_WIDTH = 15  # the original never goes below this width, even past the budget
 
 
 @dataclass
 class Architecture:
     """Everything needed to rebuild a network, independent of its weights.
 
-    ``widths`` has one entry per hidden layer (``n_layers`` entries):
-      * residual: ``widths[0]`` is the shared width w of the first sine layer and of every block's
-        input and output; ``widths[i]`` (i >= 1) is the inner width of residual block i.
-      * plain SIREN: ``widths[i]`` is the output width of hidden sine layer i.
+    ``widths`` has one entry per hidden layer:
+      * residual (``n_layers`` entries): ``widths[0]`` is the shared width w of the first sine
+        layer and of every block's input and output; ``widths[i]`` (i >= 1) is the inner width of
+        residual block i.
+      * plain SIREN: ``widths[i]`` is the output width of hidden sine layer i (``2 n_layers - 1``
+        entries when the width comes from the ratio, see ``hidden_layers``).
     Unpruned networks have all widths equal; pruning makes them uneven.
     """
 
@@ -59,46 +69,56 @@ class Architecture:
         return cls(widths=[width] * n_layers, **kwargs)
 
 
+def hidden_layers(n_layers: int, residual: bool) -> int:
+    """Hidden layers of a network configured with ``n_layers``: a plain one has ``2 n_layers - 1``."""
+    return n_layers if residual else 2 * n_layers - 1
+
+
 def count_parameters(arch: Architecture) -> int:
     """Exact number of weights and biases of the network ``arch`` describes."""
     return sum(o * i + o for o, i in arch.linear_shapes())
 
 
-def width_for_ratio(num_voxels: int, compression_ratio: float, n_layers: int, residual: bool = True,
-                    d_in: int = 3, d_out: int = 1, source: str = "config") -> int:
-    """Largest uniform width whose parameter count fits ``num_voxels / compression_ratio``.
+def width_for_ratio(num_voxels: int, compression_ratio: float, n_layers: int, d_in: int = 3, d_out: int = 1,
+                    source: str = "config") -> int:
+    """The original's width for a ratio: the largest whose residual network of ``n_layers`` has
+    fewer than ``int(num_voxels / compression_ratio)`` parameters, but at least 15 (the original's
+    floor, which may exceed the budget). A plain network uses the same width (``hidden_layers``).
 
-    Raises ConfigError naming the largest achievable ratio when even ``MIN_WIDTH`` does not fit.
+    Raises ConfigError naming the largest achievable ratio when not even ``MIN_WIDTH`` fits.
     """
-    budget = num_voxels / compression_ratio
+    target = int(num_voxels / compression_ratio)
 
     def size(w: int) -> int:
-        return count_parameters(Architecture.uniform(w, n_layers, residual=residual, d_in=d_in, d_out=d_out))
+        return count_parameters(Architecture.uniform(w, n_layers, d_in=d_in, d_out=d_out))
 
-    if size(MIN_WIDTH) > budget:
+    if size(MIN_WIDTH) > num_voxels / compression_ratio:
         largest = num_voxels / size(MIN_WIDTH)
         raise ConfigError(
             f"{source}: compression_ratio {compression_ratio:g} is too high for {num_voxels} voxels "
             f"and n_layers {n_layers}: no network fits; the largest possible ratio is {largest:.4g}")
-    lo, hi = MIN_WIDTH, MIN_WIDTH
-    while size(hi * 2) <= budget:  # parameter count grows monotonically with width
-        hi *= 2
-    hi *= 2
+    lo, hi = ORIGINAL_MIN_WIDTH, ORIGINAL_MIN_WIDTH + 1  # size(lo) < target <= size(hi) once bracketed
+    if size(hi) >= target:
+        return ORIGINAL_MIN_WIDTH
+    while size(hi) < target:  # parameter count grows monotonically with width
+        lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if size(mid) <= budget else (lo, mid)
+        lo, hi = (mid, hi) if size(mid) < target else (lo, mid)
     return lo
 
 
 def build_architecture(net, num_voxels: int, source: str = "config") -> Architecture:
-    """Architecture from a ``config.options.NetworkConfig`` and the volume size.
+    """Architecture from a ``config.options.NetworkConfig`` and the volume size, as the original.
 
-    ``feature_list`` fixes every width, else ``features_per_layer`` the uniform width, else the
-    width follows from ``compression_ratio``.
+    ``feature_list`` fixes every width, else ``features_per_layer`` the uniform width of
+    ``n_layers`` layers, else the width follows from ``compression_ratio`` (``width_for_ratio``)
+    with ``hidden_layers`` layers.
     """
     common = dict(residual=net.residual, d_in=net.d_in, d_out=net.d_out, omega_0=net.omega_0)
     if net.feature_list:
         return Architecture(widths=list(net.feature_list), **common)
-    width = net.features_per_layer or width_for_ratio(num_voxels, net.compression_ratio, net.n_layers,
-                                                      net.residual, net.d_in, net.d_out, source)
-    return Architecture.uniform(width, net.n_layers, **common)
+    if net.features_per_layer:
+        return Architecture.uniform(net.features_per_layer, net.n_layers, **common)
+    width = width_for_ratio(num_voxels, net.compression_ratio, net.n_layers, net.d_in, net.d_out, source)
+    return Architecture.uniform(width, hidden_layers(net.n_layers, net.residual), **common)

@@ -96,7 +96,8 @@ class Neurcomp(nn.Module):
     """Coordinates in [-1, 1]^d_in -> normalised value in about [-1, 1].
 
     Residual: SineLayer(d_in -> w), n_layers - 1 ResidualSineBlocks, Linear(w -> d_out).
-    Plain (``residual=False``): n_layers SineLayers followed by Linear(-> d_out).
+    Plain (``residual=False``): one SineLayer per width (``2 n_layers - 1`` of them when sized by the
+    ratio, as in the original) followed by Linear(-> d_out).
     """
 
     def __init__(self, arch: Architecture):

@@ -4,5 +4,5 @@
 - ``bitpack``: B-bit index packing with numpy.
 - ``format``: the byte layout (see FORMAT.md), checksums and validation.
 - ``encode`` / ``decode``: network <-> bytes; ``finetune_codebooks`` trains the centroids.
-- ``cli``: the logic behind NeurcompQuantization.py and NeurcompDequantization.py.
+- ``cli``: the two entry scripts' options, and decoding a file into a volume (NeurcompDequantization.py).
 """

@@ -1,9 +1,11 @@
-"""The logic of NeurcompQuantization.py and NeurcompDequantization.py.
+"""The options of NeurcompQuantization.py and NeurcompDequantization.py, and decoding.
 
 Both parse with the shared option definition (``config.options.build_parser``) plus their own
 group, so the data options (``--data_key``, ``--raw_shape`` ...) and ``--quant_bits`` mean the same
-everywhere. User errors are ``ConfigError``/``InputError``; the scripts run these functions under
-``config.cli.run_cli``, which prints them as one line and exits non-zero.
+everywhere. ``dequantize_main`` needs nothing but the file; ``quantize_main`` reads a training
+checkpoint and may fine-tune with training's sampler, so it lives in NeurcompQuantization.py
+(quantization does not import training). User errors are ``ConfigError``/``InputError``; the
+scripts run under ``config.cli.run_cli``, which prints them as one line and exits non-zero.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from config.errors import ConfigError, InputError
 from config.options import build_parser, config_from_namespace, parse_bool, parse_namespace
+from model.device import resolve_device
 
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_SUFFIX = ".ncq"
@@ -58,14 +60,6 @@ def add_dequantization_arguments(parser):
     return parser
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device = cuda was requested but no CUDA device is available (use auto or cpu)")
-    return torch.device(name)
-
-
 def _read_volume(path, cfg):
     from data.readers import read_volume
 
@@ -74,95 +68,46 @@ def _read_volume(path, cfg):
                        channel=d.channel)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def check_output_path(path: Path, option: str) -> Path:
+    """``path`` as a file to write, or an InputError (one line) if it is a folder or below a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder, not a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes, option: str = "output") -> None:
+    """Write ``path`` through a temporary file in the same folder: a failure leaves nothing behind."""
+    path = check_output_path(path, option)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot write ({exc.strerror or exc})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _human(n: int) -> str:
+def human_bytes(n: int) -> str:
     return f"{n} bytes ({n / 1000:.1f} KB)"
 
 
-def quantize_main(argv=None, parser=None) -> dict:
-    """Quantize ``<experiment_dir>/checkpoint.pt`` into a compressed file; returns a summary dict."""
-    from quantization.encode import EncoderOptions, encode_network, finetune_codebooks, quantize_network
-    from training.checkpoint import load_model
-
-    if parser is None:
-        parser = add_quantization_arguments(build_parser("Quantize a trained Neurcomp network into a compressed file"))
-    ns = parse_namespace(parser, argv)
-    cfg = config_from_namespace(ns)
-    src = cfg.source
-    if ns.finetune_passes < 0:
-        raise ConfigError(f"{src}: finetune_passes = {ns.finetune_passes!r} is invalid: must be >= 0")
-    if not ns.finetune_lr > 0:
-        raise ConfigError(f"{src}: finetune_lr = {ns.finetune_lr!r} is invalid: must be > 0")
-    bits = cfg.quant_bits
-    checkpoint = cfg.experiment_dir / CHECKPOINT_NAME
-    if not checkpoint.is_file():
-        raise InputError(f"{checkpoint}: checkpoint not found (train the experiment first, or check --basedir/--expname)")
-    t0 = time.perf_counter()
-    model, info, _ = load_model(checkpoint)
-    options = EncoderOptions(codebook_dtype=ns.codebook_dtype, bias=ns.bias_format,
-                             quantize_first_last=ns.quantize_first_last, raw_dtype=ns.first_last_dtype,
-                             compression=ns.entropy_coder)
-    net = quantize_network(model, info, bits, options, seed=ns.kmeans_seed)
-    finetune = None
-    if ns.finetune_passes > 0:
-        from training.run import load_training_volume
-        from training.sampler import make_sampler
-
-        # as training holds it: volume_storage and stream_bricks decide what goes on the device
-        volume = load_training_volume(cfg)
-        if tuple(volume.shape) != tuple(info.shape):
-            raise InputError(f"{cfg.data.path}: volume shape {volume.shape} (Z, Y, X) differs from the "
-                             f"checkpoint's {tuple(info.shape)}; fine-tune on the volume the network was trained on")
-        device = _device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        sampler = make_sampler(volume, device, seed=cfg.seed, scaling=cfg.scaling)
-        try:
-            finetune = finetune_codebooks(model, net, sampler, ns.finetune_passes, lr=ns.finetune_lr,
-                                          points_per_step=cfg.optim.points_per_step, reference=volume)
-        finally:
-            if hasattr(sampler, "close"):
-                sampler.close()
-        finetune["sampler"] = {"storage": sampler.storage, "resident_bytes": sampler.resident_bytes()}
-    data = encode_network(net)
-    seconds = time.perf_counter() - t0
-
-    if ns.output:
-        out = Path(ns.output)
-    else:
-        out = cfg.experiment_dir / (ns.filename or f"{cfg.expname}_{bits}bit{DEFAULT_SUFFIX}")
-    _atomic_write_bytes(out, data)
-    num_voxels = info.num_voxels
-    itemsize = _itemsize(info.source_dtype)
-    summary = {"file": str(out), "file_bytes": len(data), "bits": bits,
-               "compression_ratio": num_voxels * 4 / len(data),
-               "compression_ratio_vs_source_dtype": num_voxels * itemsize / len(data),
-               "source_dtype": info.source_dtype, "seconds": seconds,
-               "entropy_coder": _stored_compression(data), "finetune": finetune}
-    print(f"wrote {out}: {_human(len(data))}, {bits}-bit indices, payload coding {summary['entropy_coder']}")
-    print(f"compression ratio {summary['compression_ratio']:.1f} (vs {num_voxels} float32 voxels), "
-          f"{summary['compression_ratio_vs_source_dtype']:.1f} vs the original {info.source_dtype} volume")
-    print(f"time {seconds:.2f} s")
-    return summary
-
-
-def _itemsize(dtype_name: str) -> int:
+def itemsize(dtype_name: str) -> int:
     try:
         return np.dtype(dtype_name).itemsize
     except TypeError:
         return 4
 
 
-def _stored_compression(data: bytes) -> str:
+def stored_compression(data: bytes) -> str:
     from quantization.format import parse
 
     return parse(data).settings.compression
@@ -173,7 +118,7 @@ def dequantize_main(argv=None, parser=None) -> dict:
     from data.metrics import volume_metrics
     from data.writers import write_volume, write_vti
     from quantization.decode import decode_file
-    from training.inference import predict_volume
+    from model.inference import predict_volume
 
     if parser is None:
         parser = add_dequantization_arguments(build_parser("Decode a compressed Neurcomp file into a volume"))
@@ -182,6 +127,10 @@ def dequantize_main(argv=None, parser=None) -> dict:
     if ns.metrics_json and not ns.volume:
         raise ConfigError("command line: --metrics_json needs --volume (the ground truth to compare with)")
     path = Path(ns.compressed_file)
+    out = Path(ns.decompressed_file) if ns.decompressed_file else path.with_suffix(".vti")
+    check_output_path(out, "--decompressed_file")  # before the (possibly long) decoding
+    if ns.metrics_json:
+        check_output_path(Path(ns.metrics_json), "--metrics_json")
     t0 = time.perf_counter()
     model, info, meta = decode_file(path)
     t_decode = time.perf_counter() - t0
@@ -191,22 +140,24 @@ def dequantize_main(argv=None, parser=None) -> dict:
         if tuple(ground_truth.shape) != tuple(info.shape):
             raise InputError(f"{ns.volume}: volume shape {ground_truth.shape} (Z, Y, X) differs from the "
                              f"compressed network's {tuple(info.shape)}")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     model = model.to(device)
     t1 = time.perf_counter()
     prediction = predict_volume(model, info.shape, info, device=device)
     t_infer = time.perf_counter() - t1
-    out = Path(ns.decompressed_file) if ns.decompressed_file else path.with_suffix(".vti")
-    if out.suffix.lower() == ".vti":
-        write_vti(out, prediction, info.spacing, info.origin)
-    else:
-        write_volume(out, prediction, info.spacing)
+    try:
+        if out.suffix.lower() == ".vti":
+            write_vti(out, prediction, info.spacing, info.origin)
+        else:
+            write_volume(out, prediction, info.spacing)
+    except OSError as exc:
+        raise InputError(f"--decompressed_file {out}: cannot write ({exc.strerror or exc})") from None
     file_bytes = meta["file_bytes"]
     ratio = info.num_voxels * 4 / file_bytes
-    print(f"decoded {path}: {_human(file_bytes)} in {t_decode:.3f} s; reconstructed {tuple(info.shape)[::-1]} "
+    print(f"decoded {path}: {human_bytes(file_bytes)} in {t_decode:.3f} s; reconstructed {tuple(info.shape)[::-1]} "
           f"(X, Y, Z) in {t_infer:.2f} s -> {out}")
     result = {"file_bytes": file_bytes, "compression_ratio": ratio,
-              "compression_ratio_vs_source_dtype": info.num_voxels * _itemsize(info.source_dtype) / file_bytes,
+              "compression_ratio_vs_source_dtype": info.num_voxels * itemsize(info.source_dtype) / file_bytes,
               "decode_seconds": t_decode, "inference_seconds": t_infer, "output": str(out)}
     if ground_truth is not None:
         m = volume_metrics(ground_truth.values, prediction)
@@ -217,7 +168,5 @@ def dequantize_main(argv=None, parser=None) -> dict:
     if ns.metrics_json:
         keys = ("psnr", "rmse", "mae", "max_abs_error", "compression_ratio", "file_bytes")
         payload = {k: (None if isinstance(result[k], float) and not math.isfinite(result[k]) else result[k]) for k in keys}
-        mpath = Path(ns.metrics_json)
-        mpath.parent.mkdir(parents=True, exist_ok=True)
-        mpath.write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_bytes(Path(ns.metrics_json), (json.dumps(payload, indent=2) + "\n").encode(), "--metrics_json")
     return result

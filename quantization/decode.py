@@ -6,10 +6,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from config.errors import InputError
+from data.volume import VolumeInfo
 from model.neurcomp import Neurcomp
 from quantization.encode import load_into
 from quantization.format import CompressedNetwork, parse
-from training.checkpoint import VolumeInfo
 
 
 def build_model(net: CompressedNetwork) -> Neurcomp:

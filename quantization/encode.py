@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from config.errors import InputError
+from data.volume import VolumeInfo
 from model.neurcomp import Neurcomp
 from quantization.bitpack import packed_size
 from quantization.format import (BIAS_MODES, COMPRESSIONS, DTYPES, CompressedNetwork, QuantSettings, TensorCode,
-                                 compress, raw_payload, serialize)
+                                 compress, raw_payload, serialize, volume_problem)
 from quantization.kmeans import MAX_ITERS, assign, kmeans_1d
-from training.checkpoint import VolumeInfo
 
 FLOAT16_MAX = 65504.0
 
@@ -112,18 +113,25 @@ def quantize_tensor(values: np.ndarray, bits: int, codebook_dtype: str = "float1
 
 
 def quantize_network(model: Neurcomp, volume_info: VolumeInfo, bits: int,
-                     options: EncoderOptions | None = None, seed: int = 0) -> CompressedNetwork:
+                     options: EncoderOptions | None = None, seed: int = 0, source: str = "network") -> CompressedNetwork:
     """Quantize every linear layer of ``model`` as ``options`` says (nothing is written).
 
-    Deterministic given ``seed`` (used only by k-means' k-means++ start)."""
+    Deterministic given ``seed`` (used only by k-means' k-means++ start). A network with NaN or
+    infinite weights, or a volume record the file could not hold, is an InputError naming ``source``."""
     opts = (options or EncoderOptions()).validate()
     if not 1 <= int(bits) <= 16:
         raise ValueError(f"bits must be in 1..16, got {bits}")
+    problem = volume_problem(volume_info)
+    if problem:
+        raise InputError(f"{source}: cannot quantize: the volume record has a {problem}")
     linears = model.linears()
     tensors = []
     for i, lin in enumerate(linears):
         w = lin.weight.detach().cpu().numpy().astype(np.float32).reshape(-1)
         b = lin.bias.detach().cpu().numpy().astype(np.float32).reshape(-1)
+        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            raise InputError(f"{source}: cannot quantize: linear layer {i} holds NaN or infinite weights "
+                             "(the network diverged)")
         edge = i in (0, len(linears) - 1)
         if edge and not opts.quantize_first_last:
             wt = raw_tensor(w, opts.raw_dtype)
@@ -216,7 +224,7 @@ def normalized_psnr(model: nn.Module, reference) -> float:
     copy of the volume, and nothing but the network on the device.
     """
     from data.volume import normalize, z_slabs
-    from training.inference import predict_volume
+    from model.inference import predict_volume
 
     if hasattr(reference, "vmin"):  # a volume in physical units
         lo, hi = reference.vmin, reference.vmax

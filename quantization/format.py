@@ -7,7 +7,10 @@ version with an ``InputError`` whose one-line message names ``source``.
 
 from __future__ import annotations
 
+import io
 import lzma
+import math
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -15,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from config.errors import InputError
+from data.volume import VolumeInfo
 from model.architecture import Architecture
 from quantization.bitpack import pack_bits, packed_size, unpack_bits
-from training.checkpoint import VolumeInfo
 
 MAGIC = b"\x89NCQ\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -38,19 +41,21 @@ KIND_RAW, KIND_CODEBOOK = 0, 1
 LAYOUTS = ("packed", "planes")  # index layouts, see index_bytes()
 MAX_LAYERS = 4096
 MAX_DIM = 1 << 24
+MAX_CODEBOOK = 1 << 16
 
 
 @dataclass
 class QuantSettings:
-    """The encoder's choices, recorded in the header (informational for the decoder except ``compression``)."""
+    """The encoder's choices, recorded in the header (informational for the decoder except
+    ``compression``). No defaults: ``encode.EncoderOptions`` holds them, this only records them."""
 
-    bits: int = 9
-    codebook_dtype: str = "float16"
-    bias: str = "float16"
-    quantize_first_last: bool = True
-    raw_dtype: str = "float32"
-    compression: str = "none"
-    finetune_passes: float = 0.0
+    bits: int
+    codebook_dtype: str
+    bias: str
+    quantize_first_last: bool
+    raw_dtype: str
+    compression: str
+    finetune_passes: float
 
 
 @dataclass
@@ -146,13 +151,24 @@ def compress(raw: bytes, method: str, level: int | None = None) -> bytes:
 
 
 def decompress(stored: bytes, method: str, raw_size: int) -> bytes:
+    """At most ``raw_size + 1`` bytes of the decoded payload: a stream that decodes to more (a
+    decompression bomb, or a frame announcing a huge size) is cut there, never held in full."""
     if method == "none":
         return stored
     if method == "zstd":
         import zstandard
-        return zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_size)
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(stored), read_across_frames=True)
+        parts, have = [], 0
+        while have <= raw_size:
+            part = reader.read(raw_size + 1 - have)
+            if not part:
+                break
+            parts.append(part)
+            have += len(part)
+        return b"".join(parts)
     if method == "lzma":
-        return lzma.decompress(stored, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+        return lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS).decompress(
+            stored, max_length=raw_size + 1)
     raise ValueError(f"unknown compression {method!r}")
 
 
@@ -271,6 +287,8 @@ def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
                              quantize_first_last=bool(q_first_last), raw_dtype=DTYPES[raw_dt],
                              compression=COMPRESSIONS[comp], finetune_passes=float(passes))
 
+    _check_values(source, arch, volume, settings)
+    _check_sizes(source, shapes, volume, raw_size)
     expected = header_size + stored_size
     if size < expected:
         raise _fail(source, f"truncated file ({size} bytes, header announces {expected})")
@@ -303,6 +321,54 @@ def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
     return CompressedNetwork(arch=arch, volume=volume, settings=settings, tensors=tensors)
 
 
+def volume_problem(volume: VolumeInfo) -> str | None:
+    """What keeps the grid and value range from mapping network outputs to finite physical values."""
+    if not all(math.isfinite(s) and s > 0 for s in volume.spacing):
+        return f"bad voxel spacing {tuple(volume.spacing)} (must be positive and finite)"
+    if not all(math.isfinite(o) for o in volume.origin):
+        return f"bad origin {tuple(volume.origin)} (must be finite)"
+    if not (math.isfinite(volume.vmin) and math.isfinite(volume.vmax) and volume.vmin < volume.vmax):
+        return f"bad value range [{volume.vmin}, {volume.vmax}] (needs finite vmin < vmax)"
+    return None
+
+
+def _check_values(source: str, arch: Architecture, volume: VolumeInfo, settings: QuantSettings) -> None:
+    if not (math.isfinite(arch.omega_0) and arch.omega_0 > 0):
+        raise _fail(source, f"bad omega_0 {arch.omega_0} (must be positive and finite)")
+    problem = volume_problem(volume)
+    if problem:
+        raise _fail(source, problem)
+    if not (math.isfinite(settings.finetune_passes) and settings.finetune_passes >= 0):
+        raise _fail(source, f"bad fine-tuning passes {settings.finetune_passes} (must be finite and >= 0)")
+
+
+def memory_bytes() -> int | None:
+    """Physical memory of this machine, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_sizes(source: str, shapes, volume: VolumeInfo, raw_size: int) -> None:
+    """Refuse, before decompressing anything, a payload size the architecture cannot have, and a
+    network or reconstruction that cannot fit in this machine's memory."""
+    counts = [n for o, i in shapes for n in (o * i, o)]
+    params = sum(counts)
+    # smallest record: one float16 centroid and 1-bit indices; largest: raw float32 or a full
+    # 16-bit codebook of float32 with 16-bit indices
+    least = sum(_TENSOR.size + 2 + (n + 7) // 8 for n in counts)
+    most = sum(_TENSOR.size + max(4 * n, 4 * MAX_CODEBOOK + 2 * n) for n in counts)
+    if not least <= raw_size <= most:
+        raise _fail(source, f"header/payload mismatch: a raw payload of {raw_size} bytes is impossible for "
+                            f"{params} parameters ({least}..{most} bytes)")
+    needed = 4 * volume.num_voxels + 8 * params + raw_size
+    memory = memory_bytes()
+    if memory is not None and needed > memory:
+        raise _fail(source, f"a {'x'.join(map(str, volume.shape))} volume and {params} parameters need "
+                            f"{needed / 2 ** 30:.1f} GiB, more than this machine's {memory / 2 ** 30:.1f} GiB")
+
+
 def _decode_tensor(p: _Reader, expected_count: int, what: str, source: str) -> TensorCode:
     kind, dt, bits, layout, count, k = p.unpack(_TENSOR)
     if count != expected_count:
@@ -315,10 +381,14 @@ def _decode_tensor(p: _Reader, expected_count: int, what: str, source: str) -> T
         if bits != 0 or k != 0 or layout != 0:
             raise _fail(source, f"bad record for {what}")
         values = np.frombuffer(p.take(count * np_dt.itemsize), dtype=np_dt).astype(np.float32)
+        if not np.isfinite(values).all():
+            raise _fail(source, f"{what} holds NaN or infinite values")
         return TensorCode("raw", dtype, values)
     if not (1 <= bits <= 16) or not (1 <= k <= (1 << bits)):
         raise _fail(source, f"bad codebook record for {what} ({k} centroids, {bits}-bit indices)")
     codebook = np.frombuffer(p.take(k * np_dt.itemsize), dtype=np_dt).astype(np.float32)
+    if not np.isfinite(codebook).all():
+        raise _fail(source, f"{what} has NaN or infinite centroids")
     indices = indices_from(p.take(index_size(count, bits, LAYOUTS[layout])), count, bits, LAYOUTS[layout])
     if count and int(indices.max()) >= k:
         raise _fail(source, f"header/payload mismatch: {what} has an index past its {k}-entry codebook")

@@ -3,8 +3,8 @@
 Two stages:
   1. Before training, ``architecture_for_file_bytes`` sizes the network from a *prediction* of the
      file size: header + per tensor (12-byte record, float16 codebook, float16 biases) + weights x
-     ``bits_per_weight`` / 8, where bits_per_weight is what the entropy coder leaves of the B-bit
-     indices (calibrated by ``benchmarks/target_ratio_bench.py`` on trained networks). The shared
+     ``CODING_GAIN`` x B / 8, an assumed entropy-coding gain on the B-bit indices (what is left of
+     the prediction's error, ``measured_architecture`` and stage 2 correct by measuring). The shared
      width is the largest that fits; the residual blocks' inner widths (or the last hidden width of
      a plain SIREN) then grow one neuron at a time, which moves the size in steps of about 2 w
      weights, far finer than the 5 % tolerance.
@@ -17,21 +17,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from model.architecture import MIN_WIDTH, Architecture
+from model.architecture import MIN_WIDTH, Architecture, hidden_layers
 from quantization.bitpack import packed_size
 from quantization.encode import EncoderOptions, encode_network, quantize_network, quantize_tensor
 
 HEADER_BYTES = 160  # fixed header, architecture, volume and settings records, checksums (FORMAT.md)
 TENSOR_RECORD_BYTES = 12
-# bits per weight the entropy coder leaves of B-bit k-means indices, by B (measured, see module doc);
-# B missing from the table: assume 0.985 B
-BITS_PER_WEIGHT = {}
-DEFAULT_CODING_GAIN = 0.985
+CODING_GAIN = 0.985  # assumed fraction of the B index bits per weight left after entropy coding
 MAX_ROUNDS = 4  # rate control moves a layer at most this many bits from the requested ones
-
-
-def bits_per_weight(bits: int) -> float:
-    return BITS_PER_WEIGHT.get(int(bits), DEFAULT_CODING_GAIN * bits)
 
 
 def predict_tensor_bytes(count: int, bits: int, codebook_item: int) -> float:
@@ -39,7 +32,7 @@ def predict_tensor_bytes(count: int, bits: int, codebook_item: int) -> float:
     k = 1 << bits
     if k * codebook_item + packed_size(count, bits) >= count * 4:
         return count * 4.0  # a codebook would not beat raw float32: the encoder stores raw values
-    return k * codebook_item + count * bits_per_weight(bits) / 8
+    return k * codebook_item + count * CODING_GAIN * bits / 8
 
 
 def predict_file_bytes(arch: Architecture, bits: int, options: EncoderOptions | None = None) -> float:
@@ -63,9 +56,12 @@ def predict_file_bytes(arch: Architecture, bits: int, options: EncoderOptions | 
 def architecture_for_file_bytes(target_bytes: float, n_layers: int, bits: int, residual: bool = True,
                                 options: EncoderOptions | None = None, d_in: int = 3, d_out: int = 1,
                                 omega_0: float = 30.0, source: str = "config") -> Architecture:
-    """The largest network whose predicted file fits ``target_bytes`` (uneven last widths fill the rest)."""
+    """The largest network whose predicted file fits ``target_bytes`` (uneven last widths fill the rest).
+
+    A plain network has ``2 n_layers - 1`` hidden layers, as one sized by ``compression_ratio``."""
     from config.errors import ConfigError
 
+    n_layers = hidden_layers(n_layers, residual)
     def arch(widths):
         return Architecture(widths=list(widths), residual=residual, d_in=d_in, d_out=d_out, omega_0=omega_0)
 
@@ -104,7 +100,7 @@ def measured_architecture(target_bytes: float, n_layers: int, bits: int, residua
 
     from model.neurcomp import Neurcomp
     from quantization.encode import encode_model
-    from training.checkpoint import VolumeInfo
+    from data.volume import VolumeInfo
 
     dummy = VolumeInfo(shape=(2, 2, 2), spacing=(1.0, 1.0, 1.0), vmin=0.0, vmax=1.0)
     budget, best = target_bytes, None

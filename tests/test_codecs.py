@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import codecs as codecs_module
-from benchmarks.codecs import CODECS, Codec, CodecResult, SZ3Codec, ZFPCodec, get_codec, register_codec
+from compressors import CODECS, Codec, CodecResult, get_codec, register_codec
+from compressors import base as codecs_module
+from compressors.sz3 import SZ3Codec
+from compressors.zfp import ZFPCodec
 from benchmarks.rd_eval import evaluate, markdown_table, plot_rd, plot_rd_per_volume, write_results
 
 REPO = Path(__file__).resolve().parents[1]

@@ -137,7 +137,7 @@ def _worker(rank: int, store: str, results: str) -> None:
     from model.neurcomp import Neurcomp
     from model.pruning import PrunableNeurcomp, build_pruning
     from training import distributed
-    from training.inference import predict_volume
+    from model.inference import predict_volume
     from training.trainer import Phase, Trainer
 
     out = {}

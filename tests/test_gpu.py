@@ -31,7 +31,7 @@ from model.neurcomp import Neurcomp
 from tests.conftest import REPO
 from training import distributed, precision
 from training.checkpoint import VolumeInfo, read_checkpoint
-from training.inference import predict_volume
+from model.inference import predict_volume
 from training.run import evaluate, train
 from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler
 from training.trainer import Phase, Trainer
@@ -263,7 +263,8 @@ def test_pruning_runs_on_the_device_without_host_syncs(tmp_path, volume_file):
 
 # -- quantization --------------------------------------------------------------------------------------
 def test_quantization_with_fine_tuning_and_decoding_on_the_device(tmp_path, volume_file, capsys):
-    from quantization.cli import dequantize_main, quantize_main
+    from NeurcompQuantization import quantize_main
+    from quantization.cli import dequantize_main
 
     train(parse_config(write_config(tmp_path, volume_file, "quant")), progress=False)
     config = tmp_path / "exp" / "quant" / "config.txt"

@@ -18,7 +18,7 @@ from model.architecture import Architecture
 from model.neurcomp import Neurcomp
 from training import distributed, precision, speed
 from training.checkpoint import VolumeInfo, atomic_torch_save, read_checkpoint
-from training.inference import grid_coordinates, predict_volume
+from model.inference import grid_coordinates, predict_volume
 from training.portable_state import RESEED_STRIDE, load_optimizer_state
 from training.run import train
 from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler
@@ -258,7 +258,7 @@ def test_inference_chunks_are_flat_point_ranges_smaller_than_a_slice():
 
 # -- 7. codebook fine-tuning holds the volume as training does -------------------------------------
 def test_codebook_finetuning_uses_the_configured_sampler(tmp_path):
-    from quantization.cli import quantize_main
+    from NeurcompQuantization import quantize_main
 
     volume = tmp_path / "v_16x14x12_uint8.npy"
     values = (smooth() * 100 + 120).astype(np.uint8)
@@ -378,8 +378,8 @@ def test_two_ranks_stop_together_keep_their_own_noise_and_gather_on_the_cpu(tmp_
 
 # -- 11. the rate-distortion benchmark decodes on the codec's device ------------------------------------
 def test_the_codec_decodes_on_its_own_device(monkeypatch):
-    import training.inference
-    from benchmarks.neurcomp_codec import NeurcompCodec
+    import model.inference as inference
+    from compressors.neurcomp import NeurcompCodec
     from quantization.encode import encode_model
 
     torch.manual_seed(0)
@@ -387,13 +387,13 @@ def test_the_codec_decodes_on_its_own_device(monkeypatch):
     shape = (6, 5, 4)
     payload = encode_model(model, VolumeInfo(shape=shape, spacing=(1, 1, 1), vmin=0.0, vmax=1.0), 8)
     seen = []
-    real = training.inference.predict_volume
+    real = inference.predict_volume
 
     def spy(net, shape_zyx, info=None, device=None, **kwargs):
         seen.append((device, next(net.parameters()).device))
         return real(net, shape_zyx, info, device=device, **kwargs)
 
-    monkeypatch.setattr(training.inference, "predict_volume", spy)
+    monkeypatch.setattr(inference, "predict_volume", spy)
     decoded = NeurcompCodec(device="cpu").decompress(payload, shape)
     assert seen == [(torch.device("cpu"), torch.device("cpu"))]  # was: device None (the model's: always CPU)
     assert decoded.shape == shape

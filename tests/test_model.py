@@ -31,12 +31,69 @@ def test_residual_formula():
     assert count_parameters(Architecture.uniform(w, n)) == 4 * w + (n - 1) * 2 * (w * w + w) + w + 1
 
 
-@pytest.mark.parametrize("voxels, ratio, n_layers, residual", [
-    (255 ** 3, 100, 4, True), (66 ** 3, 50, 4, True), (41 ** 3, 20, 2, False), (10 ** 6, 7.5, 6, True)])
-def test_width_is_largest_that_fits(voxels, ratio, n_layers, residual):
-    w = width_for_ratio(voxels, ratio, n_layers, residual)
-    size = lambda k: count_parameters(Architecture.uniform(k, n_layers, residual=residual))  # noqa: E731
-    assert size(w) <= voxels / ratio < size(w + 1)
+def _original_width(voxels, ratio, n_layers):
+    """The original's compute_num_neurons, as its README states it: from 16 up while the residual
+    network (first and last layers (in+1)*out, each middle layer two w x w maps with biases) has
+    fewer parameters than int(voxels / ratio); then one less."""
+    target = int(voxels / ratio)
+    size = lambda w: 4 * w + (n_layers - 1) * 2 * (w * w + w) + w + 1  # noqa: E731
+    w = 16
+    while size(w) < target:
+        w += 1
+    return w - 1
+
+
+@pytest.mark.parametrize("voxels, ratio, n_layers", [
+    (255 ** 3, 100, 4), (66 ** 3, 50, 4), (41 ** 3, 20, 2), (10 ** 6, 7.5, 6), (66 ** 3, 200, 4), (41 ** 3, 100, 4)])
+def test_width_is_the_originals(voxels, ratio, n_layers):
+    w = width_for_ratio(voxels, ratio, n_layers)
+    assert w == _original_width(voxels, ratio, n_layers)
+    size = lambda k: count_parameters(Architecture.uniform(k, n_layers))  # noqa: E731
+    assert w == 15 or size(w) < int(voxels / ratio) <= size(w + 1)  # the largest under the budget, or the floor
+
+
+@pytest.mark.parametrize("voxels, ratio, n_layers, params", [
+    (66 ** 3, 200, 4, 1516),  # neghip with mhd_p_HyperParamSearch.txt: [3, 15 x 7, 1]
+    (66 ** 3, 100, 4, 2621),  # [3, 20 x 7, 1]
+    (128 ** 3, 50, 8, 41851),  # [3, 54 x 15, 1]
+    (41 ** 3, 100, 4, 1516),  # the original's floor: width 15 although it exceeds int(voxels / ratio) = 689
+])
+def test_plain_network_is_the_originals(voxels, ratio, n_layers, params):
+    plain = build_architecture(NetworkConfig(n_layers=n_layers, residual=False, compression_ratio=ratio), voxels)
+    residual = build_architecture(NetworkConfig(n_layers=n_layers, compression_ratio=ratio), voxels)
+    w = _original_width(voxels, ratio, n_layers)
+    assert plain.layer_sizes() == [3, *[w] * (2 * n_layers - 1), 1] and not plain.residual
+    assert count_parameters(plain) == count_parameters(residual) == params
+    assert sum(p.numel() for p in Neurcomp(plain).parameters()) == params
+
+
+def test_original_plain_config_with_its_feature_list(tmp_path):
+    from config.options import parse_config
+
+    config = tmp_path / "config.txt"  # what the original writes for a plain run: 2 n_layers - 1 widths
+    config.write_text("expname = plain\ndata = vol.npy\nn_layers = 4\ndont_use_resnet\n"
+                      "feature_list = [15, 15, 15, 15, 15, 15, 15]\n")
+    cfg = parse_config(["--config", str(config)])
+    arch = build_architecture(cfg.network, 66 ** 3)
+    assert arch.layer_sizes() == [3, *[15] * 7, 1] and count_parameters(arch) == 1516
+    residual = tmp_path / "residual.txt"  # a residual network still needs n_layers widths
+    residual.write_text(config.read_text().replace("dont_use_resnet\n", ""))
+    with pytest.raises(ConfigError, match="feature_list"):
+        parse_config(["--config", str(residual)])
+
+
+def test_original_hyperparameter_search_config_builds_the_originals_network():
+    from pathlib import Path
+
+    from config.options import parse_config
+
+    path = Path(__file__).resolve().parents[1] / ".." / "shared" / "original" / "experiment-config-files" / \
+        "mhd_p_HyperParamSearch.txt"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the original's configs live in ../shared/original)")
+    cfg = parse_config(["--config", str(path), "--data", "neghip.raw"])
+    arch = build_architecture(cfg.network, 66 ** 3)
+    assert arch.layer_sizes() == [3, *[15] * 7, 1] and count_parameters(arch) == 1516
 
 
 def test_width_of_the_published_network():
@@ -55,6 +112,8 @@ def test_ratio_too_high_names_largest_possible():
 def test_build_architecture_precedence():
     assert build_architecture(NetworkConfig(feature_list=[9, 8, 7, 6]), 10 ** 6).widths == [9, 8, 7, 6]
     assert build_architecture(NetworkConfig(features_per_layer=21), 10 ** 6).widths == [21] * 4
+    # as the original: features_per_layer gives n_layers layers, plain or not
+    assert build_architecture(NetworkConfig(features_per_layer=21, residual=False), 10 ** 6).widths == [21] * 4
     assert build_architecture(NetworkConfig(compression_ratio=100), 255 ** 3).widths == [165] * 4
 
 
@@ -77,3 +136,15 @@ def test_residual_scales_follow_lu_et_al():
 def test_architecture_dict_round_trip():
     arch = Architecture([24, 7, 13, 5], residual=True, omega_0=25.0)
     assert Architecture.from_dict(arch.to_dict()) == arch
+
+
+def test_resolve_device():
+    from model.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="'gpu0' is not a device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda:1")

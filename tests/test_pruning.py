@@ -14,7 +14,7 @@ from model.pruning import PRUNING_METHODS, PrunableNeurcomp, build_pruning
 from model.pruning.variational import VariationalDynamic, VariationalStatic, drop_entropy, kl_approx
 from tests.conftest import run_script
 from training.checkpoint import load_model, read_checkpoint
-from training.inference import predict_volume
+from model.inference import predict_volume
 from training.pruning_schedule import PruningTrainer, passes_split
 from training.sampler import VolumeSampler
 from training.trainer import Phase

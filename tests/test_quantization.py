@@ -181,7 +181,7 @@ def test_specific_refusals_have_clear_messages():
     assert MAGIC == data[:8]
 
 
-def test_finetune_trains_centroids_with_fixed_assignments():
+def _finetune_case(lr, keep_best):
     from training.sampler import VolumeSampler
 
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, 12)] * 3, indexing="ij")
@@ -191,14 +191,29 @@ def test_finetune_trains_centroids_with_fixed_assignments():
     before = [w.indices.copy() for w, _ in net.tensors if w.kind == "codebook"]
     codebooks = [w.values.copy() for w, _ in net.tensors if w.kind == "codebook"]
     sampler = VolumeSampler(vol.astype(np.float32), "cpu", seed=0)
-    result = finetune_codebooks(model, net, sampler, passes=4, points_per_step=512, lr=1e-3, log=None)
-    assert result["steps"] == 14 and result["psnr_after"] >= result["psnr_before"]
+    result = finetune_codebooks(model, net, sampler, passes=4, points_per_step=512, lr=lr, log=None,
+                                keep_best=keep_best)
     after = [w for w, _ in net.tensors if w.kind == "codebook"]
-    assert all(np.array_equal(a, w.indices) for a, w in zip(before, after))
-    if result["kept"]:
-        assert any(not np.array_equal(c, w.values) for c, w in zip(codebooks, after))
+    assert result["steps"] == 14
+    assert all(np.array_equal(a, w.indices) for a, w in zip(before, after))  # assignments fixed
     for lin, (w, _) in zip(model.linears(), net.tensors):  # model holds the stored (dequantized) weights
         assert np.array_equal(lin.weight.detach().numpy().reshape(-1), w.dequantize())
+    changed = any(not np.array_equal(c, w.values) for c, w in zip(codebooks, after))
+    return result, changed
+
+
+def test_finetune_trains_centroids_with_fixed_assignments():
+    # k-means of an untrained network is far from the volume: the tuned codebooks and biases must
+    # lower the grid MSE they are trained on, by far (about 4 dB here), whether kept or not
+    result, changed = _finetune_case(lr=1e-3, keep_best=False)
+    assert result["kept"] and changed
+    assert result["psnr_tuned"] == result["psnr_after"] > result["psnr_before"] + 1.0
+
+
+def test_finetune_keeps_the_kmeans_codebooks_when_tuning_makes_them_worse():
+    result, changed = _finetune_case(lr=1.0, keep_best=True)  # steps far too large: the tuned result is worse
+    assert result["psnr_tuned"] < result["psnr_before"]
+    assert not result["kept"] and not changed and result["psnr_after"] == result["psnr_before"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,7 +263,7 @@ def test_cli_end_to_end_with_vtk_reader(experiment):
 
     from data.metrics import volume_metrics
     from quantization.decode import decode_file
-    from training.inference import predict_volume
+    from model.inference import predict_volume
 
     tmp, exp_dir, model, volume = experiment
     r = _run("NeurcompQuantization.py", "--config", exp_dir / "config.txt", "--filename", "tiny.ncq",
@@ -299,3 +314,168 @@ def test_cli_bad_inputs_fail_in_one_line(experiment, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
     assert err.strip().count("\n") == 0 and "checkpoint not found" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# hand-made files: consistent, checksummed, and still impossible
+
+
+def _crafted(**changes) -> bytes:
+    """A file whose header (or tensors) say what ``changes`` say, with valid checksums throughout."""
+    from quantization.format import serialize
+
+    net = quantize_network(_model([6, 5]), INFO, 3, EncoderOptions(compression="none", bias="float32"))
+    arch, volume, settings = net.arch, net.volume, net.settings
+    if "omega_0" in changes:
+        arch = replace(arch, omega_0=changes.pop("omega_0"))
+    if "passes" in changes:
+        settings = replace(settings, finetune_passes=changes.pop("passes"))
+    tensors = list(net.tensors)
+    if "centroid" in changes:
+        w, b = tensors[1]
+        assert w.kind == "codebook"
+        tensors[1] = (replace(w, values=np.concatenate([[changes.pop("centroid")], w.values[1:]]).astype(np.float32)), b)
+    if "bias" in changes:
+        w, b = tensors[0]
+        tensors[0] = (w, replace(b, values=np.concatenate([[changes.pop("bias")], b.values[1:]]).astype(np.float32)))
+    volume = replace(volume, **changes)
+    return serialize(replace(net, arch=arch, volume=volume, settings=settings, tensors=tensors))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(omega_0=0.0), "omega_0"), (dict(omega_0=-30.0), "omega_0"), (dict(omega_0=float("nan")), "omega_0"),
+    (dict(shape=(65535, 65535, 65535)), "more than this machine"),
+    (dict(vmin=float("nan")), "value range"), (dict(vmax=float("inf")), "value range"),
+    (dict(vmin=7.5), "value range"), (dict(spacing=(0.0, 1.0, 1.0)), "spacing"),
+    (dict(spacing=(1.0, float("nan"), 1.0)), "spacing"), (dict(origin=(float("inf"), 0.0, 0.0)), "origin"),
+    (dict(centroid=float("nan")), "NaN or infinite"), (dict(bias=float("inf")), "NaN or infinite"),
+    (dict(passes=float("inf")), "fine-tuning passes"), (dict(passes=float("nan")), "fine-tuning passes"),
+    (dict(passes=-1.0), "fine-tuning passes"),
+])
+def test_crafted_headers_are_refused_in_one_line(tmp_path, capsys, changes, message):
+    from NeurcompDequantization import main as dequantize
+    from config.cli import run_cli
+
+    path = tmp_path / "crafted.ncq"
+    path.write_bytes(_crafted(**changes))
+    with pytest.raises(InputError, match=message):
+        parse(path.read_bytes(), "crafted.ncq")
+    out = tmp_path / "out.vti"
+    code = run_cli(dequantize, ["--compressed_file", str(path), "--decompressed_file", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.strip().count("\n") == 0
+    assert "crafted.ncq" in err and message in err and not out.exists()
+
+
+def _with_payload(data: bytes, stored: bytes, raw_size: int) -> bytes:
+    """``data`` with its payload replaced (sizes and both checksums updated)."""
+    from quantization.format import _PAYLOAD
+
+    header_size = struct.unpack_from("<I", data, 12)[0]
+    at = header_size - 4 - _PAYLOAD.size
+    n_tensors = struct.unpack_from("<I", data, at)[0]
+    head = bytearray(data[:header_size - 4])
+    head[at:at + _PAYLOAD.size] = _PAYLOAD.pack(n_tensors, len(stored), raw_size, zlib.crc32(stored))
+    return bytes(head) + struct.pack("<I", zlib.crc32(bytes(head))) + stored
+
+
+@pytest.mark.parametrize("method", ["lzma", "zstd"])
+def test_decompression_bombs_are_cut_at_the_announced_size(method):
+    from quantization.format import compress, decompress
+
+    data = _small_file(method)
+    net = parse(data, "mem")
+    header_size = struct.unpack_from("<I", data, 12)[0]
+    raw_size = struct.unpack_from("<Q", data, header_size - 4 - 12)[0]
+    raw = decompress(data[header_size:], method, raw_size)
+    assert len(raw) == raw_size and net.settings.compression == method
+    bomb = compress(raw + bytes(4 << 20), method, level=1 if method == "zstd" else None)  # 4 MiB of zeros more
+    assert len(decompress(bomb, method, raw_size)) == raw_size + 1  # cut, never held in full
+    with pytest.raises(InputError, match="mismatch"):
+        parse(_with_payload(data, bomb, raw_size), "bomb.ncq")
+    # a header announcing more than the architecture could ever hold is refused before decoding
+    with pytest.raises(InputError, match="impossible for"):
+        parse(_with_payload(data, bomb, raw_size + (4 << 20)), "bomb.ncq")
+
+
+def test_nan_weights_at_encode_time_are_an_input_error():
+    model = _model([6, 5])
+    with torch.no_grad():
+        model.linears()[1].weight[0, 0] = float("nan")
+    with pytest.raises(InputError, match="ckpt.pt: cannot quantize: linear layer 1 holds NaN"):
+        quantize_network(model, INFO, 3, source="ckpt.pt")
+    with pytest.raises(InputError, match="value range"):
+        quantize_network(_model([6, 5]), replace(INFO, vmin=float("nan")), 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--finetune_passes", "inf"], "finetune_passes = inf is invalid"),
+    (["--finetune_passes", "nan"], "finetune_passes = nan is invalid"),
+    (["--finetune_lr", "inf"], "finetune_lr = inf is invalid"),
+    (["--output", "{tmp}"], "is a folder"),
+    (["--output", "{tmp}/vol.npy/q.ncq"], "is a file, not a folder"),
+])
+def test_quantization_options_fail_in_one_line(experiment, capsys, args, message):
+    from NeurcompQuantization import main as quantize
+    from config.cli import run_cli
+
+    tmp, exp_dir, _, _ = experiment
+    before = sorted(p.name for p in exp_dir.iterdir())
+    code = run_cli(quantize, ["--config", str(exp_dir / "config.txt"), *(a.format(tmp=tmp) for a in args)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.strip().count("\n") == 0 and message in err
+    assert sorted(p.name for p in exp_dir.iterdir()) == before  # nothing written
+
+
+def test_quantization_refuses_a_checkpoint_with_nan_weights(experiment, tmp_path, capsys):
+    from NeurcompQuantization import main as quantize
+    from config.cli import run_cli
+
+    _, exp_dir, model, volume = experiment
+    broken = Neurcomp(model.arch)
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.linears()[2].bias[0] = float("nan")
+    folder = tmp_path / "experiments" / "nan"
+    folder.mkdir(parents=True)
+    save_checkpoint(folder / "checkpoint.pt", broken, VolumeInfo.from_volume(volume))
+    code = run_cli(quantize, ["--config", str(exp_dir / "config.txt"), "--basedir", str(tmp_path / "experiments"),
+                              "--expname", "nan"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.strip().count("\n") == 0
+    assert "checkpoint.pt: cannot quantize: linear layer 2 holds NaN" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("option, target, message", [
+    ("--decompressed_file", "{tmp}", "is a folder"),
+    ("--decompressed_file", "{tmp}/vol.npy/out.vti", "is a file, not a folder"),
+    ("--metrics_json", "{tmp}", "is a folder"),
+    ("--metrics_json", "{tmp}/vol.npy/m.json", "is a file, not a folder"),
+])
+def test_dequantization_outputs_that_cannot_be_files_fail_in_one_line(experiment, tmp_path, capsys, option, target,
+                                                                      message):
+    from NeurcompDequantization import main as dequantize
+    from config.cli import run_cli
+
+    tmp, _, model, volume = experiment
+    compressed = tmp_path / "q.ncq"
+    compressed.write_bytes(encode_model(model, VolumeInfo.from_volume(volume), 6))
+    args = ["--compressed_file", str(compressed), "--volume", str(tmp / "vol.npy"), option, target.format(tmp=tmp)]
+    if option == "--metrics_json":
+        args += ["--decompressed_file", str(tmp_path / "out.vti")]
+    code = run_cli(dequantize, args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.strip().count("\n") == 0
+    assert option in err and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.ncq"]
+
+
+def test_quantization_and_decoding_do_not_import_training():
+    """Dependencies run one way: entry scripts -> training -> quantization -> model, data -> config."""
+    code = ("import sys, quantization.cli, quantization.decode, quantization.encode, quantization.rate_control, "
+            "model.inference, model.device, NeurcompDequantization; "
+            "print(sorted(m for m in sys.modules if m == 'training' or m.startswith('training.')))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

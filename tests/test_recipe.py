@@ -13,7 +13,7 @@ from model.architecture import Architecture
 from model.neurcomp import Neurcomp
 from training import run as run_module
 from training.checkpoint import VolumeInfo, read_checkpoint
-from training.inference import predict_volume
+from model.inference import predict_volume
 from training.recipe import auto_learning_rate, learning_rate, schedule_steps
 from training.run import train
 from training.trainer import Trainer
@@ -87,7 +87,7 @@ def test_validation_sample_is_fixed_and_matches_the_grid(tiny_volume):
     b = ValidationSet(volume.values, volume.vmin, volume.vmax, "cpu", seed=3, num_points=500)
     assert torch.equal(a.coords, b.coords) and len(a) == 500
     # exactly the coordinates full-volume inference gives the same voxels
-    from training.inference import grid_coordinates
+    from model.inference import grid_coordinates
     full = ValidationSet(volume.values, volume.vmin, volume.vmax, "cpu", num_points=10 ** 6)  # every voxel
     assert torch.equal(full.coords, grid_coordinates(volume.shape, slice(None), "cpu"))
     # a voxel's coordinate maps back to the value stored there

@@ -6,7 +6,7 @@ import torch
 
 from data.volume import Volume, denormalize, normalize
 from training.checkpoint import VolumeInfo
-from training.inference import grid_coordinates, predict_volume
+from model.inference import grid_coordinates, predict_volume
 from training.sampler import VolumeSampler
 
 

@@ -11,7 +11,7 @@ from config.options import parse_config
 from quantization.decode import decode_file
 from quantization.rate_control import architecture_for_file_bytes, predict_file_bytes
 from tests.conftest import shared_volume
-from training.inference import predict_volume
+from model.inference import predict_volume
 from training.run import train
 
 
@@ -64,8 +64,7 @@ def test_unreachable_ratio_is_a_clear_error(tmp_path, tiny_volume):
 
 
 def test_neurcomp_codec_interface(tmp_path):
-    import benchmarks.neurcomp_codec  # noqa: F401  (registers "neurcomp")
-    from benchmarks.codecs import get_codec
+    from compressors import get_codec
 
     values = np.load(shared_volume("viscous_fingers_run01_t050_64x64x64_float32.npy"))
     codec = get_codec("neurcomp", steps=40, batch_size=256)

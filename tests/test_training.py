@@ -10,7 +10,7 @@ from config.options import parse_config
 from tests.conftest import run_script
 from training import run as run_module
 from training.checkpoint import load_model, read_checkpoint
-from training.inference import predict_volume
+from model.inference import predict_volume
 from training.run import train
 from training.trainer import TrainingDiverged
 

@@ -16,7 +16,7 @@ Semantics (see ``training.trainer.Trainer``):
 * only the main process (rank 0) writes checkpoints, volumes, info, MLflow and TensorBoard and
   shows the progress bar (``is_main_process``);
 * full-volume inference splits the grid across ranks and gathers on rank 0
-  (``training.inference.predict_volume``);
+  (``model.inference.predict_volume``);
 * decisions that must agree across ranks (pruning) are made on rank 0 and broadcast
   (``broadcast_object``, ``sync_module_state``, ``prune_once``).
 

@@ -45,7 +45,7 @@ def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
     """Encode the trained network to the target size, write it, and measure the decoded volume."""
     from quantization.decode import decode_bytes
     from quantization.rate_control import encode_to_size
-    from training.inference import predict_volume
+    from model.inference import predict_volume
 
     target = file_target_bytes(cfg, volume.num_voxels)
     data, report = encode_to_size(model, info, cfg.quant_bits, target,

@@ -15,7 +15,7 @@ from data.volume import mean_value, normalize
 from model.architecture import Architecture, count_parameters
 from model.neurcomp import Neurcomp
 from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
-from training.inference import predict_volume
+from model.inference import predict_volume
 from training import distributed
 from training.file_target import initial_architecture, write_compressed_file
 from training.recipe import learning_rate, schedule_steps

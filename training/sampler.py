@@ -1,7 +1,7 @@
 """Random training samples drawn on the device, targets by trilinear interpolation.
 
 Each step draws uniform positions in [-1, 1]^3 with a device-side generator and interpolates the
-volume there (voxel i of n sits at -1 + 2 i / (n - 1), as in ``training.inference``). No DataLoader
+volume there (voxel i of n sits at -1 + 2 i / (n - 1), as in ``model.inference``). No DataLoader
 workers, no per-sample Python. Three ways to hold the volume (``make_sampler`` picks one from the
 ``scaling`` options):
 

@@ -8,7 +8,7 @@ from config.errors import ConfigError
 from config.options import build_parser, config_from_namespace, parse_namespace
 from data.metrics import volume_metrics
 from training.checkpoint import load_model
-from training.inference import predict_volume
+from model.inference import predict_volume
 from training.run import CHECKPOINT_NAME, load_training_volume, resolve_device
 
 

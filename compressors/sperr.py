@@ -1,4 +1,4 @@
-"""SPERR behind the benchmark's `Codec` interface, through hdf5plugin's HDF5 filter.
+"""SPERR behind the `Codec` interface, through hdf5plugin's HDF5 filter.
 
 SPERR (Li, Lindstrom and Clyne, "Lossy Scientific Data Compression With SPERR", IEEE IPDPS 2023)
 transforms the volume with a CDF 9/7 wavelet, codes the coefficients bit plane by bit plane with
@@ -45,8 +45,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from benchmarks.codecs import (Codec, CodecResult, _library, _select_trial, _timed, _Trial, compression_ratio,
-                               register_codec)
+from compressors.base import Codec, CodecResult, compression_ratio, register_codec
+from compressors.search import Trial, library_version, select_trial, timed
 
 FLOAT32_BITS = 32
 # hdf5plugin packs the rate as round(rate * 2**16) (16 fractional bits) and accepts 0 < rate < 64.
@@ -83,29 +83,29 @@ def _check_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return shape
 
 
-def _search_rate(size_of, num_voxels: int, target: float, *, stop_tol: float, max_evals: int) -> list[_Trial]:
+def _search_rate(size_of, num_voxels: int, target: float, *, stop_tol: float, max_evals: int) -> list[Trial]:
     """Bisect the bit rate (on a log scale) until the ratio is within ``stop_tol`` of ``target``.
 
     The ratio falls as the rate grows. The search starts at ``32 / target`` (the ratio if the
     header cost nothing), brackets the target by factors of 2, [low rate: ratio >= target,
     high rate: ratio < target], and halves the bracket in log(rate) until a trial is close enough,
     the bracket is one rate quantum wide, or ``max_evals`` runs are spent. Every trial is returned
-    so the caller selects among all of them (`benchmarks.codecs._select_trial`).
+    so the caller selects among all of them (`compressors.search.select_trial`).
     """
-    trials: dict[float, _Trial] = {}
+    trials: dict[float, Trial] = {}
 
-    def run(rate: float) -> _Trial:
+    def run(rate: float) -> Trial:
         rate = _quantize_rate(rate)
         if rate not in trials:
             nbytes = int(size_of(rate))
-            trials[rate] = _Trial(rate, nbytes, compression_ratio(num_voxels, nbytes))
+            trials[rate] = Trial(rate, nbytes, compression_ratio(num_voxels, nbytes))
         return trials[rate]
 
     def close_enough() -> bool:
         return min(abs(math.log(t.ratio / target)) for t in trials.values()) <= math.log1p(stop_tol)
 
-    reaching: _Trial | None = None  # lowest-quality side: ratio >= target
-    missing: _Trial | None = None   # highest-quality side: ratio < target
+    reaching: Trial | None = None  # lowest-quality side: ratio >= target
+    missing: Trial | None = None   # highest-quality side: ratio < target
     trial = run(FLOAT32_BITS / target)
     while len(trials) < max_evals and not close_enough():
         if trial.ratio >= target:
@@ -209,18 +209,18 @@ class SPERRCodec(Codec):
         search_start = time.perf_counter()
         trials = _search_rate(lambda rate: len(self.compress(values, rate)), values.size, target_ratio,
                               stop_tol=self.stop_tol, max_evals=self.max_evals)
-        trial, match = _select_trial(trials, target_ratio, self.rel_tol)
+        trial, match = select_trial(trials, target_ratio, self.rel_tol)
         search_s = time.perf_counter() - search_start
 
-        payload, enc_s = _timed(self.compress, values, trial.param)
+        payload, enc_s = timed(self.compress, values, trial.param)
         if len(payload) != trial.num_bytes:
             raise RuntimeError(f"SPERR is not deterministic: {len(payload)} != {trial.num_bytes} bytes")
-        decoded, dec_s = _timed(self.decompress, payload, values.shape)
+        decoded, dec_s = timed(self.decompress, payload, values.shape)
         params = {
             "mode": self.MODE,
             "rate": trial.param,
-            "library": _library("hdf5plugin"),
-            "h5py": _library("h5py"),
+            "library": library_version("hdf5plugin"),
+            "h5py": library_version("h5py"),
             "swap": True,
             "match": match,
             "rel_tol": self.rel_tol,

@@ -1,7 +1,7 @@
 """Full-volume inference in chunks, so memory stays bounded for large grids.
 
-With ``split=True`` under torch.distributed (``training.distributed``; ``training.run.evaluate``
-does this) the chunks are dealt out to the ranks round-robin and gathered on rank 0 round by round:
+With ``split=True`` under torch.distributed (``training.run.evaluate`` does this) the chunks are
+dealt out to the ranks round-robin and gathered on rank 0 round by round:
 rank 0 returns the whole volume, the others None, and every rank must make the call (with the same
 network). Without it the calling process evaluates the whole grid alone (rank-0-only work).
 """
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.checkpoint import VolumeInfo
+from data.volume import VolumeInfo
 
 CHUNK_POINTS = 1 << 18  # 262k points: one activation of a width-512 network is 512 MB
 
@@ -38,6 +38,19 @@ def flat_coordinates(axes_xyz, start: int, stop: int) -> torch.Tensor:
     return torch.stack([ax[index % nx], ay[(index // nx) % ny], az[index // (nx * ny)]], dim=1)
 
 
+def use_full_float32() -> None:
+    """No TF32 in float32 matrix products: a SIREN scales every pre-activation by omega_0 = 30, so
+    TF32's 10 mantissa bits cap the PSNR near 76 dB (training.precision also warns about overrides)."""
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None = None,
                    device=None, chunk_points: int = CHUNK_POINTS, progress: bool = False,
@@ -49,17 +62,15 @@ def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None 
     at width 512 would need 34 GB per activation. ``split`` shares the chunks among the ranks of a
     distributed run (a collective: every rank calls); rank 0 then returns the volume, the others None.
     """
-    from training import distributed, precision
-
-    precision.use_full_float32()  # no TF32 (training.precision)
+    use_full_float32()
     device = device or next(model.parameters()).device
     nz, ny, nx = (int(s) for s in shape_zyx)
     total = nz * ny * nx
     chunk_points = max(1, min(int(chunk_points), total))
     starts = list(range(0, total, chunk_points))
-    split = split and distributed.is_enabled()
-    world_size = distributed.get_world_size() if split else 1
-    rank = distributed.get_rank() if split else 0
+    split = split and _world_size() > 1
+    world_size = _world_size() if split else 1
+    rank = torch.distributed.get_rank() if split else 0
     out = np.empty(total, dtype=np.float32) if rank == 0 else None
     axes = (axis(nx, device), axis(ny, device), axis(nz, device))
     was_training = model.training
@@ -71,7 +82,7 @@ def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None 
         return volume.denormalize(pred) if volume is not None else pred
 
     # gloo gathers CPU tensors only (dist_backend = gloo with CUDA training)
-    gather_device = distributed.collective_device(device) if world_size > 1 else device
+    gather_device = torch.device("cpu") if world_size > 1 and torch.distributed.get_backend() == "gloo" else device
     rounds = range(0, len(starts), world_size)
     for first in tqdm(rounds, desc="inference", unit="chunk", disable=not progress or rank != 0, leave=False):
         if world_size == 1:

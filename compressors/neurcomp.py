@@ -1,4 +1,4 @@
-"""This toolkit behind the benchmark's ``Codec`` interface: train + quantize to a target file ratio.
+"""This toolkit behind the ``Codec`` interface: train + quantize to a target file ratio.
 
 Encoding = training a network sized by ``target_file_ratio`` (``training.file_target``) and writing
 the compressed file; the payload is that file's bytes. By default the run uses the toolkit's
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.codecs import Codec, CodecResult, register_codec
+from compressors.base import Codec, CodecResult, register_codec
 from config.options import parse_lr
+from model.device import resolve_device
 
 
 @register_codec("neurcomp")
@@ -79,13 +80,11 @@ class NeurcompCodec(Codec):
 
     def torch_device(self) -> torch.device:
         """The device training and decoding run on (auto: CUDA when available)."""
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def decompress(self, payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
         from quantization.decode import decode_bytes
-        from training.inference import predict_volume
+        from model.inference import predict_volume
 
         device = self.torch_device()
         model, info, _ = decode_bytes(payload, "<neurcomp payload>")
