@@ -7,6 +7,7 @@ and ``setup_neurcomp``): the width is the largest whose residual network stays u
 the residual one has linear maps, and the same parameter count.
 """
 
+import sys
 from dataclasses import asdict, dataclass
 
 from config.errors import ConfigError
@@ -121,4 +122,9 @@ def build_architecture(net, num_voxels: int, source: str = "config") -> Architec
     if net.features_per_layer:
         return Architecture.uniform(net.features_per_layer, net.n_layers, **common)
     width = width_for_ratio(num_voxels, net.compression_ratio, net.n_layers, net.d_in, net.d_out, source)
-    return Architecture.uniform(width, hidden_layers(net.n_layers, net.residual), **common)
+    arch = Architecture.uniform(width, hidden_layers(net.n_layers, net.residual), **common)
+    if count_parameters(arch) > num_voxels / net.compression_ratio:  # the original's width floor
+        print(f"warning: {source}: compression_ratio {net.compression_ratio:g} asks for fewer parameters than "
+              f"the narrowest network the original builds (width {ORIGINAL_MIN_WIDTH}); training "
+              f"{count_parameters(arch)} parameters, ratio {num_voxels / count_parameters(arch):.1f}", file=sys.stderr)
+    return arch

@@ -148,3 +148,16 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             resolve_device("cuda:1")
+
+
+def test_width_floor_past_the_budget_warns(capsys):
+    """The original's floor of 15 may exceed the requested ratio: say so, with the ratio trained."""
+    from config.options import NetworkConfig
+    from model.architecture import build_architecture
+
+    arch = build_architecture(NetworkConfig(n_layers=4, compression_ratio=100), 41 ** 3, "c.txt")
+    assert arch.widths == [15] * 4
+    err = capsys.readouterr().err
+    assert "warning: c.txt: compression_ratio 100" in err and "ratio 45.5" in err
+    build_architecture(NetworkConfig(n_layers=4, compression_ratio=50), 66 ** 3, "c.txt")
+    assert capsys.readouterr().err == ""
