@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 
 from config.errors import ConfigError, InputError
 from config.options import build_parser, config_from_namespace, parse_bool, parse_namespace
+from data.atomic import atomic_write_bytes, atomic_write_text
 
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_SUFFIX = ".ncq"
@@ -72,17 +72,6 @@ def _read_volume(path, cfg):
     d = cfg.data
     return read_volume(path, data_key=d.data_key or None, raw_shape=d.raw_shape, raw_dtype=d.raw_dtype or None,
                        channel=d.channel)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _human(n: int) -> str:
@@ -140,7 +129,7 @@ def quantize_main(argv=None, parser=None) -> dict:
         out = Path(ns.output)
     else:
         out = cfg.experiment_dir / (ns.filename or f"{cfg.expname}_{bits}bit{DEFAULT_SUFFIX}")
-    _atomic_write_bytes(out, data)
+    atomic_write_bytes(out, data)
     num_voxels = info.num_voxels
     itemsize = _itemsize(info.source_dtype)
     summary = {"file": str(out), "file_bytes": len(data), "bits": bits,
@@ -217,7 +206,5 @@ def dequantize_main(argv=None, parser=None) -> dict:
     if ns.metrics_json:
         keys = ("psnr", "rmse", "mae", "max_abs_error", "compression_ratio", "file_bytes")
         payload = {k: (None if isinstance(result[k], float) and not math.isfinite(result[k]) else result[k]) for k in keys}
-        mpath = Path(ns.metrics_json)
-        mpath.parent.mkdir(parents=True, exist_ok=True)
-        mpath.write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(Path(ns.metrics_json), json.dumps(payload, indent=2) + "\n")
     return result

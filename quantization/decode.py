@@ -9,7 +9,7 @@ from config.errors import InputError
 from model.neurcomp import Neurcomp
 from quantization.encode import load_into
 from quantization.format import CompressedNetwork, parse
-from training.checkpoint import VolumeInfo
+from data.volume import VolumeInfo
 
 
 def build_model(net: CompressedNetwork) -> Neurcomp:

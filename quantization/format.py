@@ -17,7 +17,7 @@ import numpy as np
 from config.errors import InputError
 from model.architecture import Architecture
 from quantization.bitpack import pack_bits, packed_size, unpack_bits
-from training.checkpoint import VolumeInfo
+from data.volume import VolumeInfo
 
 MAGIC = b"\x89NCQ\r\n\x1a\n"
 FORMAT_VERSION = 1

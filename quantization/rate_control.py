@@ -104,7 +104,7 @@ def measured_architecture(target_bytes: float, n_layers: int, bits: int, residua
 
     from model.neurcomp import Neurcomp
     from quantization.encode import encode_model
-    from training.checkpoint import VolumeInfo
+    from data.volume import VolumeInfo
 
     dummy = VolumeInfo(shape=(2, 2, 2), spacing=(1.0, 1.0, 1.0), vmin=0.0, vmax=1.0)
     budget, best = target_bytes, None

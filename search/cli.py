@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from config.errors import ConfigError, NeurcompError
+from data.atomic import atomic_path, atomic_write_text
 from search.runner import TrialResult, TrialRunner, sharing_note, visible_gpus
 from search.space import SearchSpace, check_against_config, format_value, load_search_space, overrides
 
@@ -122,10 +123,7 @@ def _quiet_ax(verbose: bool) -> None:
         logging.getLogger("ax").setLevel(logging.WARNING)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_atomic_write = atomic_write_text
 
 
 def _sha256(path: str) -> str:
@@ -218,9 +216,8 @@ class SearchState:
 
 
 def _save_ax(client, out: Path) -> None:
-    tmp = out / (AX_STATE + ".tmp")
-    client.save_to_json_file(str(tmp))
-    os.replace(tmp, out / AX_STATE)
+    with atomic_path(out / AX_STATE) as tmp:
+        client.save_to_json_file(str(tmp))
 
 
 def _save(client, state: SearchState, out: Path) -> None:
@@ -320,8 +317,7 @@ def write_trials_csv(path: Path, records: dict[int, dict], space: SearchSpace, f
     names = [p.name for p in space.parameters]
     cols = ["trial", "status", "psnr", "compression_ratio", "num_parameters", "network_layer_sizes", "on_front",
             *names, "generation_node", "seconds", "device", "folder", "error"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for i in sorted(records):
@@ -331,7 +327,6 @@ def write_trials_csv(path: Path, records: dict[int, dict], space: SearchSpace, f
                         " ".join(map(str, sizes)) if sizes else "", i in front,
                         *[r["parameters"].get(n) for n in names], nodes.get(i, ""), r.get("seconds"),
                         r.get("device", ""), r.get("folder"), r.get("error", "")])
-    os.replace(tmp, path)
 
 
 def write_pareto_png(path: Path, records: dict[int, dict], front: list[int], thresholds: dict, title: str) -> None:
@@ -371,9 +366,8 @@ def write_pareto_png(path: Path, records: dict[int, dict], front: list[int], thr
     ax.grid(True, alpha=0.3)
     if completed:
         ax.legend(fontsize=8)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
 
 
 def best_config_text(base_config: str, fixed: dict, parameters: dict, expname: str, header: str) -> str:

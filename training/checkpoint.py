@@ -9,57 +9,23 @@ A checkpoint is a ``torch.save``d dict:
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from config.errors import InputError
+from data.atomic import atomic_path
+from data.volume import VolumeInfo
 from model.architecture import Architecture
 from model.neurcomp import Neurcomp
 
 FORMAT_VERSION = 1
 
 
-@dataclass
-class VolumeInfo:
-    """What the network needs to know about the volume it encodes, to output physical units."""
-
-    shape: tuple[int, int, int]  # (Z, Y, X)
-    spacing: tuple[float, float, float]  # (x, y, z)
-    vmin: float
-    vmax: float
-    source_dtype: str = "float32"
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    path: str = ""
-
-    @property
-    def num_voxels(self) -> int:
-        return int(self.shape[0]) * int(self.shape[1]) * int(self.shape[2])
-
-    def denormalize(self, normalized):
-        """Map network output in [-1, 1] back to physical values."""
-        return (normalized + 1.0) * 0.5 * (self.vmax - self.vmin) + self.vmin
-
-    @classmethod
-    def from_volume(cls, volume) -> "VolumeInfo":
-        return cls(shape=tuple(int(s) for s in volume.shape), spacing=tuple(float(s) for s in volume.spacing),
-                   vmin=float(volume.vmin), vmax=float(volume.vmax), source_dtype=str(volume.source_dtype),
-                   origin=tuple(float(o) for o in volume.origin), path=str(volume.path))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VolumeInfo":
-        return cls(shape=tuple(d["shape"]), spacing=tuple(d["spacing"]), vmin=float(d["vmin"]),
-                   vmax=float(d["vmax"]), source_dtype=d.get("source_dtype", "float32"),
-                   origin=tuple(d.get("origin", (0.0, 0.0, 0.0))), path=d.get("path", ""))
-
-
 def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(path: Path, model: Neurcomp, volume: VolumeInfo, **extra) -> None:

@@ -14,7 +14,8 @@ from data.metrics import volume_metrics
 from data.volume import mean_value, normalize
 from model.architecture import Architecture, count_parameters
 from model.neurcomp import Neurcomp
-from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
+from data.volume import VolumeInfo
+from training.checkpoint import read_checkpoint, save_checkpoint
 from training.inference import predict_volume
 from training import distributed
 from training.file_target import initial_architecture, write_compressed_file
