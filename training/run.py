@@ -44,7 +44,7 @@ def load_training_volume(cfg: NeurcompConfig):
 
     d = cfg.data
     if cfg.scaling.stream_bricks:  # memory-mapped: bricks are streamed to the device (training.sampler)
-        from data.lazy import open_volume_lazily
+        from data.readers import open_volume_lazily
 
         return open_volume_lazily(d.path, data_key=d.data_key or None, raw_shape=d.raw_shape,
                                   raw_dtype=d.raw_dtype or None, channel=d.channel)
