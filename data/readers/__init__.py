@@ -17,7 +17,6 @@ from config.errors import InputError
 from data.lazy import LazyVolume
 from data.readers import cvol, hdf5, npy, raw, vti
 from data.readers.base import Request, Source, check_geometry, check_grid, select_channel, value_range
-from data.readers.raw import raw_layout_from_name  # noqa: F401  (part of the public interface)
 from data.volume import Volume
 from datasets import ensure_default_volume
 

@@ -7,7 +7,6 @@ header cannot make the reader allocate terabytes or loop over a billion features
 
 from __future__ import annotations
 
-import math
 import struct
 from pathlib import Path
 
