@@ -89,7 +89,9 @@ def _list_datasets(path) -> dict:
     with _guard(path, "open"), h5py.File(path, "r") as file:
         def collect(name, obj):  # must return None, or h5py stops visiting
             if isinstance(obj, h5py.Dataset):
-                plain = not obj.compression and not obj.id.get_create_plist().get_nfilters()
+                plist = obj.id.get_create_plist()  # contiguous, unfiltered, in this file: stored as is
+                plain = (plist.get_layout() == h5py.h5d.CONTIGUOUS and not plist.get_nfilters()
+                         and not plist.get_external_count() and not obj.is_virtual)
                 found[name] = (tuple(obj.shape), obj.dtype, plain)
 
         file.visititems(collect)
@@ -109,7 +111,7 @@ def open_array(path, request: Request) -> Source:
             raise InputError(f"{path}: {len(candidates)} 3D datasets, cannot choose; pass data_key= one of: {listing}")
         key = candidates[0]
     shape, dtype, plain = datasets[key]
-    if plain:  # unfiltered data is stored as is: a header claiming more than the file holds is damage
+    if plain:  # a header claiming more than the file holds is damage
         need_bytes(path, f"dataset {key!r} {shape} {dtype}", math.prod(shape) * dtype.itemsize, file_size(path))
     array = H5Array(path, key)
     return Source(array, lazy=True, close=array.close)

@@ -17,12 +17,10 @@ def _header(path):
     try:
         with open(path, "rb") as file:
             version = np.lib.format.read_magic(file)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(file)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(file)
-            else:
-                shape, fortran, dtype = np.lib.format._read_array_header(file, version)
+            if version not in ((1, 0), (2, 0), (3, 0)):  # 3.0 = 2.0 with a UTF-8 header
+                raise ValueError(f"unknown .npy format version {version}")
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(file)
             offset = file.tell()
     # A cut or flipped header fails in numpy's parser with ValueError, tokenize.TokenError,
     # SyntaxError, UnicodeDecodeError or EOFError, depending on where it breaks.
