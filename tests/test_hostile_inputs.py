@@ -65,6 +65,7 @@ def make_valid(folder, kind: str):
         writer.SetDataModeToAppended()
         writer.SetEncodeAppendedData(False)
         writer.SetCompressorTypeToLZ4()
+        writer.SetHeaderTypeToUInt64()
         writer.SetBlockSize(512)
         assert writer.Write() == 1
         return folder / "k.vti", {}
@@ -142,7 +143,16 @@ def crafted(folder):
                     b'<ImageData WholeExtent="0 1 0 1 0 1" Origin="0 0 0" Spacing="1 1 1"><Piece Extent="0 1 0 1 0 1">'
                     b'<PointData><DataArray type="Float32" Name="v" format="binary"></DataArray></PointData>'
                     b'</Piece></ImageData></VTKFile>')
+    lz4_vti, _ = make_valid(folder, "vti_vtk")
+    lz4 = lz4_vti.read_bytes()
+    start = lz4.index(b"_", lz4.index(b"<AppendedData")) + 1
+    big = 2000 ** 3 * 4  # one block claimed to decode to 32 GB
+    huge_block = lz4[:start] + struct.pack("<3Q", 1, big, big) + lz4[start + 24:]
+    for tag in (b"WholeExtent=", b"Extent="):
+        huge_block = huge_block.replace(tag + f'"0 {SHAPE[2] - 1} 0 {SHAPE[1] - 1} 0 {SHAPE[0] - 1}"'.encode(),
+                                        tag + b'"0 1999 0 1999 0 1999"')
     cases = [
+        ("huge_lz4_block.vti", huge_block, "corrupt lz4 block"),
         ("cut_header.npy", npy_bytes[:header_end - 3], "not a readable .npy"),
         ("huge_shape.npy", huge_npy.getvalue() + v.tobytes(), "truncated"),
         ("huge_dims.cvol", huge_legacy, "truncated"),

@@ -47,7 +47,9 @@ def _decompress(path, method: str, block: bytes, size: int, pos: int) -> bytes:
     try:
         if method == "zlib":
             out = zlib.decompressobj().decompress(block, size)
-        elif method == "lz4":
+        elif method == "lz4":  # allocates `size` up front: bounded by LZ4's best ratio first
+            if size > 255 * len(block) + 16:
+                raise InputError(f"{path}: corrupt lz4 block at byte {pos}: {len(block)} bytes cannot hold {size}")
             out = lz4.block.decompress(block, uncompressed_size=size)
         else:
             out = lzma.LZMADecompressor().decompress(block, max_length=size)
