@@ -23,8 +23,8 @@ def psnr(mse: float, value_range: float) -> float:
 def volume_metrics(ground_truth: np.ndarray, reconstruction: np.ndarray) -> dict:
     """PSNR, MSE, RMSE, mean and max absolute error over the whole volume.
 
-    PSNR (`psnr`) uses the ground truth's max - min as the range. Accumulates in float64, chunk by chunk, so large volumes stay
-    exact without float64 copies of the whole volume.
+    PSNR (`psnr`) uses the ground truth's max - min as the range. Accumulates in float64, chunk
+    by chunk, so large volumes stay exact without float64 copies of the whole volume.
     """
     if ground_truth.shape != reconstruction.shape:
         raise ValueError(f"shape mismatch: {ground_truth.shape} vs {reconstruction.shape}")

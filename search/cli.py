@@ -123,9 +123,6 @@ def _quiet_ax(verbose: bool) -> None:
         logging.getLogger("ax").setLevel(logging.WARNING)
 
 
-_atomic_write = atomic_write_text
-
-
 def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -212,7 +209,7 @@ class SearchState:
         self.data.setdefault("trials", {})[str(result.index)] = result.to_dict()
 
     def save(self) -> None:
-        _atomic_write(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
 
 
 def _save_ax(client, out: Path) -> None:
@@ -400,7 +397,7 @@ def write_best_configs(folder: Path, records: dict[int, dict], buckets: list[flo
         header = (f"# best PSNR at compression ratio >= {tag} in this search: trial {best['index']}, "
                   f"PSNR {best['psnr']:.3f} dB, ratio {best['compression_ratio']:.2f}\n"
                   f"# settings: {json.dumps({**fixed, **best['parameters']})}\n")
-        _atomic_write(path, best_config_text(base_config, fixed, best["parameters"], f"best_ratio_{tag}", header))
+        atomic_write_text(path, best_config_text(base_config, fixed, best["parameters"], f"best_ratio_{tag}", header))
         written[tag] = {"trial": best["index"], "file": str(path.relative_to(folder.parent)),
                         "psnr": best["psnr"], "compression_ratio": best["compression_ratio"]}
     return written
@@ -439,7 +436,7 @@ def write_outputs(client, state: SearchState, space: SearchSpace, out: Path, arg
                    "parameters": records[i]["parameters"], "folder": records[i]["folder"]} for i in front],
         "best_configs": best,
     }
-    _atomic_write(out / "pareto.json", json.dumps(pareto, indent=2, default=str) + "\n")
+    atomic_write_text(out / "pareto.json", json.dumps(pareto, indent=2, default=str) + "\n")
     write_pareto_png(out / "pareto.png", records, front, thresholds,
                      f"{out.name}: {completed} trials, {len(front)} on the Pareto front"
                      + (f", {failed} failed" if failed else ""))

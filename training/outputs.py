@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import atomic_path, atomic_write_text  
+from data.atomic import atomic_path, atomic_write_text
 
 
 def versions() -> dict:

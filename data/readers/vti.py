@@ -153,8 +153,8 @@ def open_array(path, request: Request) -> Source:
     if len(pieces) != 1:
         raise InputError(f"{path}: {len(pieces)} pieces; only single-piece .vti files are supported")
     piece = pieces[0]
-    extent = _numbers(path, piece if piece.get("Extent") else image, "Extent" if piece.get("Extent") else "WholeExtent",
-                      6, int)
+    holder, key = (piece, "Extent") if piece.get("Extent") else (image, "WholeExtent")
+    extent = _numbers(path, holder, key, 6, int)
     nx, ny, nz = (extent[2 * i + 1] - extent[2 * i] + 1 for i in range(3))
     if min(nx, ny, nz) < 1:
         raise InputError(f"{path}: Extent {extent} is empty")
@@ -207,7 +207,8 @@ def open_array(path, request: Request) -> Source:
         elif fmt == "appended":
             offset = _numbers(path, element, "offset", 1, int, "0")[0]
             if not 0 <= offset < len(appended):
-                raise InputError(f"{path}: {label}: offset {offset} is outside the appended data ({len(appended)} bytes)")
+                raise InputError(f"{path}: {label}: offset {offset} is outside the appended data "
+                                 f"({len(appended)} bytes)")
             block = appended[offset:]
             if encoding == "base64":
                 block = _base64_block(block.decode("ascii", "replace"), header, method is not None)
@@ -217,6 +218,7 @@ def open_array(path, request: Request) -> Source:
     except ValueError as exc:
         raise InputError(f"{path}: cannot decode {label} ({exc})") from None
     if values.size != count:
-        raise InputError(f"{path}: {label} has {values.size} values, extent {nx}x{ny}x{nz}x{num_components} needs {count}")
+        raise InputError(f"{path}: {label} has {values.size} values, extent {nx}x{ny}x{nz}x{num_components} "
+                         f"needs {count}")
     shape = (nz, ny, nx, num_components) if num_components > 1 else (nz, ny, nx)
     return Source(values.reshape(shape), spacing=tuple(spacing), origin=tuple(origin))
