@@ -127,7 +127,7 @@ def worker_throughput(args) -> None:
 def worker_memory(args) -> None:
     """One mode: build the sampler, draw 20 batches, report its memory."""
     from config.options import ScalingConfig
-    from data.lazy import open_volume_lazily
+    from data.readers import open_volume_lazily
     from data.readers import read_volume
     from training.sampler import make_sampler
 
@@ -171,7 +171,7 @@ def worker_memory(args) -> None:
 def worker_largest(args) -> None:
     """CUDA: train with brick streaming on an N^3 memory-mapped volume; peak device memory."""
     from config.options import OptimConfig, ScalingConfig
-    from data.lazy import open_volume_lazily
+    from data.readers import open_volume_lazily
     from model.architecture import Architecture
     from model.neurcomp import Neurcomp
     from training.sampler import make_sampler

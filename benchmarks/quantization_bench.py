@@ -42,7 +42,7 @@ from quantization.decode import build_model, decode_bytes  # noqa: E402
 from quantization.encode import (EncoderOptions, encode_network, finetune_codebooks,  # noqa: E402
                                  normalized_psnr, quantize_network)
 from quantization.format import CompressedNetwork, TensorCode  # noqa: E402
-from training.checkpoint import VolumeInfo  # noqa: E402
+from data.volume import VolumeInfo  # noqa: E402
 from training.sampler import VolumeSampler  # noqa: E402
 
 DATASETS = Path("..") / "shared" / "datasets"  # relative to the repository root

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.metrics import volume_metrics
+from data.metrics import psnr, volume_metrics
 
 # The markdown table's columns: (header, record key, format).
 TABLE_COLUMNS = (
@@ -59,9 +59,7 @@ def mean_predictor_psnr(values) -> float:
         sq_sum += float(np.dot(dev, dev))
     variance = sq_sum / flat.size
     value_range = float(flat.max()) - float(flat.min())
-    if variance == 0.0 or value_range == 0.0:
-        return math.inf
-    return 20.0 * math.log10(value_range) - 10.0 * math.log10(variance)
+    return psnr(variance, value_range)  # a constant volume has variance 0: inf
 
 
 def evaluate(codec, values, target_ratio: float, *, volume_name: str = "", work_dir=None) -> dict:

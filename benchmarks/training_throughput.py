@@ -31,7 +31,7 @@ from config.options import OptimConfig
 from data.readers import read_volume
 from model.architecture import Architecture, width_for_ratio
 from model.neurcomp import Neurcomp
-from training.checkpoint import VolumeInfo
+from data.volume import VolumeInfo
 from training.recipe import steps_for
 from training.run import evaluate
 from training.sampler import VolumeSampler

@@ -7,12 +7,24 @@ import numpy as np
 CHUNK = 1 << 22  # voxels per float64 chunk: bounded memory for 512^3 and larger volumes
 
 
+def psnr(mse: float, value_range: float) -> float:
+    """PSNR = 20 log10(value range) - 10 log10(MSE) in dB, the convention of Lu et al. 2021 and of
+    SZ/ZFP comparisons (the range is that of the ground truth: 2 for values normalised to [-1, 1]).
+
+    inf for an exact reconstruction (MSE 0), -inf for an empty range with a non-zero error.
+    """
+    if not mse > 0:
+        return math.inf
+    if not value_range > 0:
+        return -math.inf
+    return 20.0 * math.log10(value_range) - 10.0 * math.log10(mse)
+
+
 def volume_metrics(ground_truth: np.ndarray, reconstruction: np.ndarray) -> dict:
     """PSNR, MSE, RMSE, mean and max absolute error over the whole volume.
 
-    PSNR = 20 log10(max - min of the ground truth) - 10 log10(MSE), the convention of Lu et al.
-    2021 and of SZ/ZFP comparisons. Accumulates in float64, chunk by chunk, so large volumes stay
-    exact without float64 copies of the whole volume.
+    PSNR (`psnr`) uses the ground truth's max - min as the range. Accumulates in float64, chunk
+    by chunk, so large volumes stay exact without float64 copies of the whole volume.
     """
     if ground_truth.shape != reconstruction.shape:
         raise ValueError(f"shape mismatch: {ground_truth.shape} vs {reconstruction.shape}")
@@ -30,12 +42,8 @@ def volume_metrics(ground_truth: np.ndarray, reconstruction: np.ndarray) -> dict
     value_range = float(ground_truth.max()) - float(ground_truth.min())
     mse = sq_sum / n
     mae = abs_sum / n
-    if mse == 0.0:
-        psnr = math.inf
-    else:
-        psnr = 20.0 * math.log10(value_range) - 10.0 * math.log10(mse) if value_range > 0 else -math.inf
     return {
-        "psnr": psnr,
+        "psnr": psnr(mse, value_range),
         "mse": mse,
         "rmse": math.sqrt(mse),
         "mae": mae,

@@ -36,12 +36,18 @@ def mean_value(values_zyx) -> float:
     return total / int(np.prod(values_zyx.shape))
 
 
-def denormalize(values_in_minus1_1, vmin: float, vmax: float) -> np.ndarray:
-    """Inverse of `normalize`: map [-1, 1] back to [vmin, vmax] physical units, as float32."""
-    half_range = np.float32((float(vmax) - float(vmin)) / 2.0)
-    out = (np.asarray(values_in_minus1_1, dtype=np.float32) + np.float32(1.0)) * half_range
-    out += np.float32(vmin)
-    return out
+def denormalize(values_in_minus1_1, vmin: float, vmax: float):
+    """Inverse of `normalize`: map [-1, 1] back to [vmin, vmax] physical units.
+
+    The arithmetic is float64 and the result float32: with a float32 scale, values near vmax of a
+    volume whose range is far from zero (e.g. 1000..1001) lose several bits. Accepts numpy arrays
+    and torch tensors (network output, on any device that has float64), returning the same kind.
+    """
+    half_range = (float(vmax) - float(vmin)) / 2.0
+    if type(values_in_minus1_1).__module__.startswith("torch"):
+        return ((values_in_minus1_1.double() + 1.0) * half_range + float(vmin)).float()
+    out = (np.asarray(values_in_minus1_1, dtype=np.float64) + 1.0) * half_range + float(vmin)
+    return out.astype(np.float32)
 
 
 @dataclass
@@ -84,7 +90,8 @@ class Volume:
 
 @dataclass
 class VolumeInfo:
-    """What the network needs to know about the volume it encodes, to output physical units."""
+    """What the network needs to know about the volume it encodes, to output physical units
+    (stored in checkpoints and compressed files)."""
 
     shape: tuple[int, int, int]  # (Z, Y, X)
     spacing: tuple[float, float, float]  # (x, y, z)
@@ -99,8 +106,8 @@ class VolumeInfo:
         return int(self.shape[0]) * int(self.shape[1]) * int(self.shape[2])
 
     def denormalize(self, normalized):
-        """Map network output in [-1, 1] back to physical values."""
-        return (normalized + 1.0) * 0.5 * (self.vmax - self.vmin) + self.vmin
+        """Map network output in [-1, 1] back to physical values (`denormalize`)."""
+        return denormalize(normalized, self.vmin, self.vmax)
 
     @classmethod
     def from_volume(cls, volume) -> "VolumeInfo":

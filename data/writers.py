@@ -1,10 +1,8 @@
-"""Write volumes atomically (temporary file in the same folder, then `os.replace`).
+"""Write volumes atomically (`data.atomic`: a temporary in the same folder, then `os.replace`).
 
 Arrays are C-order (Z, Y, X); spacing and origin are (x, y, z), as in `data.volume.Volume`.
 """
 
-import contextlib
-import os
 import struct
 from pathlib import Path
 
@@ -13,26 +11,10 @@ import numpy as np
 from pyevtk.hl import imageToVTK
 
 from config.errors import NeurcompError
+from data.atomic import atomic_path
 
 _CVOL_TYPES = {np.dtype("uint8"): 0, np.dtype("uint16"): 1, np.dtype("float32"): 2}
 _LZ4_CHUNK = 65536  # fV-SRN's MAX_CHUNK_SIZE; also LZ4's back-reference window
-
-
-@contextlib.contextmanager
-def _atomic(path, suffix=""):
-    """Yield a temporary path next to `path`; move it onto `path` only if the block succeeds.
-
-    `suffix` is what a library appends to the name it is given (pyevtk adds ".vti").
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(f"{tmp}{suffix}", path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(f"{tmp}{suffix}")
 
 
 def _as_dtype(path, values, dtype) -> np.ndarray:
@@ -51,7 +33,7 @@ def _as_dtype(path, values, dtype) -> np.ndarray:
 
 def write_npy(path, values) -> None:
     """NumPy .npy, C order (Z, Y, X)."""
-    with _atomic(path) as tmp, open(tmp, "wb") as file:  # a file object stops np.save adding ".npy"
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file object stops np.save adding ".npy"
         np.save(file, np.ascontiguousarray(values))
 
 
@@ -59,7 +41,7 @@ def write_raw(path, values, dtype=None) -> None:
     """Headerless little-endian voxels, X fastest, in `dtype` (default: the array's)."""
     data = _as_dtype(path, values, dtype)
     data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         data.tofile(tmp)
 
 
@@ -69,8 +51,8 @@ def write_vti(path, volume_values_zyx, spacing, origin=(0.0, 0.0, 0.0), name="va
     arrays = {name: volume_values_zyx, **(extra_arrays or {})}
     # pyevtk indexes arrays as (X, Y, Z) and writes them in Fortran order, i.e. X fastest.
     point_data = {key: np.asfortranarray(np.asarray(a).transpose(2, 1, 0)) for key, a in arrays.items()}
-    with _atomic(path, suffix=".vti") as tmp:
-        imageToVTK(str(tmp), origin=tuple(map(float, origin)), spacing=tuple(map(float, spacing)),
+    with atomic_path(path, suffix=".vti") as tmp:  # pyevtk appends ".vti" to the name it is given
+        imageToVTK(str(tmp)[:-len(".vti")], origin=tuple(map(float, origin)), spacing=tuple(map(float, spacing)),
                    pointData=point_data)
 
 
@@ -84,7 +66,7 @@ def write_cvol(path, values, spacing=(1.0, 1.0, 1.0), dtype=None) -> None:
     header = b"cvol" + struct.pack("<3Q3dIB", sx, sy, sz, *map(float, spacing), _CVOL_TYPES[data.dtype], 1)
     header += b"\0" * (64 - len(header))
     raw = data.tobytes()
-    with _atomic(path) as tmp, open(tmp, "wb") as file:
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
         file.write(header)
         for start in range(0, len(raw), _LZ4_CHUNK):
             # The previous chunk as dictionary = fV-SRN's streaming compressor (linked blocks).

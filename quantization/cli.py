@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from config.errors import ConfigError, InputError
 from config.options import build_parser, config_from_namespace, parse_bool, parse_namespace
+from data import atomic
 from model.device import resolve_device
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -82,18 +82,13 @@ def check_output_path(path: Path, option: str) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes, option: str = "output") -> None:
-    """Write ``path`` through a temporary file in the same folder: a failure leaves nothing behind."""
+    """Write ``path`` atomically (``data.atomic``); an unwritable path is one InputError naming the option."""
     path = check_output_path(path, option)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic.atomic_write_bytes(path, data)
     except OSError as exc:
         raise InputError(f"{option} {path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def human_bytes(n: int) -> str:

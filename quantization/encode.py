@@ -223,6 +223,7 @@ def normalized_psnr(model: nn.Module, reference) -> float:
     comes to the host and the error is summed there in float64, one slab at a time: no float64
     copy of the volume, and nothing but the network on the device.
     """
+    from data.metrics import psnr
     from data.volume import normalize, z_slabs
     from model.inference import predict_volume
 
@@ -239,7 +240,7 @@ def normalized_psnr(model: nn.Module, reference) -> float:
         sq_sum += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
         gt_min, gt_max = min(gt_min, float(gt.min())), max(gt_max, float(gt.max()))
     mse = sq_sum / pred.size
-    return math.inf if mse == 0 else 20 * math.log10(gt_max - gt_min) - 10 * math.log10(mse)
+    return psnr(mse, gt_max - gt_min)
 
 
 def finetune_codebooks(model: Neurcomp, assignments: CompressedNetwork, sampler, passes: float, *,

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from config.errors import ConfigError, NeurcompError
+from data.atomic import atomic_path, atomic_write_text
 from search.runner import TrialResult, TrialRunner, sharing_note, visible_gpus
 from search.space import SearchSpace, check_against_config, format_value, load_search_space, overrides
 
@@ -122,12 +123,6 @@ def _quiet_ax(verbose: bool) -> None:
         logging.getLogger("ax").setLevel(logging.WARNING)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -214,13 +209,12 @@ class SearchState:
         self.data.setdefault("trials", {})[str(result.index)] = result.to_dict()
 
     def save(self) -> None:
-        _atomic_write(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
 
 
 def _save_ax(client, out: Path) -> None:
-    tmp = out / (AX_STATE + ".tmp")
-    client.save_to_json_file(str(tmp))
-    os.replace(tmp, out / AX_STATE)
+    with atomic_path(out / AX_STATE) as tmp:
+        client.save_to_json_file(str(tmp))
 
 
 def _save(client, state: SearchState, out: Path) -> None:
@@ -320,8 +314,7 @@ def write_trials_csv(path: Path, records: dict[int, dict], space: SearchSpace, f
     names = [p.name for p in space.parameters]
     cols = ["trial", "status", "psnr", "compression_ratio", "num_parameters", "network_layer_sizes", "on_front",
             *names, "generation_node", "seconds", "device", "folder", "error"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for i in sorted(records):
@@ -331,7 +324,6 @@ def write_trials_csv(path: Path, records: dict[int, dict], space: SearchSpace, f
                         " ".join(map(str, sizes)) if sizes else "", i in front,
                         *[r["parameters"].get(n) for n in names], nodes.get(i, ""), r.get("seconds"),
                         r.get("device", ""), r.get("folder"), r.get("error", "")])
-    os.replace(tmp, path)
 
 
 def write_pareto_png(path: Path, records: dict[int, dict], front: list[int], thresholds: dict, title: str) -> None:
@@ -371,9 +363,8 @@ def write_pareto_png(path: Path, records: dict[int, dict], front: list[int], thr
     ax.grid(True, alpha=0.3)
     if completed:
         ax.legend(fontsize=8)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
 
 
 def best_config_text(base_config: str, fixed: dict, parameters: dict, expname: str, header: str) -> str:
@@ -406,7 +397,7 @@ def write_best_configs(folder: Path, records: dict[int, dict], buckets: list[flo
         header = (f"# best PSNR at compression ratio >= {tag} in this search: trial {best['index']}, "
                   f"PSNR {best['psnr']:.3f} dB, ratio {best['compression_ratio']:.2f}\n"
                   f"# settings: {json.dumps({**fixed, **best['parameters']})}\n")
-        _atomic_write(path, best_config_text(base_config, fixed, best["parameters"], f"best_ratio_{tag}", header))
+        atomic_write_text(path, best_config_text(base_config, fixed, best["parameters"], f"best_ratio_{tag}", header))
         written[tag] = {"trial": best["index"], "file": str(path.relative_to(folder.parent)),
                         "psnr": best["psnr"], "compression_ratio": best["compression_ratio"]}
     return written
@@ -445,7 +436,7 @@ def write_outputs(client, state: SearchState, space: SearchSpace, out: Path, arg
                    "parameters": records[i]["parameters"], "folder": records[i]["folder"]} for i in front],
         "best_configs": best,
     }
-    _atomic_write(out / "pareto.json", json.dumps(pareto, indent=2, default=str) + "\n")
+    atomic_write_text(out / "pareto.json", json.dumps(pareto, indent=2, default=str) + "\n")
     write_pareto_png(out / "pareto.png", records, front, thresholds,
                      f"{out.name}: {completed} trials, {len(front)} on the Pareto front"
                      + (f", {failed} failed" if failed else ""))

@@ -9,7 +9,8 @@ import lz4.block
 import numpy as np
 import pytest
 
-from data.readers import read_volume
+from config.errors import InputError
+from data.readers import open_volume_lazily, read_volume
 from data.volume import Volume, denormalize, normalize
 from data.writers import write_cvol, write_npy, write_raw, write_volume, write_vti
 
@@ -223,16 +224,17 @@ def test_our_vti_writer_round_trips_through_vtk(tmp_path):
 
 
 VTK_VARIANTS = [
-    (mode, compressed, header64, encoded)
+    (mode, compressor, header64, encoded)
     for mode in ("ascii", "binary", "appended")
-    for compressed in (False, True)
+    for compressor in ("None", "ZLib", "LZ4", "LZMA")  # the compressors of ParaView's save dialog
     for header64 in (False, True)
     for encoded in ((False, True) if mode == "appended" else (True,))
+    if mode != "ascii" or compressor in ("None", "ZLib")  # ascii is never compressed
 ]
 
 
-@pytest.mark.parametrize("mode, compressed, header64, encoded", VTK_VARIANTS)
-def test_vti_variants_written_by_vtk(tmp_path, mode, compressed, header64, encoded):
+@pytest.mark.parametrize("mode, compressor, header64, encoded", VTK_VARIANTS)
+def test_vti_variants_written_by_vtk(tmp_path, mode, compressor, header64, encoded):
     vtk = pytest.importorskip("vtk")
     from vtk.util.numpy_support import numpy_to_vtk
 
@@ -250,10 +252,13 @@ def test_vti_variants_written_by_vtk(tmp_path, mode, compressed, header64, encod
     writer.SetFileName(str(tmp_path / "v.vti"))
     writer.SetInputData(image)
     {"ascii": writer.SetDataModeToAscii, "binary": writer.SetDataModeToBinary, "appended": writer.SetDataModeToAppended}[mode]()
-    writer.SetCompressorTypeToZLib() if compressed else writer.SetCompressorTypeToNone()
+    getattr(writer, f"SetCompressorTypeTo{compressor}")()
+    writer.SetBlockSize(256)  # several compressed blocks, the last one short
     writer.SetHeaderTypeToUInt64() if header64 else writer.SetHeaderTypeToUInt32()
     writer.SetEncodeAppendedData(encoded)
     assert writer.Write() == 1
+    if mode != "ascii" and compressor != "None":
+        assert f"vtk{compressor}DataCompressor".lower() in (tmp_path / "v.vti").read_bytes()[:400].decode().lower()
 
     active = read_volume(tmp_path / "v.vti")
     assert active.source_dtype == "float64" and active.spacing == (0.5, 2.0, 3.0) and active.origin == (-1.0, 0.0, 1.0)
@@ -277,6 +282,75 @@ def test_vti_big_endian_multicomponent(tmp_path):
     writer.SetByteOrderToBigEndian()
     writer.Write()
     np.testing.assert_array_equal(read_volume(tmp_path / "be.vti", channel=1).values, values[..., 1])
+
+
+def write_vtk_image(path, values, extent=None, direction=None, spacing=(0.5, 2.0, 3.0), origin=(-1.0, 0.0, 1.0)):
+    vtk = pytest.importorskip("vtk")
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    image = vtk.vtkImageData()
+    nz, ny, nx = values.shape
+    if extent is None:
+        image.SetDimensions(nx, ny, nz)
+    else:
+        image.SetExtent(*extent)
+    image.SetSpacing(*spacing)
+    image.SetOrigin(*origin)
+    if direction is not None:
+        image.SetDirectionMatrix(*direction)
+    array = numpy_to_vtk(values.ravel(), deep=True)
+    array.SetName("v")
+    image.GetPointData().SetScalars(array)
+    writer = vtk.vtkXMLImageDataWriter()
+    writer.SetFileName(str(path))
+    writer.SetInputData(image)
+    assert writer.Write() == 1
+    return image
+
+
+def test_vti_extent_offset_moves_the_origin(tmp_path):
+    """A cropped ParaView export (Extent starting at 10) stays where it was in world space."""
+    values = np.random.default_rng(9).random((5, 4, 3), dtype=np.float32)
+    image = write_vtk_image(tmp_path / "crop.vti", values, extent=(10, 12, 0, 3, 20, 24))
+    volume = read_volume(tmp_path / "crop.vti")
+    assert volume.origin == pytest.approx(image.GetPoint(0)) == (-1.0 + 10 * 0.5, 0.0, 1.0 + 20 * 3.0)
+    np.testing.assert_array_equal(volume.values, values)
+    np.testing.assert_array_equal(vtk_read_point_array(tmp_path / "crop.vti"), values)
+
+
+def test_vti_rotated_direction_is_refused(tmp_path):
+    values = np.random.default_rng(10).random((5, 4, 3), dtype=np.float32)
+    write_vtk_image(tmp_path / "rot.vti", values, direction=(0, -1, 0, 1, 0, 0, 0, 0, 1))
+    assert b"Direction=" in (tmp_path / "rot.vti").read_bytes()
+    with pytest.raises(InputError, match="Direction .* rotates the grid"):
+        read_volume(tmp_path / "rot.vti")
+    write_vtk_image(tmp_path / "id.vti", values, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    np.testing.assert_array_equal(read_volume(tmp_path / "id.vti").values, values)
+
+
+@pytest.mark.parametrize("spacing", [(0.0, 1.0, 1.0), (1.0, -2.0, 1.0), (1.0, 1.0, float("nan"))])
+def test_bad_spacing_is_refused_at_read_time(tmp_path, spacing):
+    values = np.random.default_rng(11).random((3, 4, 5), dtype=np.float32)
+    write_vtk_image(tmp_path / "s.vti", values, spacing=spacing)
+    with pytest.raises(InputError, match=r"s\.vti: spacing .* finite values > 0"):
+        read_volume(tmp_path / "s.vti")
+    write_cvol(tmp_path / "s.cvol", values, spacing=spacing)
+    with pytest.raises(InputError, match=r"s\.cvol: spacing"):
+        read_volume(tmp_path / "s.cvol")
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_raw_endian(tmp_path, lazy):
+    values = np.random.default_rng(12).integers(0, 60000, (3, 4, 5)).astype(np.uint16)
+    values.astype(">u2").tofile(tmp_path / "be_5x4x3_uint16.raw")
+    read = open_volume_lazily if lazy else read_volume
+    big = read(tmp_path / "be_5x4x3_uint16.raw", raw_endian="big")
+    assert big.source_dtype == "uint16"
+    np.testing.assert_array_equal(np.asarray(big.values, dtype=np.float32), values)
+    little = read(tmp_path / "be_5x4x3_uint16.raw")  # the default: little-endian
+    assert not np.array_equal(np.asarray(little.values, dtype=np.float32), values)
+    with pytest.raises(InputError, match="raw_endian = 'middle'"):
+        read(tmp_path / "be_5x4x3_uint16.raw", raw_endian="middle")
 
 
 # --- writers and Volume ------------------------------------------------------------------------
@@ -311,3 +385,20 @@ def test_volume_normalisation():
     np.testing.assert_allclose(back, values, atol=1e-6)
     chi = np.array([44.67, 1.0353204e8], dtype=np.float32)  # six decades survive the round trip
     np.testing.assert_allclose(denormalize(normalize(chi, *chi), *chi), chi, rtol=1e-6)
+
+
+def test_denormalize_rounds_once_from_float64():
+    """One denormalize (data.volume) for arrays, tensors and VolumeInfo: float64 math, one rounding."""
+    import torch
+
+    from data.volume import VolumeInfo
+
+    x = np.random.default_rng(13).uniform(-1, 1, 10000).astype(np.float32)
+    lo, hi = 1000.1, 1003.7
+    exact = ((x.astype(np.float64) + 1.0) * ((hi - lo) / 2.0) + lo).astype(np.float32)
+    np.testing.assert_array_equal(denormalize(x, lo, hi), exact)
+    from_tensor = denormalize(torch.from_numpy(x), lo, hi)
+    assert from_tensor.dtype == torch.float32
+    np.testing.assert_array_equal(from_tensor.numpy(), exact)
+    info = VolumeInfo(shape=(2, 2, 2), spacing=(1.0, 1.0, 1.0), vmin=lo, vmax=hi)
+    np.testing.assert_array_equal(info.denormalize(torch.from_numpy(x)).numpy(), exact)

@@ -30,7 +30,8 @@ from model.architecture import Architecture
 from model.neurcomp import Neurcomp
 from tests.conftest import REPO
 from training import distributed, precision
-from training.checkpoint import VolumeInfo, read_checkpoint
+from data.volume import VolumeInfo
+from training.checkpoint import read_checkpoint
 from model.inference import predict_volume
 from training.run import evaluate, train
 from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler

@@ -17,7 +17,8 @@ from config.options import OptimConfig, PruningConfig, parse_config
 from model.architecture import Architecture
 from model.neurcomp import Neurcomp
 from training import distributed, precision, speed
-from training.checkpoint import VolumeInfo, atomic_torch_save, read_checkpoint
+from data.volume import VolumeInfo
+from training.checkpoint import atomic_torch_save, read_checkpoint
 from model.inference import grid_coordinates, predict_volume
 from training.portable_state import RESEED_STRIDE, load_optimizer_state
 from training.run import train

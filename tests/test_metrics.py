@@ -26,3 +26,15 @@ def test_metrics_match_direct_computation(monkeypatch):
 def test_identical_volumes_have_infinite_psnr():
     v = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
     assert volume_metrics(v, v.copy())["psnr"] == math.inf
+
+
+def test_psnr_is_the_one_formula():
+    """data.metrics.psnr is what volume_metrics, the trainer and the codebook fine-tuning report."""
+    from training.trainer import psnr_from_normalised_mse
+
+    assert metrics.psnr(0.01, 2.0) == pytest.approx(20 * math.log10(2.0) + 20.0)
+    assert metrics.psnr(0.0, 5.0) == math.inf and metrics.psnr(1.0, 0.0) == -math.inf
+    assert psnr_from_normalised_mse(0.01) == metrics.psnr(0.01, 2.0)
+    gt = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
+    rec = gt + 0.5
+    assert volume_metrics(gt, rec)["psnr"] == metrics.psnr(0.25, 26.0)

@@ -9,8 +9,10 @@ import torch
 
 from config.errors import InputError
 from config.options import parse_config
-from data.lazy import H5Array, LazyVolume, open_volume_lazily, value_range
-from data.readers import read_volume
+from data.lazy import LazyVolume
+from data.readers import open_volume_lazily, read_volume
+from data.readers.base import value_range
+from data.readers.hdf5 import H5Array
 from data.volume import Volume
 from model.inference import grid_coordinates
 from training.run import load_training_volume, train
@@ -162,7 +164,7 @@ def test_open_volume_lazily_npy_raw_hdf5(tmp_path):
         if name != "c.npy":
             np.testing.assert_allclose(lazy.normalized(), reference.normalized(), atol=1e-6)
     # the value range is found slab by slab
-    assert value_range("x", values, chunk_voxels=200) == (values.min(), values.max())
+    assert value_range("x", values, slab_voxels=200) == (values.min(), values.max())
     # an HDF5 dataset answers what the end-of-training metrics and writers ask
     h5 = open_volume_lazily(tmp_path / "v.h5", data_key="group/field").values
     assert (h5.min(), h5.max()) == (values.min(), values.max())
@@ -178,7 +180,7 @@ def test_open_volume_lazily_npy_raw_hdf5(tmp_path):
 
 @pytest.mark.parametrize("data, message", [
     (np.full((4, 4, 4), 3.0, np.float32), "constant volume"),
-    (np.where(np.arange(64).reshape(4, 4, 4) == 5, np.nan, 1.0).astype(np.float32), "NaN or Inf"),
+    (np.where(np.arange(64).reshape(4, 4, 4) == 5, np.nan, 1.0).astype(np.float32), "1 NaN and 0 Inf values of 64"),
     (np.zeros((4, 4), np.float32), "expected a 3D volume"),
 ])
 def test_open_volume_lazily_rejects_bad_volumes(tmp_path, data, message):

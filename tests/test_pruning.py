@@ -129,7 +129,7 @@ def test_folding_exact_with_random_gates(technique, residual, stream):
 def test_quantization_round_trip_of_a_pruned_network():
     encode = pytest.importorskip("quantization.encode")
     decode = pytest.importorskip("quantization.decode")
-    from training.checkpoint import VolumeInfo
+    from data.volume import VolumeInfo
 
     method = build_pruning("smallify", PruningConfig(technique="smallify"))
     gated = PrunableNeurcomp(Architecture([12, 10, 9, 8]), method)
@@ -348,7 +348,8 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_volume, mon
 
 
 def test_resume_rejects_a_checkpoint_without_pruning(tmp_path, tiny_volume):
-    from training.checkpoint import VolumeInfo, save_checkpoint
+    from data.volume import VolumeInfo
+    from training.checkpoint import save_checkpoint
     from training.run import train
 
     ckpt = tmp_path / "plain.pt"

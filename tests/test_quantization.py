@@ -26,7 +26,8 @@ from quantization.encode import (EncoderOptions, encode_model, encode_network, f
                                  quantize_network)
 from quantization.format import MAGIC, parse  # noqa: E402
 from quantization.kmeans import kmeans_1d  # noqa: E402
-from training.checkpoint import VolumeInfo, save_checkpoint  # noqa: E402
+from data.volume import VolumeInfo  # noqa: E402
+from training.checkpoint import save_checkpoint  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

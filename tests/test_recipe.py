@@ -12,7 +12,8 @@ from data.readers import read_volume
 from model.architecture import Architecture
 from model.neurcomp import Neurcomp
 from training import run as run_module
-from training.checkpoint import VolumeInfo, read_checkpoint
+from data.volume import VolumeInfo
+from training.checkpoint import read_checkpoint
 from model.inference import predict_volume
 from training.recipe import auto_learning_rate, learning_rate, schedule_steps
 from training.run import train

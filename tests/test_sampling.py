@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from data.volume import Volume, denormalize, normalize
-from training.checkpoint import VolumeInfo
+from data.volume import VolumeInfo
 from model.inference import grid_coordinates, predict_volume
 from training.sampler import VolumeSampler
 

@@ -9,14 +9,14 @@ A checkpoint is a ``torch.save``d dict:
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from config.errors import InputError
-from data.volume import VolumeInfo  # noqa: F401  (moved; importers still find it here)
+from data.atomic import atomic_path
+from data.volume import VolumeInfo
 from model.architecture import Architecture
 from model.neurcomp import Neurcomp
 
@@ -24,10 +24,8 @@ FORMAT_VERSION = 1
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(path: Path, model: Neurcomp, volume: VolumeInfo, **extra) -> None:

@@ -7,11 +7,11 @@ corrected layer by layer to land within 5 % of the requested ratio.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from config.errors import ConfigError
 from config.options import NeurcompConfig
+from data.atomic import atomic_write_bytes
 from data.metrics import volume_metrics
 from model.architecture import Architecture, build_architecture
 
@@ -51,9 +51,7 @@ def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
     data, report = encode_to_size(model, info, cfg.quant_bits, target,
                                   tolerance=TOLERANCE, seed=cfg.seed)
     path = compressed_file_path(cfg)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     decoded, decoded_info, _ = decode_bytes(data, str(path))
     device = next(model.parameters()).device
     prediction = predict_volume(decoded.to(device), decoded_info.shape, decoded_info)

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from pathlib import Path
 
 import numpy as np
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from data.atomic import atomic_path, atomic_write_text
 
 
 def versions() -> dict:
@@ -58,7 +52,6 @@ def save_slices_png(path: Path, ground_truth: np.ndarray, prediction: np.ndarray
                 fig.colorbar(im, ax=ax, shrink=0.8)
     if title:
         fig.suptitle(title)
-    tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)

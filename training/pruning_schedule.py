@@ -27,7 +27,8 @@ from model.architecture import Architecture, build_architecture, count_parameter
 from model.neurcomp import Neurcomp
 from model.pruning import PrunableNeurcomp, build_pruning
 from training import distributed
-from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
+from data.volume import VolumeInfo
+from training.checkpoint import read_checkpoint, save_checkpoint
 from training.outputs import atomic_write_text
 from training.recipe import learning_rate, schedule_steps
 from training.run import (CHECKPOINT_NAME, announce_recipe, evaluate, finish, load_training_volume, resolve_device, start_at_mean,

@@ -14,7 +14,8 @@ from data.metrics import volume_metrics
 from data.volume import mean_value, normalize
 from model.architecture import Architecture, count_parameters
 from model.neurcomp import Neurcomp
-from training.checkpoint import VolumeInfo, read_checkpoint, save_checkpoint
+from data.volume import VolumeInfo
+from training.checkpoint import read_checkpoint, save_checkpoint
 from model.inference import predict_volume
 from training import distributed
 from training.file_target import initial_architecture, write_compressed_file
@@ -43,7 +44,7 @@ def load_training_volume(cfg: NeurcompConfig):
 
     d = cfg.data
     if cfg.scaling.stream_bricks:  # memory-mapped: bricks are streamed to the device (training.sampler)
-        from data.lazy import open_volume_lazily
+        from data.readers import open_volume_lazily
 
         return open_volume_lazily(d.path, data_key=d.data_key or None, raw_shape=d.raw_shape,
                                   raw_dtype=d.raw_dtype or None, channel=d.channel)

@@ -245,7 +245,7 @@ class BrickSampler(_GatherSampler):
     """Streams random bricks of a (memory-mapped) volume to the device and samples within them.
 
     ``values``: a (Z, Y, X) array-like in the stored dtype that slices cheaply (``np.memmap``,
-    ``np.load(mmap_mode='r')``, ``data.lazy.H5Array``, or an in-memory array). The volume is cut
+    ``np.load(mmap_mode='r')``, ``data.readers.hdf5.H5Array``, or an in-memory array). The volume is cut
     into bricks of ``brick_size`` cells per axis (the last ones smaller); a brick on the device
     holds its cells' voxels plus one voxel more on each side (for the finite differences), i.e. up
     to (brick_size + 3)^3 voxels. When all bricks fit in ``bricks_resident`` they are loaded once.

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from config.errors import NeurcompError
 from config.options import OptimConfig
+from data.metrics import psnr
 from training import distributed
 from training.portable_state import load_optimizer_state
 from training.sampler import VolumeSampler
@@ -45,7 +46,6 @@ EVALS_PER_PHASE = 50  # validation evaluations per phase (~2 % of the run betwee
 DIVERGENCE_FACTOR = 4.0  # validation MSE this many times the best (6 dB worse) counts as a blow-up
 MAX_RECOVERIES = 8  # restores (each halving the lr) before giving up
 RECOVERY_LR_FACTOR = 0.5
-PSNR_NORMALISED_RANGE_DB = 20.0 * math.log10(2.0)  # values live in [-1, 1]: range 2
 
 
 class TrainingDiverged(NeurcompError):
@@ -61,7 +61,7 @@ class Regularizer(Protocol):
 
 
 def psnr_from_normalised_mse(mse: float) -> float:
-    return PSNR_NORMALISED_RANGE_DB - 10.0 * math.log10(mse) if mse > 0 else math.inf
+    return psnr(mse, 2.0)  # values live in [-1, 1]: range 2
 
 
 @dataclass

@@ -1,0 +1,103 @@
+"""The one way this project writes files: a unique temporary in the same folder, then `os.replace`.
+
+A reader never sees a half-written file and an interrupted write never destroys the previous one.
+Temporaries are named `.<name>.<pid>.<random>.tmp`, so concurrent writers do not collide and a
+process killed mid-write (kill -9) leaves a temporary that `remove_stale_temporaries` can recognise
+by its dead pid and delete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from pathlib import Path
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp(\.\w+)?$")
+
+
+def _temporary_name(path: Path, suffix: str = "") -> Path:
+    """`suffix` keeps an extension that a library insists on (matplotlib picks its format by it)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; some systems cannot open folders, which is then not fatal."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as file:
+        os.fsync(file.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = ""):
+    """Yield a temporary path next to `path` for a writer that needs a filename (torch.save, VTK,
+    matplotlib); on success it is fsynced and renamed onto `path`, on failure removed.
+
+    `suffix`: appended to the temporary name, for libraries that choose the format by extension
+    (e.g. ".png") or append one themselves (pyevtk adds ".vti": pass suffix=".vti" and give it the
+    path without it, i.e. `str(tmp)[:-4]`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path, suffix)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    _fsync_folder(path.parent)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` atomically (write, flush, fsync, rename, fsync the folder)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        file.write(data)
+        file.flush()
+
+
+def atomic_write_text(path, text: str, encoding: str = "utf-8") -> None:
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else
+    return True
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete the temporaries in `folder` that a dead process left (only names of our pattern whose
+    pid is not running); returns the removed paths. Safe to call while other writers are active."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
