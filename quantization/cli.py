@@ -116,7 +116,7 @@ def quantize_main(argv=None, parser=None) -> dict:
     finetune = None
     if ns.finetune_passes > 0:
         from training.run import load_training_volume
-        from training.sampler import make_sampler
+        from training.sampling import make_sampler
 
         # as training holds it: volume_storage and stream_bricks decide what goes on the device
         volume = load_training_volume(cfg)

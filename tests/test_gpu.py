@@ -33,7 +33,7 @@ from training import distributed, precision
 from training.checkpoint import VolumeInfo, read_checkpoint
 from training.inference import predict_volume
 from training.run import evaluate, train
-from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler
+from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler
 from training.trainer import Phase, Trainer
 
 DEVICE = torch.device(os.environ.get("NEURCOMP_GPU_CHECK_DEVICE", "cuda"))

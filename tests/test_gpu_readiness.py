@@ -21,7 +21,7 @@ from training.checkpoint import VolumeInfo, atomic_torch_save, read_checkpoint
 from training.inference import grid_coordinates, predict_volume
 from training.portable_state import RESEED_STRIDE, load_optimizer_state
 from training.run import train
-from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler
+from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler
 from training.trainer import Phase, Trainer
 from tests.conftest import run_two_gloo_ranks
 

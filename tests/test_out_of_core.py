@@ -14,7 +14,7 @@ from data.readers import read_volume
 from data.volume import Volume
 from training.inference import grid_coordinates
 from training.run import load_training_volume, train
-from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler, make_sampler, resolve_storage
+from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler, make_sampler, resolve_storage
 
 
 @pytest.fixture(autouse=True)

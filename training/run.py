@@ -21,7 +21,7 @@ from training.file_target import initial_architecture, write_compressed_file
 from training.recipe import learning_rate, schedule_steps
 from training.outputs import atomic_write_text, save_slices_png, versions, write_info
 from training import precision
-from training.sampler import VolumeSampler, make_sampler  # noqa: F401 (tests patch run.VolumeSampler)
+from training.sampling import VolumeSampler, make_sampler  # noqa: F401 (tests patch run.VolumeSampler)
 from training.tracking import Tracker, tracked
 from training.trainer import Phase, Trainer, TrainingDiverged
 from training.validation import ValidationSet
