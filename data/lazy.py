@@ -3,7 +3,7 @@
 ``open_volume_lazily`` memory-maps ``.npy`` (``np.load(mmap_mode='r')``) and ``.raw``
 (``np.memmap``) files and keeps HDF5 datasets open (h5py reads only the chunks a slice touches),
 so a volume larger than memory (host or device) can be trained by streaming bricks of it
-(``training.sampler.BrickSampler``). The value range is computed in slabs of ``CHUNK_VOXELS``
+(``training.sampling.BrickSampler``). The value range is computed in slabs of ``CHUNK_VOXELS``
 voxels, which also checks that every value is finite. Formats that cannot be read lazily (``.cvol``,
 ``.vti``: compressed or XML) are read whole by ``data.readers`` and wrapped, so every format works.
 

@@ -42,7 +42,7 @@ def load_training_volume(cfg: NeurcompConfig):
     from data.readers import read_volume
 
     d = cfg.data
-    if cfg.scaling.stream_bricks:  # memory-mapped: bricks are streamed to the device (training.sampler)
+    if cfg.scaling.stream_bricks:  # memory-mapped: bricks are streamed to the device (training.sampling)
         from data.lazy import open_volume_lazily
 
         return open_volume_lazily(d.path, data_key=d.data_key or None, raw_shape=d.raw_shape,
