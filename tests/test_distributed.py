@@ -182,6 +182,10 @@ def _worker(rank: int, store: str, results: str) -> None:
     out["pruned"] = [pruned.arch.layer_sizes(), distributed.state_hash(pruned)]
     with open(f"{results}.{rank}", "w") as f:
         json.dump(out, f)
+    # Leave together, as train() does: while a rank waits here (without the GIL) gloo's worker threads
+    # release the tensors of the last collectives; a rank that went straight into interpreter shutdown
+    # could have a worker thread still needing the GIL then, which aborts the process (SIGABRT).
+    dist.barrier()
     dist.destroy_process_group()
 
 
