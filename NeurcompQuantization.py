@@ -74,7 +74,7 @@ def _finetune(cfg, ns, model, net, info, finetune_codebooks) -> dict:
     """Quantization-aware fine-tuning on the volume, held as training holds it (volume_storage and
     stream_bricks decide what goes on the device)."""
     from training.run import load_training_volume
-    from training.sampler import make_sampler
+    from training.sampling import make_sampler
 
     volume = load_training_volume(cfg)
     if tuple(volume.shape) != tuple(info.shape):

@@ -82,7 +82,7 @@ def worker_throughput(args) -> None:
     from model.architecture import Architecture, width_for_ratio
     from model.neurcomp import Neurcomp
     from training import distributed
-    from training.sampler import make_sampler
+    from training.sampling import make_sampler
     from training.trainer import Phase, Trainer
 
     device = distributed.device_for_rank(torch.device(args.device))
@@ -129,7 +129,7 @@ def worker_memory(args) -> None:
     from config.options import ScalingConfig
     from data.readers import open_volume_lazily
     from data.readers import read_volume
-    from training.sampler import make_sampler
+    from training.sampling import make_sampler
 
     device = torch.device(args.device)
     stream = args.mode == "bricks"
@@ -174,7 +174,7 @@ def worker_largest(args) -> None:
     from data.readers import open_volume_lazily
     from model.architecture import Architecture
     from model.neurcomp import Neurcomp
-    from training.sampler import make_sampler
+    from training.sampling import make_sampler
     from training.trainer import Phase, Trainer
 
     device = torch.device(args.device)

@@ -43,7 +43,7 @@ from quantization.encode import (EncoderOptions, encode_network, finetune_codebo
                                  normalized_psnr, quantize_network)
 from quantization.format import CompressedNetwork, TensorCode  # noqa: E402
 from data.volume import VolumeInfo  # noqa: E402
-from training.sampler import VolumeSampler  # noqa: E402
+from training.sampling import VolumeSampler  # noqa: E402
 
 DATASETS = Path("..") / "shared" / "datasets"  # relative to the repository root
 VOLUMES = [  # file, width of the 4-layer residual network, training steps, points per step, bit widths

@@ -34,7 +34,7 @@ from model.neurcomp import Neurcomp
 from data.volume import VolumeInfo
 from training.recipe import steps_for
 from training.run import evaluate
-from training.sampler import VolumeSampler
+from training.sampling import VolumeSampler
 from training.trainer import Phase, Trainer
 
 DATA = Path("..") / "shared" / "datasets"

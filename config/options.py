@@ -213,7 +213,7 @@ class PruningConfig:
 @dataclass
 class ScalingConfig:
     """Speed, device memory and multi-process options (training.speed, training.distributed,
-    training.sampler)."""
+    training.sampling)."""
 
     compile: str = "auto"  # auto | on | off
     micro_batch: int = 0  # 0: auto

@@ -3,7 +3,7 @@
 ``values`` is a read-only array-like in the stored dtype (a memory-mapped ``.npy``/``.raw``, an
 HDF5 dataset read chunk by chunk, or an in-memory array for formats that must be read whole), so a
 volume larger than memory (host or device) can be trained by streaming bricks of it
-(``training.sampler.BrickSampler``). It has the attributes of ``data.volume.Volume`` that training
+(``training.sampling.BrickSampler``). It has the attributes of ``data.volume.Volume`` that training
 uses (shape, num_voxels, vmin, vmax, spacing, origin, source_dtype, path, ``normalized()``).
 """
 

@@ -254,7 +254,7 @@ def finetune_codebooks(model: Neurcomp, assignments: CompressedNetwork, sampler,
     ``passes`` passes (one pass = as many samples as voxels). Afterwards the values are rounded
     back to their stored dtypes and written into ``assignments`` (in place) and ``model``.
 
-    ``sampler`` is any of ``training.sampler``'s (float32, native or bricks). With ``evaluate`` the
+    ``sampler`` is any of ``training.sampling``'s (float32, native or bricks). With ``evaluate`` the
     PSNR over the whole grid is measured before and after, against ``reference`` (the volume, or
     its normalised values; default: a float32 sampler's resident grid), on the host
     (``normalized_psnr``); with ``keep_best`` the fine-tuned values are kept only if they improve

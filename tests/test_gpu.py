@@ -34,7 +34,7 @@ from data.volume import VolumeInfo
 from training.checkpoint import read_checkpoint
 from model.inference import predict_volume
 from training.run import evaluate, train
-from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler
+from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler
 from training.trainer import Phase, Trainer
 
 DEVICE = torch.device(os.environ.get("NEURCOMP_GPU_CHECK_DEVICE", "cuda"))

@@ -16,7 +16,7 @@ from data.readers.hdf5 import H5Array
 from data.volume import Volume
 from model.inference import grid_coordinates
 from training.run import load_training_volume, train
-from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler, make_sampler, resolve_storage
+from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler, make_sampler, resolve_storage
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from tests.conftest import run_script
 from training.checkpoint import load_model, read_checkpoint
 from model.inference import predict_volume
 from training.pruning_schedule import PruningTrainer, passes_split
-from training.sampler import VolumeSampler
+from training.sampling import VolumeSampler
 from training.trainer import Phase
 
 

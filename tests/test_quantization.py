@@ -183,7 +183,7 @@ def test_specific_refusals_have_clear_messages():
 
 
 def _finetune_case(lr, keep_best):
-    from training.sampler import VolumeSampler
+    from training.sampling import VolumeSampler
 
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, 12)] * 3, indexing="ij")
     vol = np.sin(3 * x) * np.cos(2 * y) * z
@@ -231,7 +231,7 @@ def _run(script, *args, cwd=ROOT):
 def experiment(tmp_path_factory):
     """A tiny network fitted for a few hundred steps to a synthetic 16^3 volume, saved like training does."""
     from data.volume import Volume
-    from training.sampler import VolumeSampler
+    from training.sampling import VolumeSampler
 
     tmp = tmp_path_factory.mktemp("quant")
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, 16)] * 3, indexing="ij")

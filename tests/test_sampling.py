@@ -7,7 +7,7 @@ import torch
 from data.volume import Volume, denormalize, normalize
 from data.volume import VolumeInfo
 from model.inference import grid_coordinates, predict_volume
-from training.sampler import VolumeSampler
+from training.sampling import VolumeSampler
 
 
 def test_trilinear_exact_at_grid_points():

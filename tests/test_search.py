@@ -14,7 +14,7 @@ if importlib.util.find_spec("ax") is None:  # find_spec: the Ax import itself ta
 
 from config.errors import ConfigError  # noqa: E402
 from config.options import parse_config  # noqa: E402
-from search import cli  # noqa: E402
+from search import ax_loop, cli, reports  # noqa: E402
 from search.runner import TrialRunner, failure_reason  # noqa: E402
 from search.space import check_against_config, load_search_space, overrides  # noqa: E402
 
@@ -160,8 +160,8 @@ def test_cli_errors_are_one_line(tmp_path, tiny, capsys):
 
 def test_missing_ax_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "ax.api.client", None)  # import fails as if not installed
-    with pytest.raises(cli.SearchError, match="pip install -r requirements-search.txt"):
-        cli._import_ax()
+    with pytest.raises(ax_loop.SearchError, match="pip install -r requirements-search.txt"):
+        ax_loop.import_ax()
 
 
 def test_pareto_front_and_best_configs(tmp_path, tiny):
@@ -170,10 +170,10 @@ def test_pareto_front_and_best_configs(tmp_path, tiny):
                                           "parameters": {"n_layers": 2 + i, "features_per_layer": 10 + i}}
     records = {0: rec(0, 30.0, 10.0), 1: rec(1, 25.0, 50.0), 2: rec(2, 20.0, 40.0), 3: rec(3, 35.0, 5.0),
                4: rec(4, None, None, "failed"), 5: rec(5, 18.0, 120.0)}
-    assert cli.pareto_front(records, {}) == [3, 0, 1, 5]
-    assert cli.pareto_front(records, {"psnr": 24.0}) == [3, 0, 1]
-    assert cli.pareto_front(records, {"compression_ratio": 100.0}) == [5]
-    best = cli.write_best_configs(tmp_path / "best", records, [10, 100, 1000], {}, str(base), {"lr": 2e-4})
+    assert reports.pareto_front(records, {}) == [3, 0, 1, 5]
+    assert reports.pareto_front(records, {"psnr": 24.0}) == [3, 0, 1]
+    assert reports.pareto_front(records, {"compression_ratio": 100.0}) == [5]
+    best = reports.write_best_configs(tmp_path / "best", records, [10, 100, 1000], {}, str(base), {"lr": 2e-4})
     assert {k: v["trial"] for k, v in best.items()} == {"10": 0, "100": 5}
     text = (tmp_path / "best" / "ratio_100.txt").read_text()
     assert text.startswith("# best PSNR at compression ratio >= 100")
@@ -295,7 +295,7 @@ def test_failed_trials_are_recorded_and_do_not_stop_the_search(tiny):
     space = write_json(tmp_path / "space.json", {"parameters": [  # neither volume exists: every trial fails
         {"name": "data", "type": "choice", "values": [str(tmp_path / "gone_a.npy"), str(tmp_path / "gone_b.npy")]}]})
     out = tmp_path / "search"
-    with pytest.raises(cli.SearchError, match="all 2 trials failed"):
+    with pytest.raises(ax_loop.SearchError, match="all 2 trials failed"):
         run_search(["--config", base, "--search_space", space, "--output_dir", out, "--trials", 2,
                     "--method", "random"])
     rows = read_csv(out / "trials.csv")

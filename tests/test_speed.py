@@ -9,7 +9,7 @@ import torch
 from config.options import OptimConfig
 from model.architecture import Architecture
 from model.neurcomp import Neurcomp
-from training.sampler import VolumeSampler
+from training.sampling import VolumeSampler
 from training.speed import COMPILE_MIN_STEPS, micro_batch_size, should_compile
 from training.trainer import Phase, Trainer
 

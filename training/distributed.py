@@ -146,14 +146,6 @@ def local_points(total: int, rank: int | None = None, world_size: int | None = N
     return total // world_size + (1 if rank < total % world_size else 0)
 
 
-def split_range(n: int, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """[start, stop) of this rank's contiguous share of range(n)."""
-    rank = get_rank() if rank is None else rank
-    world_size = get_world_size() if world_size is None else world_size
-    start = sum(local_points(n, r, world_size) for r in range(rank))
-    return start, start + local_points(n, rank, world_size)
-
-
 # -- collectives (no-ops in a single process) --------------------------------------------------------
 def barrier() -> None:
     if is_enabled():

@@ -33,7 +33,7 @@ from training.outputs import atomic_write_text
 from training.recipe import learning_rate, schedule_steps
 from training.run import (CHECKPOINT_NAME, announce_recipe, evaluate, finish, load_training_volume, resolve_device, start_at_mean,
                           training_report, validation_set)
-from training.sampler import make_sampler
+from training.sampling import make_sampler
 from training.tracking import Tracker, tracked
 from training.trainer import Phase, Trainer
 

@@ -22,7 +22,7 @@ from training.file_target import initial_architecture, write_compressed_file
 from training.recipe import learning_rate, schedule_steps
 from training.outputs import atomic_write_text, save_slices_png, versions, write_info
 from training import precision
-from training.sampler import VolumeSampler, make_sampler  # noqa: F401 (tests patch run.VolumeSampler)
+from training.sampling import VolumeSampler, make_sampler  # noqa: F401 (tests patch run.VolumeSampler)
 from training.tracking import Tracker, tracked
 from training.trainer import Phase, Trainer, TrainingDiverged
 from training.validation import ValidationSet
@@ -43,7 +43,7 @@ def load_training_volume(cfg: NeurcompConfig):
     from data.readers import read_volume
 
     d = cfg.data
-    if cfg.scaling.stream_bricks:  # memory-mapped: bricks are streamed to the device (training.sampler)
+    if cfg.scaling.stream_bricks:  # memory-mapped: bricks are streamed to the device (training.sampling)
         from data.readers import open_volume_lazily
 
         return open_volume_lazily(d.path, data_key=d.data_key or None, raw_shape=d.raw_shape,

@@ -37,7 +37,7 @@ from config.options import OptimConfig
 from data.metrics import psnr
 from training import distributed
 from training.portable_state import load_optimizer_state
-from training.sampler import VolumeSampler
+from training.sampling import VolumeSampler
 from training.speed import (compile_step, graphs_compiled, is_device_failure, micro_batch_size, should_compile,
                             strict_recompiles)
 
