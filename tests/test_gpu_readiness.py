@@ -19,7 +19,8 @@ from model.neurcomp import Neurcomp
 from training import distributed, precision, speed
 from training.checkpoint import VolumeInfo, atomic_torch_save, read_checkpoint
 from training.inference import grid_coordinates, predict_volume
-from training.portable_state import RESEED_STRIDE, load_optimizer_state
+from model.random_state import RESEED_STRIDE
+from training.portable_state import load_optimizer_state
 from training.run import train
 from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler
 from training.trainer import Phase, Trainer

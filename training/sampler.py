@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.portable_state import generator_state, reseed_value, restore_generator
+from model.random_state import generator_state, reseed_value, restore_generator
 
 REPLACE_FRACTION = 0.25  # brick streaming: share of the resident bricks replaced at each refresh
 NATIVE_DTYPES = ("uint8", "int8", "uint16", "int16", "float16", "float32")
