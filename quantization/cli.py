@@ -115,7 +115,7 @@ def quantize_main(argv=None, parser=None) -> dict:
     net = quantize_network(model, info, bits, options, seed=ns.kmeans_seed)
     finetune = None
     if ns.finetune_passes > 0:
-        from training.run import load_training_volume
+        from training.session import load_training_volume
         from training.sampler import make_sampler
 
         # as training holds it: volume_storage and stream_bricks decide what goes on the device

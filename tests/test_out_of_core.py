@@ -13,7 +13,8 @@ from data.lazy import H5Array, LazyVolume, open_volume_lazily, value_range
 from data.readers import read_volume
 from data.volume import Volume
 from training.inference import grid_coordinates
-from training.run import load_training_volume, train
+from training.run import train
+from training.session import load_training_volume
 from training.sampler import BrickSampler, NativeVolumeSampler, VolumeSampler, make_sampler, resolve_storage
 
 

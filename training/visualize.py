@@ -9,7 +9,7 @@ from config.options import build_parser, config_from_namespace, parse_namespace
 from data.metrics import volume_metrics
 from training.checkpoint import load_model
 from training.inference import predict_volume
-from training.run import CHECKPOINT_NAME, load_training_volume, resolve_device
+from training.session import CHECKPOINT_NAME, load_training_volume, resolve_device
 
 
 def build_visualization_parser():
