@@ -153,10 +153,10 @@ class Session:
     # -- the run ---------------------------------------------------------------------------------
     def run(self, phases: list) -> dict:
         cfg = self.cfg
-        first = self._first_phase(phases)
         technique = cfg.pruning.technique if cfg.pruning.enabled else "none"
         if self.resumed is not None:
             check_compatible(cfg.resume, self.resumed, phases[0].architecture, self.info, technique)
+        first = self._first_phase(phases)
         if self.warm is not None:
             check_compatible(cfg.checkpoint_path, self.warm, phases[0].architecture, action="warm-start")
         if distributed.is_main_process():

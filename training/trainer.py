@@ -98,6 +98,9 @@ class Trainer(Recovery):
         self._forward_calls = 0
         self.stop_flag = stop_flag  # an object whose ``requested`` asks the loop to stop (training.session)
         self._pass_sums: list | None = None
+        # the pass whose end comes next; not moved by a recovery, so after one at a pass end every
+        # step is checked until a pass ends cleanly
+        self._next_pass_end: int | None = None
         self._t0 = 0.0
         self.step = 0
         self.samples_seen = 0
@@ -136,7 +139,7 @@ class Trainer(Recovery):
                 "sampler": sampler_state, "sampler_ranks": ranks, "world_size": world_size,
                 "history": self.phase.history, "lr_scale": self.lr_scale, "recoveries": self.recoveries,
                 "best": self.best, "validation_log": [list(x) for x in self.validation_log],
-                "pass_sums": [float(sums[0]), float(sums[1]), int(sums[2])]}
+                "pass_sums": [float(sums[0]), float(sums[1]), int(sums[2])], "next_pass_end": self._next_pass_end}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -155,6 +158,7 @@ class Trainer(Recovery):
             loss, mse, steps = state["pass_sums"]
             device = self.sampler.device
             self._pass_sums = [torch.tensor(loss, device=device), torch.tensor(mse, device=device), int(steps)]
+        self._next_pass_end = state.get("next_pass_end")
 
     def _load_sampler_state(self, state: dict) -> None:
         """This rank's sampler state; a rank the checkpoint has none for (another world size, an
@@ -275,6 +279,8 @@ class Trainer(Recovery):
                    disable=not self.progress or not distributed.is_main_process(), dynamic_ncols=True)
         if self._pass_sums is None:
             self._reset_pass()
+        if self._next_pass_end is None:
+            self._next_pass_end = math.floor(self.current_pass()) + 1
         self._t0 = time.perf_counter()
         graphs0 = graphs_compiled() if self.compiled else 0
         if phase.validation is not None and self.best is None:
@@ -324,7 +330,6 @@ class Trainer(Recovery):
         # averaged gradient the mean over all n points even when W does not divide n
         n_local = distributed.local_points(n)
         weight = n_local * distributed.get_world_size() / n
-        next_pass_end = math.floor(self.current_pass()) + 1
         for g in self.optimizer.param_groups:
             g["lr"] = self.scheduled_lr()
         coords, targets, target_grads = self.sampler.sample(n_local)
@@ -342,7 +347,7 @@ class Trainer(Recovery):
         sums = self._pass_sums
         sums[0], sums[1], sums[2] = sums[0] + loss.detach(), sums[1] + mse.detach(), sums[2] + 1
         bar.update(1)
-        end_of_pass = self.current_pass() >= next_pass_end or self.step == phase.num_steps
+        end_of_pass = self.current_pass() >= self._next_pass_end or self.step == phase.num_steps
         checked = end_of_pass or self.step % NAN_CHECK_EVERY == 0
         if checked:
             # the mean over ranks: every rank sees a NaN at the same step, and the pass metrics
@@ -361,6 +366,7 @@ class Trainer(Recovery):
             self._end_of_pass(float(totals[0]) / sums[2], float(totals[1]) / sums[2], extras, bar)
             self._t0 = time.perf_counter()
             self._reset_pass()
+            self._next_pass_end = math.floor(self.current_pass()) + 1
         return checked
 
     def _end_of_pass(self, loss: float, mse: float, extras: dict, bar) -> None:
