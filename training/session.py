@@ -139,9 +139,12 @@ class Session:
         self.ckpt_path = self.out_dir / CHECKPOINT_NAME
         self.info = VolumeInfo.from_volume(self.volume)
         self.resumed = read_checkpoint(cfg.resume) if cfg.resume else None
+        if self.resumed is not None and not isinstance(self.resumed.get("trainer"), dict):
+            raise ConfigError(f"{cfg.resume}: not a checkpoint of a training run (no trainer state) to resume; "
+                              "start from its weights with checkpoint_path instead")
         self.warm = read_checkpoint(cfg.checkpoint_path) if cfg.checkpoint_path else None
         # the checkpoint a failure can point to: (path, step), the resumed one until this run saves
-        self.last_good = (Path(cfg.resume), self.resumed["trainer"]["step"]) if self.resumed else None
+        self.last_good = (Path(cfg.resume), self.resumed["trainer"].get("step")) if self.resumed else None
         self.sampler = make_sampler(self.volume, self.device, seed=cfg.seed,
                                     with_gradients=cfg.optim.grad_lambda > 0, scaling=cfg.scaling)
         self.num_steps, self.steps_per_pass = schedule_steps(cfg.optim, self.volume.num_voxels)
