@@ -273,7 +273,11 @@ class Trainer(Recovery):
         sampler and pass sums included, so the resumed run is the same run (bit-exact on the CPU).
         Under torchrun the ranks agree on the stop at the loss checks (``distributed.StopAgreement``).
         """
-        phase = self.phase
+        phase, n = self.phase, self.phase.optim.points_per_step
+        # this rank's share of the step's points; weighting its loss by n_local * W / n makes the
+        # averaged gradient the mean over all n points even when W does not divide n
+        n_local = distributed.local_points(n)
+        self._share = (n_local, n_local * distributed.get_world_size() / n)
         self.model.train()
         bar = tqdm(total=phase.num_steps, initial=self.step, desc=phase.name, unit="step",
                    disable=not self.progress or not distributed.is_main_process(), dynamic_ncols=True)
@@ -326,10 +330,7 @@ class Trainer(Recovery):
         """One optimizer step with its checks, validation and end-of-pass work; returns whether the
         loss was checked (where ranks may agree to stop)."""
         phase, n = self.phase, self.phase.optim.points_per_step
-        # this rank's share of the step's points; weighting its loss by n_local * W / n makes the
-        # averaged gradient the mean over all n points even when W does not divide n
-        n_local = distributed.local_points(n)
-        weight = n_local * distributed.get_world_size() / n
+        n_local, weight = self._share
         for g in self.optimizer.param_groups:
             g["lr"] = self.scheduled_lr()
         coords, targets, target_grads = self.sampler.sample(n_local)
