@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from config.errors import ConfigError
+from config.errors import ConfigError, InputError
 from config.options import parse_config
 from tests.conftest import REPO, run_script
 from training import session as session_module
@@ -285,6 +285,10 @@ def test_checkpoints_load_with_weights_only(tmp_path, tiny_volume):
     train(parse_config(tiny_config(tmp_path, tiny_volume, max_pass=2)), progress=False)
     state = torch.load(tmp_path / "exp" / "tiny" / "checkpoint.pt", weights_only=True)
     assert state["trainer"]["step"] > 0 and state["config"]["n_layers"] == 2
+    # a file holding other Python objects is refused in one line, never unpickled
+    torch.save({**state, "volume": {**state["volume"], "vmin": np.float64(0.0)}}, tmp_path / "pickled.pt")
+    with pytest.raises(InputError, match=r"pickled.pt: holds Python objects besides tensors and plain values"):
+        read_checkpoint(tmp_path / "pickled.pt")
 
 
 @pytest.mark.slow  # two entry-script runs

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -120,8 +121,14 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise InputError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # an object torch.load(weights_only=True) will not build
+            raise InputError(f"{path}: holds Python objects besides tensors and plain values (a checkpoint of an "
+                             "older version, or not ours); not loaded, since unpickling them could run code") from None
+        raise InputError(f"{path}: not a readable checkpoint (not a torch.save file)") from None
     except Exception as exc:  # torch raises many types for corrupt files
-        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line})") from None
     if not isinstance(state, dict) or "architecture" not in state or "model_state" not in state:
         raise InputError(f"{path}: not a Neurcomp checkpoint (no architecture or model_state)")
     return state
