@@ -373,3 +373,20 @@ def test_cli_bad_input_one_line_no_traceback(tmp_path, tiny_volume, extra, messa
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_stop_signals_wait_for_the_step_while_training_and_stop_at_once_otherwise():
+    with session_module.StopSignals() as stop:
+        with pytest.raises(Interrupted) as outside:  # no phase trains: at once (SIGTERM: exit 143)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert outside.value.exit_code == 143 and not outside.value.reported
+        stop.armed = True
+        os.kill(os.getpid(), signal.SIGINT)  # while training: a request the loop sees after its step
+        time.sleep(0.1)
+        assert stop.requested and stop.signum == signal.SIGINT
+        with pytest.raises(Interrupted) as again:  # a second Ctrl-C does not wait
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        assert again.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

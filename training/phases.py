@@ -62,7 +62,7 @@ class TrainPhase:
     name, trains, keep_best, trainer_cls = "train", True, True, Trainer
     step_offset, save_at_start, save_at_end = 0, None, True
 
-    def __init__(self, session, architecture: Architecture, num_steps: int):
+    def __init__(self, architecture: Architecture | None, num_steps: int):
         self.architecture, self.num_steps = architecture, num_steps
 
     def lr(self, session, model) -> float:
@@ -156,8 +156,8 @@ class PrunePhase(TrainPhase):
 
     name, keep_best, trainer_cls, save_at_end = PRUNE_PHASE, False, PruningTrainer, False
 
-    def __init__(self, session, architecture, num_steps: int, method, prune_residual_width: bool, total_steps: int):
-        super().__init__(session, architecture, num_steps)
+    def __init__(self, architecture, num_steps: int, method, prune_residual_width: bool, total_steps: int):
+        super().__init__(architecture, num_steps)
         self.method, self.prune_residual_width, self.total_steps = method, prune_residual_width, total_steps
 
     def params(self, session) -> dict:
@@ -245,8 +245,8 @@ class FinetunePhase(TrainPhase):
 
     name, save_at_start = FINETUNE_PHASE, "pruned"  # resuming from "pruned" skips the prune phase
 
-    def __init__(self, session, num_steps: int, shrink: ShrinkPhase):
-        super().__init__(session, None, num_steps)
+    def __init__(self, num_steps: int, shrink: ShrinkPhase):
+        super().__init__(None, num_steps)
         self.shrink, self.step_offset = shrink, shrink.prune.num_steps
 
     def lr(self, session, model) -> float:
@@ -276,7 +276,7 @@ def plan(session, prune_residual_width: bool = False) -> list:
     """The phases ``session.cfg`` asks for: ``[train]``, or ``[prune, shrink, finetune]``."""
     cfg, num_voxels = session.cfg, session.volume.num_voxels
     if not cfg.pruning.enabled:
-        return [TrainPhase(session, initial_architecture(cfg, num_voxels), session.num_steps)]
+        return [TrainPhase(initial_architecture(cfg, num_voxels), session.num_steps)]
     rstate = (session.resumed or {}).get("pruning") or {}
     if rstate.get("phase") == PRUNE_PHASE:
         prune_residual_width = bool(rstate.get("prune_residual_width", False))
@@ -285,7 +285,7 @@ def plan(session, prune_residual_width: bool = False) -> list:
                           f"n_layers = {cfg.network.n_layers} with residual blocks has none (use n_layers >= 2)")
     prune_steps, finetune_steps = passes_split(cfg, num_voxels)
     method = build_pruning(cfg.pruning.technique, cfg.pruning, dataset_size=num_voxels)
-    prune = PrunePhase(session, build_architecture(cfg.network, num_voxels, cfg.source), prune_steps, method,
+    prune = PrunePhase(build_architecture(cfg.network, num_voxels, cfg.source), prune_steps, method,
                        prune_residual_width, prune_steps + finetune_steps)
     shrink = ShrinkPhase(prune)
-    return [prune, shrink, FinetunePhase(session, finetune_steps, shrink)]
+    return [prune, shrink, FinetunePhase(finetune_steps, shrink)]

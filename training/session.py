@@ -210,9 +210,6 @@ class Session:
         self.stop.armed = True
         try:
             trainer.run()
-        except Interrupted as exc:
-            exc.reported = True  # self.save said where the checkpoint is
-            raise
         except TrainingDiverged as exc:
             raise TrainingDiverged(f"{exc}. {self._last_good_text()}") from None
         finally:

@@ -295,9 +295,11 @@ class Trainer(Recovery):
                 checked = self._step(bar)
                 if self._stop_requested(stop, checked):
                     self.train_seconds += time.perf_counter() - self._t0
+                    stopped = Interrupted(getattr(self.stop_flag, "signum", None))
                     if self.checkpoint_fn:
-                        self.checkpoint_fn(self, "interrupt")
-                    raise Interrupted(getattr(self.stop_flag, "signum", None))
+                        self.checkpoint_fn(self, "interrupt")  # which says, in one line, how to resume
+                        stopped.reported = True
+                    raise stopped
         finally:
             stop.close()
             if self.compiled:
