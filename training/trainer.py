@@ -133,13 +133,15 @@ class Trainer(Recovery):
         world_size = distributed.get_world_size()
         ranks = distributed.all_gather_object(sampler_state) if world_size > 1 else None
         sums = self._pass_sums or [0.0, 0.0, 0]
+        sums = [float(sums[0]), float(sums[1]), int(sums[2])]  # this rank's loss and MSE sums of the pass so far
+        sums_ranks = distributed.all_gather_object(sums) if world_size > 1 else None
         return {"phase": self.phase.name, "step": self.step, "samples_seen": self.samples_seen,
                 "train_seconds": self.train_seconds, "optimizer": self.optimizer.state_dict(),
                 "plateau": self.plateau.state_dict() if self.plateau else None,
                 "sampler": sampler_state, "sampler_ranks": ranks, "world_size": world_size,
                 "history": self.phase.history, "lr_scale": self.lr_scale, "recoveries": self.recoveries,
                 "best": self.best, "validation_log": [list(x) for x in self.validation_log],
-                "pass_sums": [float(sums[0]), float(sums[1]), int(sums[2])], "next_pass_end": self._next_pass_end}
+                "pass_sums": sums, "pass_sums_ranks": sums_ranks, "next_pass_end": self._next_pass_end}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -154,10 +156,10 @@ class Trainer(Recovery):
         self.recoveries = int(state.get("recoveries", 0))
         self.best = state.get("best")
         self.validation_log = [tuple(x) for x in state.get("validation_log", [])]
-        if state.get("pass_sums") is not None:  # the pass the checkpoint was written in goes on
-            loss, mse, steps = state["pass_sums"]
+        sums = distributed.rank_state(state.get("pass_sums_ranks"), state.get("pass_sums"))
+        if sums is not None:  # the pass the checkpoint was written in goes on
             device = self.sampler.device
-            self._pass_sums = [torch.tensor(loss, device=device), torch.tensor(mse, device=device), int(steps)]
+            self._pass_sums = [torch.tensor(sums[0], device=device), torch.tensor(sums[1], device=device), int(sums[2])]
         self._next_pass_end = state.get("next_pass_end")
 
     def _load_sampler_state(self, state: dict) -> None:
