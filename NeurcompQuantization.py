@@ -73,7 +73,7 @@ def quantize_main(argv=None, parser=None) -> dict:
 def _finetune(cfg, ns, model, net, info, finetune_codebooks) -> dict:
     """Quantization-aware fine-tuning on the volume, held as training holds it (volume_storage and
     stream_bricks decide what goes on the device)."""
-    from training.run import load_training_volume
+    from training.session import load_training_volume
     from training.sampling import make_sampler
 
     volume = load_training_volume(cfg)

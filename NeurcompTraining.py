@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""Train a Neurcomp network on a volume: python NeurcompTraining.py --config experiment-config-files/quickstart.txt"""
+"""Train a Neurcomp network on a volume: python NeurcompTraining.py --config experiment-config-files/quickstart.txt
+
+Ctrl-C or SIGTERM saves a checkpoint between two steps (exit 130 / 143); ``--resume <checkpoint>``
+continues that run exactly, ``--checkpoint_path <checkpoint>`` starts a new run from its weights.
+"""
 
 import sys
 

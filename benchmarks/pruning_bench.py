@@ -82,14 +82,12 @@ def run_one(argv: list[str], prune_residual_width: bool) -> dict:
     import torch
 
     from config.options import parse_config
-    from training.pruning_schedule import train_with_pruning
     from training.run import train
 
     torch.set_num_threads(1)
     cfg = parse_config(argv)
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    info = train_with_pruning(cfg, progress=False, prune_residual_width=True) if prune_residual_width \
-        else train(cfg, progress=False)
+    info = train(cfg, progress=False, prune_residual_width=prune_residual_width)
     keys = ("num_parameters", "compression_ratio", "psnr", "network_layer_sizes", "num_parameters_before_pruning",
             "network_layer_sizes_before_pruning", "psnr_before_pruning", "psnr_after_pruning",
             "kept_fraction_per_layer", "pruning_messages", "passes")

@@ -33,7 +33,7 @@ from model.architecture import Architecture, width_for_ratio
 from model.neurcomp import Neurcomp
 from data.volume import VolumeInfo
 from training.recipe import steps_for
-from training.run import evaluate
+from training.session import evaluate
 from training.sampling import VolumeSampler
 from training.trainer import Phase, Trainer
 

@@ -66,7 +66,8 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     g.add_argument("--expname", default="neurcomp", help="experiment name: outputs go to <basedir>/<expname>/")
     g.add_argument("--basedir", default="experiments", help="folder holding experiment folders (relative to the working directory)")
     g.add_argument("--Tensorboard_log_dir", default="", help="TensorBoard log folder (default: <basedir>/<expname>/tensorboard)")
-    g.add_argument("--checkpoint_path", default="", help="checkpoint to resume training from")
+    g.add_argument("--checkpoint_path", default="", help="checkpoint to warm-start from: its weights, a new run (new schedule, new MLflow run)")
+    g.add_argument("--resume", default="", help="checkpoint of an interrupted run to continue exactly (same step, optimizer, sampler, MLflow run)")
     g.add_argument("--checkpoint_every", type=int, default=5, help="write a checkpoint every N passes (0: only at the end)")
     g.add_argument("--seed", type=int, default=0, help="random seed (results are reproducible on CPU)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device; auto picks CUDA when available")
@@ -235,6 +236,7 @@ class NeurcompConfig:
     pruning: PruningConfig
     tensorboard_dir: str = ""
     checkpoint_path: str = ""
+    resume: str = ""
     checkpoint_every: int = 5
     seed: int = 0
     device: str = "auto"
@@ -251,6 +253,9 @@ class NeurcompConfig:
     @property
     def experiment_dir(self) -> Path:
         return Path(self.basedir) / self.expname
+
+    def flat(self) -> dict:
+        return dict(self.raw)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -373,7 +378,7 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
                               variational_lambda_dkl=ns.variational_lambda_dkl,
                               variational_lambda_weight=ns.variational_lambda_weight,
                               variational_lambda_entropy=ns.variational_lambda_entropy),
-        tensorboard_dir=ns.Tensorboard_log_dir, checkpoint_path=ns.checkpoint_path,
+        tensorboard_dir=ns.Tensorboard_log_dir, checkpoint_path=ns.checkpoint_path, resume=ns.resume,
         checkpoint_every=ns.checkpoint_every, seed=ns.seed, device=ns.device, trackers=trackers,
         mlflow_tracking_uri=ns.mlflow_tracking_uri, mlflow_experiment=ns.mlflow_experiment,
         mlflow_parent_run_id=ns.mlflow_parent_run_id, quant_bits=ns.quant_bits,

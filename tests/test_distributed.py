@@ -107,7 +107,7 @@ def test_resume_under_torchrun_continues_exactly(two_processes, volume, tmp_path
     torchrun(config, "--max_pass", 3)  # stops after 3 of the 6 passes
     ckpt = tmp_path / "exp" / "resumed" / "checkpoint.pt"
     assert read_checkpoint(ckpt)["trainer"]["step"] == 8
-    torchrun(config, "--checkpoint_path", ckpt)
+    torchrun(config, "--resume", ckpt)
     resumed, _, state = load_model(ckpt)
     full, _, _ = load_model(two_processes / "exp" / "ddp" / "checkpoint.pt")
     assert state["trainer"]["step"] == 16

@@ -33,7 +33,8 @@ from training import distributed, precision
 from data.volume import VolumeInfo
 from training.checkpoint import read_checkpoint
 from model.inference import predict_volume
-from training.run import evaluate, train
+from training.run import train
+from training.session import evaluate
 from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler
 from training.trainer import Phase, Trainer
 
@@ -180,7 +181,7 @@ def test_resume_on_the_device_is_bit_exact(tmp_path, volume_file):
     args = write_config(tmp_path, volume_file, "resumed")
     train(parse_config(args + ["--max_pass", "3"]), progress=False)
     ckpt = tmp_path / "exp" / "resumed" / "checkpoint.pt"
-    resumed = train(parse_config(args + ["--checkpoint_path", str(ckpt)]), progress=False)
+    resumed = train(parse_config(args + ["--resume", str(ckpt)]), progress=False)
     a, b = (read_checkpoint(tmp_path / "exp" / n / "checkpoint.pt") for n in ("full", "resumed"))
     assert a["trainer"]["step"] == b["trainer"]["step"] == full["steps"] == resumed["steps"]
     assert all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
@@ -193,7 +194,7 @@ def test_a_checkpoint_resumes_on_the_other_device_type(tmp_path, volume_file, ca
     train(parse_config(args + ["--max_pass", "3"]), progress=False)
     ckpt = tmp_path / "exp" / "moved" / "checkpoint.pt"
     capsys.readouterr()
-    info = train(parse_config(args + ["--device", second, "--checkpoint_path", str(ckpt)]), progress=False)
+    info = train(parse_config(args + ["--device", second, "--resume", str(ckpt)]), progress=False)
     err = capsys.readouterr().err
     if first != second:  # the generator states cannot move: the stream restarts, with a warning
         assert "warning: sampler" in err
@@ -220,7 +221,7 @@ def step_milliseconds(trainer: Trainer, steps: int) -> float:
 
 def test_pruning_runs_on_the_device_without_host_syncs(tmp_path, volume_file):
     from model.pruning import PrunableNeurcomp, build_pruning
-    from training.pruning_schedule import PruningTrainer
+    from training.phases import PruningTrainer
 
     values = Volume(smooth(32)).normalized()
     arch = Architecture.uniform(128, 4)

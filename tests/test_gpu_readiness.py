@@ -20,7 +20,8 @@ from training import distributed, precision, speed
 from data.volume import VolumeInfo
 from training.checkpoint import atomic_torch_save, read_checkpoint
 from model.inference import grid_coordinates, predict_volume
-from training.portable_state import RESEED_STRIDE, load_optimizer_state
+from model.random_state import RESEED_STRIDE
+from training.portable_state import load_optimizer_state
 from training.run import train
 from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler
 from training.trainer import Phase, Trainer
@@ -116,7 +117,7 @@ def test_a_cuda_checkpoint_resumes_on_the_cpu(tmp_path, capsys):
             group["fused"] = True
     atomic_torch_save(ckpt, path)
     capsys.readouterr()
-    info = train(parse_config(args + ["--checkpoint_path", str(path)]), progress=False)
+    info = train(parse_config(args + ["--resume", str(path)]), progress=False)
     assert "warning: sampler" in capsys.readouterr().err
     assert info["steps"] == read_checkpoint(path)["trainer"]["step"] > ckpt["trainer"]["step"]
     assert np.isfinite(info["psnr"])
@@ -318,7 +319,7 @@ def _ranks_worker(rank: int, store: str, results: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     from model.pruning import PrunableNeurcomp, build_pruning
-    from training.pruning_schedule import noise_states
+    from training.phases import noise_states
 
     out = {"gather_device": str(distributed.collective_device(torch.device("cuda", 0)))}
 
@@ -356,7 +357,7 @@ def _ranks_worker(rank: int, store: str, results: str) -> None:
     coords = torch.rand(16, 3)
     gated = PrunableNeurcomp(arch, build_pruning(cfg.technique, cfg), seed=distributed.rank_seed(0)).train()
     gated(coords)
-    states = noise_states(gated, trainer)  # what checkpoint_prune saves
+    states = noise_states(gated)  # what the prune phase's checkpoint saves
     checkpoint = distributed.broadcast_object(states)  # rank 0 writes it, every rank reads it
     resumed = PrunableNeurcomp(arch, build_pruning(cfg.technique, cfg), seed=distributed.rank_seed(0))
     resumed.load_noise_state(distributed.rank_state(checkpoint, checkpoint[0]), step=1)

@@ -15,7 +15,8 @@ from data.readers.base import value_range
 from data.readers.hdf5 import H5Array
 from data.volume import Volume
 from model.inference import grid_coordinates
-from training.run import load_training_volume, train
+from training.run import train
+from training.session import load_training_volume
 from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler, make_sampler, resolve_storage
 
 

@@ -15,7 +15,7 @@ from model.pruning.variational import VariationalDynamic, VariationalStatic, dro
 from tests.conftest import run_script
 from training.checkpoint import load_model, read_checkpoint
 from model.inference import predict_volume
-from training.pruning_schedule import PruningTrainer, passes_split
+from training.phases import PruningTrainer, passes_split
 from training.sampling import VolumeSampler
 from training.trainer import Phase
 
@@ -310,7 +310,12 @@ def test_cli_end_to_end_save_load_visualize(tmp_path, tiny_volume):
 @pytest.mark.parametrize("technique", ["smallify", "variational_dynamic"])
 @pytest.mark.parametrize("phase", ["prune", "finetune"])
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_volume, monkeypatch, technique, phase):
+    """Ctrl-C at a random step of the phase: the resumed run is the same run, bit for bit."""
+    import random
+
+    from tests.test_training import interrupt_after
     from training import run as run_module
+    from training.trainer import Interrupted
 
     extra = dict(dropout_technique=technique, variational_sigma=-1, variational_lambda_dkl=100,
                  variational_init_droprate=0.3)
@@ -319,32 +324,26 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_volume, mon
     args = pruning_config(tmp_path, tiny_volume, "cut", **extra)
     prune_steps, finetune_steps = passes_split(parse_config(args), int(np.load(tiny_volume).size))
     assert prune_steps >= 4 and finetune_steps >= 4
-    sampler_cls = VolumeSampler
-    original = sampler_cls.sample
-    calls = {"n": 0}
-    # interrupt before drawing the points of a step in the middle of the phase
-    stop_at = prune_steps // 2 + 1 if phase == "prune" else prune_steps + finetune_steps // 2 + 1
-
-    def interrupting_sample(self, n):
-        calls["n"] += 1
-        if calls["n"] == stop_at:
-            raise KeyboardInterrupt
-        return original(self, n)
-
-    monkeypatch.setattr(sampler_cls, "sample", interrupting_sample)
-    with pytest.raises(KeyboardInterrupt):
+    first, last = (1, prune_steps - 1) if phase == "prune" else (prune_steps + 1, prune_steps + finetune_steps - 1)
+    stop_at = random.Random(f"{technique}{phase}").randint(first, last)
+    interrupt_after(monkeypatch, stop_at)
+    with pytest.raises(Interrupted):
         run_module.train(parse_config(args), progress=False)
-    monkeypatch.setattr(sampler_cls, "sample", original)
+    monkeypatch.undo()
     ckpt = tmp_path / "exp" / "cut" / "checkpoint.pt"
     state = read_checkpoint(ckpt)
     assert state["trainer"]["phase"] == phase and state["tag"] == "interrupt"
+    assert state["trainer"]["step"] == stop_at - (0 if phase == "prune" else prune_steps)
     load_model(ckpt)  # a mid-phase checkpoint loads as a plain network too
+    torch.load(ckpt, weights_only=True)  # plain values only
 
-    resumed = run_module.train(parse_config(args + ["--checkpoint_path", str(ckpt)]), progress=False)
+    resumed = run_module.train(parse_config(args + ["--resume", str(ckpt)]), progress=False)
     assert resumed["network_layer_sizes"] == full["network_layer_sizes"]
     assert resumed["steps"] == full["steps"]
-    assert resumed["psnr"] == pytest.approx(full["psnr"], abs=1e-3)
-    assert resumed["psnr_before_pruning"] == pytest.approx(full["psnr_before_pruning"], abs=1e-3)
+    a, b = load_model(tmp_path / "exp" / "full" / "checkpoint.pt")[0].state_dict(), load_model(ckpt)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["psnr"] == full["psnr"]
+    assert resumed["psnr_before_pruning"] == full["psnr_before_pruning"]
 
 
 def test_resume_rejects_a_checkpoint_without_pruning(tmp_path, tiny_volume):
@@ -357,4 +356,45 @@ def test_resume_rejects_a_checkpoint_without_pruning(tmp_path, tiny_volume):
                     VolumeInfo(shape=(12, 14, 16), spacing=(1, 1, 1), vmin=0, vmax=1),
                     trainer={"phase": "train"})
     with pytest.raises(ConfigError, match="not a checkpoint of a training with pruning"):
-        train(parse_config(pruning_config(tmp_path, tiny_volume) + ["--checkpoint_path", str(ckpt)]))
+        train(parse_config(pruning_config(tmp_path, tiny_volume) + ["--resume", str(ckpt)]))
+
+
+def test_resume_refuses_another_technique_in_one_line(tmp_path, tiny_volume):
+    """Another dropout_technique's gates do not fit the checkpoint's state: a one-line refusal
+    naming the checkpoint, never load_state_dict's RuntimeError."""
+    args = pruning_config(tmp_path, tiny_volume, max_pass=2)
+    run_script("NeurcompTraining.py", *args, "--max_pass", "2", env_extra=ONE_THREAD_ENV)
+    ckpt = tmp_path / "exp" / "p" / "checkpoint.pt"
+    proc = run_script("NeurcompTraining.py", *args, "--dropout_technique", "variational_dynamic", "--resume", ckpt,
+                      env_extra=ONE_THREAD_ENV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {ckpt}: cannot resume from this checkpoint: dropout_technique "
+                                                "smallify (config: variational_dynamic)"]
+
+
+@pytest.mark.parametrize("technique", ["smallify", "variational_dynamic"])
+def test_pruning_with_the_gradient_loss(tmp_path, tiny_volume, technique):
+    """grad_lambda > 0 on a gated network: autograd's double backward through the gates."""
+    from training.run import train
+
+    extra = dict(dropout_technique=technique, variational_sigma=-1, variational_init_droprate=0.3)
+    info = train(parse_config(pruning_config(tmp_path, tiny_volume, max_pass=2, grad_lambda=0.1, **extra)),
+                 progress=False)
+    assert math.isfinite(info["psnr"]) and info["num_parameters"] <= info["num_parameters_before_pruning"]
+    history = read_checkpoint(tmp_path / "exp" / "p" / "checkpoint.pt")["trainer"]["history"]
+    assert all(h["grad_loss"] > 0 and math.isfinite(h["loss"]) for h in history)
+    # the gradient term reaches the gated network's parameters
+    gated = PrunableNeurcomp(Architecture.uniform(8, 3), build_pruning(technique, PruningConfig(technique=technique)))
+    vol = smooth_volume()
+    grads = {}
+    for grad_lambda in (0.0, 0.1):
+        torch.manual_seed(0)
+        trainer = PruningTrainer(gated, VolumeSampler(vol, "cpu", seed=0, with_gradients=True),
+                                 Phase("prune", 1, 1e-3, 1.0, OptimConfig(batch_size=16, sample_size=16,
+                                                                          grad_lambda=grad_lambda),
+                                       regularizer=gated.regularizer), progress=False)
+        coords, targets, target_grads = trainer.sampler.sample(256)
+        gated.zero_grad()
+        trainer.accumulate_gradients(coords, targets, target_grads, 1.0)
+        grads[grad_lambda] = torch.cat([p.grad.flatten() for p in gated.net.parameters()])
+    assert (grads[0.1] - grads[0.0]).abs().max() > 1e-4 * grads[0.0].abs().max()

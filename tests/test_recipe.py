@@ -11,7 +11,8 @@ from config.options import OptimConfig, parse_config
 from data.readers import read_volume
 from model.architecture import Architecture
 from model.neurcomp import Neurcomp
-from training import run as run_module
+from training import phases as phases_module
+from training import session as session_module
 from data.volume import VolumeInfo
 from training.checkpoint import read_checkpoint
 from model.inference import predict_volume
@@ -74,7 +75,7 @@ def test_auto_starts_at_the_mean_and_explicit_lr_does_not(tmp_path, tiny_volume)
         torch.manual_seed(0)
         model = Neurcomp(Architecture.uniform(12, 2))
         before = model.output.bias.clone()
-        run_module.start_at_mean(cfg, model, volume, info)
+        phases_module.start_at_mean(cfg, model, volume, info)
         pred = predict_volume(model, volume.shape, info)
         if starts_at_mean:
             assert abs(float(pred.mean()) - mean) < 0.1 * (info.vmax - info.vmin)
@@ -105,7 +106,7 @@ def test_validation_sample_is_fixed_and_matches_the_grid(tiny_volume):
 def test_validation_does_not_change_the_training_stream(tmp_path, tiny_volume, monkeypatch):
     """The original's configs (explicit lr) train the same steps with or without the validation sample."""
     a = train(parse_config(config(tmp_path, tiny_volume, lr="1e-3", expname="a")), progress=False)
-    monkeypatch.setattr(run_module, "validation_set", lambda *args: None)
+    monkeypatch.setattr(session_module, "validation_set", lambda *args: None)
     b = train(parse_config(config(tmp_path, tiny_volume, lr="1e-3", expname="b")), progress=False)
     ha = read_checkpoint(tmp_path / "exp" / "a" / "checkpoint.pt")["trainer"]["history"]
     hb = read_checkpoint(tmp_path / "exp" / "b" / "checkpoint.pt")["trainer"]["history"]

@@ -1,26 +1,31 @@
 """Checkpoints that rebuild the network without the config file.
 
-A checkpoint is a ``torch.save``d dict:
+A checkpoint is a ``torch.save``d dict of plain values (dicts, lists, tensors, numbers, strings),
+so ``torch.load(weights_only=True)`` reads it without running any pickled code:
   format_version, architecture (Architecture.to_dict()), model_state,
   volume: {shape (Z,Y,X), spacing (x,y,z), origin, source_dtype, vmin, vmax, path},
-  and, for resumable training checkpoints, optimizer_state, scheduler_state, step, rng states,
-  config (flat option dict).
+  and, for training checkpoints, trainer (optimizer, schedule, sampler and pass state, step),
+  config (flat option dict), tracking_run_id, tag, and pruning (``training.phases``).
 """
 
 from __future__ import annotations
 
+import math
+import pickle
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from config.errors import InputError
+from config.errors import ConfigError, InputError
 from data.atomic import atomic_path
 from data.volume import VolumeInfo
 from model.architecture import Architecture
 from model.neurcomp import Neurcomp
 
 FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -39,7 +44,41 @@ def save_checkpoint(path: Path, model: Neurcomp, volume: VolumeInfo, **extra) ->
         return
     state = {"format_version": FORMAT_VERSION, "architecture": model.arch.to_dict(),
              "model_state": model.state_dict(), "volume": asdict(volume), **extra}
-    atomic_torch_save(state, path)
+    atomic_torch_save(portable(state), path)
+
+
+def portable(obj):
+    """``obj`` with what ``torch.load(weights_only=True)`` refuses turned into what it takes: numpy
+    scalars and arrays into numbers and tensors, paths and other objects into strings."""
+    if isinstance(obj, dict):
+        return {k if isinstance(k, (str, int)) else str(k): portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(portable(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device)):
+        return obj
+    return str(obj)
+
+
+def tensors_finite(*states) -> bool:
+    """Whether every floating-point tensor in the (nested) states is finite: a checkpoint of a
+    network that blew up must never replace a good one."""
+    for state in states:
+        if torch.is_tensor(state):
+            if state.is_floating_point() and not bool(state.isfinite().all()):
+                return False
+        elif isinstance(state, dict):
+            if not tensors_finite(*state.values()):
+                return False
+        elif isinstance(state, (list, tuple)):
+            if not tensors_finite(*state):
+                return False
+        elif isinstance(state, float) and not math.isfinite(state):
+            return False
+    return True
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -47,9 +86,15 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # an object torch.load(weights_only=True) will not build
+            raise InputError(f"{path}: holds Python objects besides tensors and plain values (a checkpoint of an "
+                             "older version, or not ours); not loaded, since unpickling them could run code") from None
+        raise InputError(f"{path}: not a readable checkpoint (not a torch.save file)") from None
     except Exception as exc:  # torch raises many types for corrupt files
-        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line})") from None
     if not isinstance(state, dict) or "architecture" not in state or "model_state" not in state:
         raise InputError(f"{path}: not a Neurcomp checkpoint (no architecture or model_state)")
     return state
@@ -62,3 +107,48 @@ def load_model(path: str | Path, map_location="cpu") -> tuple[Neurcomp, VolumeIn
     model.load_state_dict(state["model_state"])
     model.eval()
     return model, VolumeInfo.from_dict(state["volume"]), state
+
+
+def trained_architecture(state: dict) -> Architecture:
+    """The network a training checkpoint's run trains: during a pruning run's prune phase the gated
+    network, afterwards the network before pruning (``training.phases``), else ``architecture``."""
+    pruning = state.get("pruning") or {}
+    if pruning.get("phase") == "prune" and "architecture" in pruning:
+        return Architecture.from_dict(pruning["architecture"])
+    arch = Architecture.from_dict(state["architecture"])
+    sizes = (pruning.get("summary") or {}).get("network_layer_sizes_before_pruning")
+    if sizes:
+        arch.widths = [int(w) for w in sizes[1:-1]]
+    return arch
+
+
+def checkpoint_technique(state: dict) -> str:
+    """The pruning technique of a training checkpoint's run ('none' without pruning)."""
+    pruning = state.get("pruning") or {}
+    return str(pruning.get("technique") or (pruning.get("summary") or {}).get("pruning_technique") or "none")
+
+
+def architecture_differences(have: Architecture, want: Architecture) -> list[str]:
+    pairs = [("n_layers", have.n_layers, want.n_layers), ("widths", list(have.widths), list(want.widths)),
+             ("residual", have.residual, want.residual), ("omega_0", have.omega_0, want.omega_0)]
+    return [f"{name} {a} (config: {b})" for name, a, b in pairs if a != b]
+
+
+def check_compatible(path, state: dict, arch: Architecture, volume: VolumeInfo | None = None,
+                     technique: str | None = None, action: str = "resume") -> None:
+    """Refuse, in one line naming the checkpoint and what differs, a checkpoint whose network
+    (architecture), volume (shape, min, max) or pruning technique is not the configured one."""
+    have = trained_architecture(state) if technique is not None else Architecture.from_dict(state["architecture"])
+    problems = architecture_differences(have, arch)
+    if volume is not None:
+        saved = state.get("volume") or {}
+        for name, a, b in (("volume shape", tuple(saved.get("shape", ())), tuple(volume.shape)),
+                           ("volume min", saved.get("vmin"), volume.vmin), ("volume max", saved.get("vmax"), volume.vmax)):
+            if a != b:
+                problems.append(f"{name} {a} (data: {b})")
+    saved_technique = checkpoint_technique(state)
+    if technique is not None and saved_technique != technique:
+        problems.append(f"not a checkpoint of a training with pruning (config: dropout_technique {technique})"
+                        if saved_technique == "none" else f"dropout_technique {saved_technique} (config: {technique})")
+    if problems:
+        raise ConfigError(f"{path}: cannot {action} from this checkpoint: {'; '.join(problems)}")

@@ -17,6 +17,43 @@ def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
 
 
+def final_info(cfg, volume, info, model, metrics: dict, totals: dict, steps_per_pass: float, device,
+               extra_info: dict) -> dict:
+    """What info.json holds about a finished run (the original's keys, then ours)."""
+    import torch
+
+    from model.architecture import count_parameters
+    from training import distributed, precision
+
+    num_parameters = count_parameters(model.arch)
+    seconds = totals["train_seconds"]
+    return {
+        "expname": cfg.expname,
+        "data": cfg.data.path,
+        "volume_size": list(volume.shape[::-1]),  # X, Y, Z as in the original
+        "volume_num_voxels": volume.num_voxels,
+        "volume_dtype": volume.source_dtype,
+        "volume_min": info.vmin,
+        "volume_max": info.vmax,
+        "spacing": list(volume.spacing),
+        "num_parameters": num_parameters,
+        "network_layer_sizes": model.arch.layer_sizes(),
+        "residual": model.arch.residual,
+        "compression_ratio": volume.num_voxels / num_parameters,
+        "psnr": metrics["psnr"], "mse": metrics["mse"], "rmse": metrics["rmse"],
+        "l1_diff": metrics["l1_diff"], "max_abs_error": metrics["max_abs_error"],
+        "passes": totals["steps"] / steps_per_pass, "steps": totals["steps"],
+        "training_time_s": seconds,
+        "samples_per_second": totals["samples_seen"] / seconds if seconds else None,
+        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "world_size": distributed.get_world_size(),
+        "seed": cfg.seed,
+        **precision.current(),
+        "versions": versions(),
+        **extra_info,
+    }
+
+
 def write_info(experiment_dir: Path, info: dict) -> None:
     """info.json (machine-readable) and info.txt (one 'key: value' per line)."""
     atomic_write_text(experiment_dir / "info.json", json.dumps(info, indent=2, default=str) + "\n")

@@ -9,20 +9,17 @@ every rank draws its share of the step's points with its own generator, the loss
 all-reduced gradient is the mean over all the step's points, pass metrics are averaged over ranks,
 checkpoints carry every rank's sampler state, and only rank 0 shows the progress bar.
 
-Divergence is recovered, not just stopped: a phase with a ``validation`` sample (``training.validation``)
-evaluates it about ``EVALS_PER_PHASE`` times and keeps the best state (model and optimizer). When
-the validation MSE blows up (``DIVERGENCE_FACTOR`` times the best) or the loss or a weight becomes
-non-finite, that state is restored and the learning rate halved; after ``MAX_RECOVERIES`` the run
-stops with ``TrainingDiverged``. A ``keep_best`` phase ends on its best state, so the network
-written out is never worse than an earlier point of the same run. Subclasses
+Divergence is recovered, not just stopped (``training.recovery``). A ``keep_best`` phase ends on
+its best validated state, so the network written out is never worse than an earlier point of the
+same run. Subclasses
 must compute predictions with ``self.forward(coords)`` (``self.model`` is the bare module, whose
 gradients would not be synchronised); the first step checks that they do.
 """
 
 from __future__ import annotations
 
-import copy
 import math
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -32,24 +29,27 @@ from typing import Callable, Protocol
 import torch
 from tqdm import tqdm
 
-from config.errors import NeurcompError
 from config.options import OptimConfig
-from data.metrics import psnr
 from training import distributed
 from training.portable_state import load_optimizer_state
+from training.recovery import Recovery, psnr_from_normalised_mse
 from training.sampling import VolumeSampler
 from training.speed import (compile_step, graphs_compiled, is_device_failure, micro_batch_size, should_compile,
                             strict_recompiles)
 
 NAN_CHECK_EVERY = 16  # steps between loss checks (each check synchronises with the device)
 EVALS_PER_PHASE = 50  # validation evaluations per phase (~2 % of the run between two)
-DIVERGENCE_FACTOR = 4.0  # validation MSE this many times the best (6 dB worse) counts as a blow-up
-MAX_RECOVERIES = 8  # restores (each halving the lr) before giving up
-RECOVERY_LR_FACTOR = 0.5
 
 
-class TrainingDiverged(NeurcompError):
-    """The loss became NaN or infinite."""
+class Interrupted(KeyboardInterrupt):
+    """Training stopped between two steps on SIGINT (exit code 130) or SIGTERM (143), after the
+    checkpoint was written and its one-line message printed (``reported``)."""
+
+    def __init__(self, signum: int | None = None):
+        super().__init__()
+        self.signum = signum
+        self.exit_code = 143 if signum == signal.SIGTERM else 130
+        self.reported = False
 
 
 class Regularizer(Protocol):
@@ -58,10 +58,6 @@ class Regularizer(Protocol):
     def loss(self, model: torch.nn.Module, step: int) -> tuple[torch.Tensor, dict]: ...
 
     def after_step(self, model: torch.nn.Module, step: int) -> None: ...
-
-
-def psnr_from_normalised_mse(mse: float) -> float:
-    return psnr(mse, 2.0)  # values live in [-1, 1]: range 2
 
 
 @dataclass
@@ -74,13 +70,12 @@ class Phase:
     steps_per_pass: float
     optim: OptimConfig
     regularizer: Regularizer | None = None
-    log_prefix: str = ""
     history: list = field(default_factory=list)
     validation: object | None = None  # training.validation.ValidationSet: best-state tracking, recovery
     keep_best: bool = True  # end on the best validated state (off while a regularizer trades MSE for sparsity)
 
 
-class Trainer:
+class Trainer(Recovery):
     """Trains ``model`` on ``sampler`` for one phase; ``checkpoint_fn(trainer, tag)`` writes checkpoints.
 
     ``compile`` (auto | on | off) and ``micro_batch`` (points per forward/backward, 0: auto) only
@@ -89,7 +84,8 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, sampler: VolumeSampler, phase: Phase, *, tracker=None,
                  checkpoint_fn: Callable | None = None, checkpoint_every_passes: int = 0,
-                 step_offset: int = 0, progress: bool = True, compile: str = "off", micro_batch: int = 0):
+                 step_offset: int = 0, progress: bool = True, compile: str = "off", micro_batch: int = 0,
+                 stop_flag=None):
         self.model = model
         self.sampler = sampler
         self.phase = phase
@@ -100,7 +96,12 @@ class Trainer:
         self.progress = progress
         self.ddp = distributed.wrap_model(model, sampler.device)  # None in a single process
         self._forward_calls = 0
-        self._interrupted = False
+        self.stop_flag = stop_flag  # an object whose ``requested`` asks the loop to stop (training.session)
+        self._pass_sums: list | None = None
+        # the pass whose end comes next; not moved by a recovery, so after one at a pass end every
+        # step is checked until a pass ends cleanly
+        self._next_pass_end: int | None = None
+        self._t0 = 0.0
         self.step = 0
         self.samples_seen = 0
         self.train_seconds = 0.0
@@ -127,16 +128,20 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Resumable state. Under torch.distributed every rank must call it (it gathers each rank's
-        sampler state), except after an interrupt, when rank 0's state alone is saved."""
+        sampler state)."""
         sampler_state = self.sampler.state_dict()
         world_size = distributed.get_world_size()
-        ranks = distributed.all_gather_object(sampler_state) if world_size > 1 and not self._interrupted else None
+        ranks = distributed.all_gather_object(sampler_state) if world_size > 1 else None
+        sums = self._pass_sums or [0.0, 0.0, 0]
+        sums = [float(sums[0]), float(sums[1]), int(sums[2])]  # this rank's loss and MSE sums of the pass so far
+        sums_ranks = distributed.all_gather_object(sums) if world_size > 1 else None
         return {"phase": self.phase.name, "step": self.step, "samples_seen": self.samples_seen,
                 "train_seconds": self.train_seconds, "optimizer": self.optimizer.state_dict(),
                 "plateau": self.plateau.state_dict() if self.plateau else None,
                 "sampler": sampler_state, "sampler_ranks": ranks, "world_size": world_size,
                 "history": self.phase.history, "lr_scale": self.lr_scale, "recoveries": self.recoveries,
-                "best": self.best, "validation_log": self.validation_log}
+                "best": self.best, "validation_log": [list(x) for x in self.validation_log],
+                "pass_sums": sums, "pass_sums_ranks": sums_ranks, "next_pass_end": self._next_pass_end}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -151,6 +156,11 @@ class Trainer:
         self.recoveries = int(state.get("recoveries", 0))
         self.best = state.get("best")
         self.validation_log = [tuple(x) for x in state.get("validation_log", [])]
+        sums = distributed.rank_state(state.get("pass_sums_ranks"), state.get("pass_sums"))
+        if sums is not None:  # the pass the checkpoint was written in goes on
+            device = self.sampler.device
+            self._pass_sums = [torch.tensor(sums[0], device=device), torch.tensor(sums[1], device=device), int(sums[2])]
+        self._next_pass_end = state.get("next_pass_end")
 
     def _load_sampler_state(self, state: dict) -> None:
         """This rank's sampler state; a rank the checkpoint has none for (another world size, an
@@ -258,76 +268,46 @@ class Trainer:
             self._compile_checked = True
 
     def run(self) -> None:
-        """Train until ``phase.num_steps``; Ctrl-C writes a checkpoint, then re-raises."""
+        """Train until ``phase.num_steps``.
+
+        A stop request (``stop_flag.requested``, set by the session's SIGINT/SIGTERM handler) takes
+        effect between two complete steps: the checkpoint then holds the state after the last step,
+        sampler and pass sums included, so the resumed run is the same run (bit-exact on the CPU).
+        Under torchrun the ranks agree on the stop at the loss checks (``distributed.StopAgreement``).
+        """
         phase, n = self.phase, self.phase.optim.points_per_step
         # this rank's share of the step's points; weighting its loss by n_local * W / n makes the
         # averaged gradient the mean over all n points even when W does not divide n
         n_local = distributed.local_points(n)
-        weight = n_local * distributed.get_world_size() / n
+        self._share = (n_local, n_local * distributed.get_world_size() / n)
         self.model.train()
         bar = tqdm(total=phase.num_steps, initial=self.step, desc=phase.name, unit="step",
                    disable=not self.progress or not distributed.is_main_process(), dynamic_ncols=True)
-        zero = torch.zeros((), device=self.sampler.device)
-        pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
-        next_pass_end = math.floor(self.current_pass()) + 1
-        t0 = time.perf_counter()
+        if self._pass_sums is None:
+            self._reset_pass()
+        if self._next_pass_end is None:
+            self._next_pass_end = math.floor(self.current_pass()) + 1
+        self._t0 = time.perf_counter()
         graphs0 = graphs_compiled() if self.compiled else 0
         if phase.validation is not None and self.best is None:
             self._validate(bar)  # the starting state is the first "best"
         stop = distributed.StopAgreement()  # under torchrun, Ctrl-C stops every rank at the same step
         try:
             while self.step < phase.num_steps:
-                for g in self.optimizer.param_groups:
-                    g["lr"] = self.scheduled_lr()
-                coords, targets, target_grads = self.sampler.sample(n_local)
-                self.optimizer.zero_grad(set_to_none=True)
-                if self._compile_checked:
-                    loss, mse, extras = self.accumulate_gradients(coords, targets, target_grads, weight)
-                else:
-                    loss, mse, extras = self._first_compiled_step(coords, targets, target_grads, weight)
-                self.optimizer.step()
-                if phase.regularizer is not None:
-                    phase.regularizer.after_step(self.model, self.step)
-                self.step += 1
-                self.samples_seen += n
-                # accumulate on the device: reading a value every step would stall a GPU
-                pass_mse += mse.detach()
-                pass_loss += loss.detach()
-                pass_steps += 1
-                bar.update(1)
-                end_of_pass = self.current_pass() >= next_pass_end or self.step == phase.num_steps
-                if end_of_pass or self.step % NAN_CHECK_EVERY == 0:
-                    # the mean over ranks: every rank sees a NaN at the same step, and the pass metrics
-                    # are those of all the pass's points
-                    totals = distributed.all_reduce_mean(torch.stack([pass_loss, pass_mse]))
-                    if stop.agreed(self.sampler.device):
-                        raise KeyboardInterrupt
-                    if not (math.isfinite(float(totals[0])) and self._weights_finite()):
-                        self._recover(f"the loss became {float(totals[0])}", bar)
-                        pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
-                        continue
-                if phase.validation is not None and (self.step % self.eval_every == 0 or self.step == phase.num_steps):
-                    if self._validate(bar):  # recovered: this pass's sums belong to the abandoned weights
-                        pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
-                        continue
-                if end_of_pass:
-                    self.train_seconds += time.perf_counter() - t0
-                    self._end_of_pass(float(totals[0]) / pass_steps, float(totals[1]) / pass_steps, extras, bar)
-                    t0 = time.perf_counter()
-                    pass_mse, pass_loss, pass_steps = zero.clone(), zero.clone(), 0
-                    next_pass_end = math.floor(self.current_pass()) + 1
-        except KeyboardInterrupt:
-            self.train_seconds += time.perf_counter() - t0
-            # other ranks may be gone (no collectives from here on), unless all stopped at this step
-            self._interrupted = not stop.together
-            if self.checkpoint_fn:
-                self.checkpoint_fn(self, "interrupt")
-            raise
+                checked = self._step(bar)
+                if self._stop_requested(stop, checked):
+                    self.train_seconds += time.perf_counter() - self._t0
+                    stopped = Interrupted(getattr(self.stop_flag, "signum", None))
+                    if self.checkpoint_fn:
+                        self.checkpoint_fn(self, "interrupt")  # which says, in one line, how to resume
+                        stopped.reported = True
+                    raise stopped
         finally:
             stop.close()
             if self.compiled:
                 self.compile_graphs += graphs_compiled() - graphs0
             bar.close()
+        self.train_seconds += time.perf_counter() - self._t0
         if phase.keep_best and self.best is not None and self.best["step"] != self.step:
             # the last validation was at the last step: the best is strictly better than the end
             self.model.load_state_dict(self.best["model"])
@@ -335,46 +315,64 @@ class Trainer:
         if self.ddp is not None:
             distributed.assert_in_sync(self.model, self.phase.name)
 
-    # -- best state and recovery ------------------------------------------------------------------------
-    def _weights_finite(self) -> bool:
-        return bool(torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all())
+    def _stop_requested(self, stop, checked: bool) -> bool:
+        """Whether to stop after this step: at once in a single process; under torchrun at the next
+        loss check, where every rank asks the others (a collective)."""
+        requested = bool(getattr(self.stop_flag, "requested", False))
+        if not distributed.is_enabled():
+            return requested
+        if not checked:
+            return False
+        stop.requested = stop.requested or requested  # SIGTERM reaches the session's flag only
+        return stop.agreed(self.sampler.device)
 
-    def _validate(self, bar=None) -> bool:
-        """Evaluate the validation sample; keep the best state, or recover from a blow-up (True)."""
-        val_mse = self.phase.validation.mse(self.model)
-        self.validation_log.append((self.step, val_mse))
-        best = self.best
-        blew_up = best is not None and self.phase.keep_best and val_mse > DIVERGENCE_FACTOR * best["val_mse"]
-        if not math.isfinite(val_mse) or blew_up:
-            self._recover(f"validation PSNR fell to {psnr_from_normalised_mse(val_mse):.2f} dB", bar)
-            return True
-        # a regularized phase trades MSE for sparsity: its reference is the latest sound state
-        if best is None or not self.phase.keep_best or val_mse < best["val_mse"]:
-            self.best = {"step": self.step, "val_mse": val_mse, "lr_scale": self.lr_scale,
-                         "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                         "optimizer": copy.deepcopy(self.optimizer.state_dict())}
-        if self.tracker:
-            self.tracker.log_metrics({"val_psnr": psnr_from_normalised_mse(val_mse)}, self.step_offset + self.step)
-        return False
+    def _reset_pass(self) -> None:
+        zero = torch.zeros((), device=self.sampler.device)
+        self._pass_sums = [zero.clone(), zero.clone(), 0]  # loss, MSE, steps of the pass so far
 
-    def _recover(self, reason: str, bar=None) -> None:
-        """Restore the best state and halve the learning rate, or give up with TrainingDiverged."""
-        self.recoveries += 1
-        where = f"{self.phase.name}: {reason} near pass {self.current_pass():.2f} (step {self.step})"
-        if self.best is None or self.recoveries > MAX_RECOVERIES:
-            tried = f" after {self.recoveries - 1} restores at lower learning rates" if self.recoveries > 1 else ""
-            raise TrainingDiverged(f"{where}{tried}; lower lr or grad_lambda")
-        self.model.load_state_dict(self.best["model"])
-        load_optimizer_state(self.optimizer, self.best["optimizer"])
-        self.lr_scale *= RECOVERY_LR_FACTOR
-        if self.plateau is not None:  # the plateau scheduler owns the lr: scale the restored one
-            for g in self.optimizer.param_groups:
-                g["lr"] *= self.lr_scale / self.best["lr_scale"]
-        message = (f"warning: {where}; restored the state of step {self.best['step']} and lowered the "
-                   f"learning rate to {self.lr_scale:g} x the schedule")
-        (bar.write if bar is not None else print)(message, file=sys.stderr)
-        if self.tracker:
-            self.tracker.log_metrics({"recoveries": self.recoveries}, self.step_offset + self.step)
+    def _step(self, bar) -> bool:
+        """One optimizer step with its checks, validation and end-of-pass work; returns whether the
+        loss was checked (where ranks may agree to stop)."""
+        phase, n = self.phase, self.phase.optim.points_per_step
+        n_local, weight = self._share
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.scheduled_lr()
+        coords, targets, target_grads = self.sampler.sample(n_local)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._compile_checked:
+            loss, mse, extras = self.accumulate_gradients(coords, targets, target_grads, weight)
+        else:
+            loss, mse, extras = self._first_compiled_step(coords, targets, target_grads, weight)
+        self.optimizer.step()
+        if phase.regularizer is not None:
+            phase.regularizer.after_step(self.model, self.step)
+        self.step += 1
+        self.samples_seen += n
+        # accumulate on the device: reading a value every step would stall a GPU
+        sums = self._pass_sums
+        sums[0], sums[1], sums[2] = sums[0] + loss.detach(), sums[1] + mse.detach(), sums[2] + 1
+        bar.update(1)
+        end_of_pass = self.current_pass() >= self._next_pass_end or self.step == phase.num_steps
+        checked = end_of_pass or self.step % NAN_CHECK_EVERY == 0
+        if checked:
+            # the mean over ranks: every rank sees a NaN at the same step, and the pass metrics
+            # are those of all the pass's points
+            totals = distributed.all_reduce_mean(torch.stack(sums[:2]))
+            if not (math.isfinite(float(totals[0])) and self._weights_finite()):
+                self._recover(f"the loss became {float(totals[0])}", bar)
+                self._reset_pass()
+                return checked
+        if phase.validation is not None and (self.step % self.eval_every == 0 or self.step == phase.num_steps):
+            if self._validate(bar):  # recovered: this pass's sums belong to the abandoned weights
+                self._reset_pass()
+                return checked
+        if end_of_pass:
+            self.train_seconds += time.perf_counter() - self._t0
+            self._end_of_pass(float(totals[0]) / sums[2], float(totals[1]) / sums[2], extras, bar)
+            self._t0 = time.perf_counter()
+            self._reset_pass()
+            self._next_pass_end = math.floor(self.current_pass()) + 1
+        return checked
 
     def _end_of_pass(self, loss: float, mse: float, extras: dict, bar) -> None:
         passes = self.current_pass()
@@ -385,8 +383,7 @@ class Trainer:
         self.phase.history.append({"pass": round(passes, 4), **metrics})
         bar.set_postfix(pass_=f"{passes:.1f}", loss=f"{loss:.2e}", psnr=f"{psnr:.2f}")
         if self.tracker:
-            prefix = self.phase.log_prefix
-            self.tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, self.step_offset + self.step)
+            self.tracker.log_metrics(metrics, self.step_offset + self.step)
         if self.plateau is not None:
             self.plateau.step(loss)
         whole = math.floor(passes + 1e-9)

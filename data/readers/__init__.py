@@ -18,7 +18,6 @@ from data.lazy import LazyVolume
 from data.readers import cvol, hdf5, npy, raw, vti
 from data.readers.base import Request, Source, check_geometry, check_grid, select_channel, value_range
 from data.volume import Volume
-from datasets import ensure_default_volume
 
 _FORMATS = (npy, raw, hdf5, cvol, vti)
 READERS = {ext: module.open_array for module in _FORMATS for ext in module.EXTENSIONS}
@@ -28,7 +27,6 @@ SUPPORTED_EXTENSIONS = tuple(READERS)
 def _open(path, request: Request) -> tuple[Source, object]:
     """Open `path` with its format's reader: (source, checked (Z, Y, X) array-like in the stored dtype)."""
     path = Path(path)
-    ensure_default_volume(path)  # the bundled default volume is generated on first use
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     ext = path.suffix.lower()

@@ -21,7 +21,7 @@ from torch import nn
 
 from model.architecture import Architecture, count_parameters
 from model.neurcomp import Neurcomp
-from training.portable_state import generator_state, reseed_value, restore_generator
+from model.random_state import generator_state, reseed_value, restore_generator
 
 
 @dataclass

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from training.portable_state import generator_state
+from model.random_state import generator_state
 from training.sampling.native import NATIVE_DTYPES, GatherSampler
 from training.sampling.trilinear import take, torch_storage, trilinear
 
