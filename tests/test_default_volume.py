@@ -49,8 +49,11 @@ def test_ensure_generates_once(tmp_path):
     np.testing.assert_array_equal(np.load(path), marschner_lobb((32, 32, 32)))
 
 
-def test_read_volume_generates_missing_default(tmp_path):
-    volume = read_volume(tmp_path / "sub" / "marschner_lobb_64.npy")
+def test_training_loader_generates_missing_default(tmp_path):
+    from config.options import parse_config
+    from training.session import load_training_volume
+
+    volume = load_training_volume(parse_config(["--data", str(tmp_path / "sub" / "marschner_lobb_64.npy")]))
     assert volume.shape == (64, 64, 64) and volume.source_dtype == "float32"
     np.testing.assert_array_equal(volume.values, marschner_lobb((64, 64, 64)))
 
