@@ -104,7 +104,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
     sampler = make_sampler(volume, device, seed=cfg.seed, with_gradients=cfg.optim.grad_lambda > 0,
                            scaling=cfg.scaling)
     if distributed.is_main_process():
-        atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.raw, "checkpoint_path": ""}))
+        atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.flat(), "checkpoint_path": ""}))
     _, steps_per_pass = schedule_steps(cfg.optim, volume.num_voxels)
     validation = validation_set(cfg, volume, info, device)
     prune_steps, finetune_steps = passes_split(cfg, volume.num_voxels)
@@ -123,7 +123,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
                 prune_residual_width = bool(rstate.get("prune_residual_width", False))
             else:
                 arch = build_architecture(cfg.network, volume.num_voxels, cfg.source)
-                tracker.log_params({**cfg.raw, "network_layer_sizes": arch.layer_sizes(),
+                tracker.log_params({**cfg.flat(), "network_layer_sizes": arch.layer_sizes(),
                                     "num_parameters": count_parameters(arch),
                                     "prune_residual_width": prune_residual_width})
             announce_recipe(cfg, arch, learning_rate(cfg.optim, arch), prune_steps + finetune_steps)
@@ -139,7 +139,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
 
             def checkpoint_prune(trainer: Trainer, tag: str) -> None:
                 snapshot, _ = gated.prune()
-                save_checkpoint(ckpt_path, snapshot, info, trainer=trainer.state_dict(), config=cfg.raw,
+                save_checkpoint(ckpt_path, snapshot, info, trainer=trainer.state_dict(), config=cfg.flat(),
                                 tracking_run_id=tracker.run_id, tag=tag,
                                 pruning={"phase": PRUNE_PHASE, "technique": method.name,
                                          "architecture": gated.arch.to_dict(), "state": gated.state_dict(),
@@ -193,7 +193,7 @@ def train_with_pruning(cfg: NeurcompConfig, progress: bool = True,
             summary, prune_totals = rstate["summary"], rstate["prune_totals"]
 
         def checkpoint_finetune(trainer: Trainer, tag: str) -> None:
-            save_checkpoint(ckpt_path, trainer.model, info, trainer=trainer.state_dict(), config=cfg.raw,
+            save_checkpoint(ckpt_path, trainer.model, info, trainer=trainer.state_dict(), config=cfg.flat(),
                             tracking_run_id=tracker.run_id, tag=tag,
                             pruning={"phase": FINETUNE_PHASE, "summary": summary, "prune_totals": prune_totals})
             _interrupted_message(tag, trainer, ckpt_path)

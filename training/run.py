@@ -127,7 +127,7 @@ def train_plain(cfg: NeurcompConfig, progress: bool = True) -> dict:
     sampler = make_sampler(volume, device, seed=cfg.seed, with_gradients=cfg.optim.grad_lambda > 0,
                            scaling=cfg.scaling)
     if distributed.is_main_process():
-        atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.raw, "checkpoint_path": ""}))
+        atomic_write_text(out_dir / "config.txt", format_config_file({**cfg.flat(), "checkpoint_path": ""}))
 
     phase = Phase("train", num_steps, lr, steps_per_pass, cfg.optim,
                   validation=validation_set(cfg, volume, info, device))
@@ -135,12 +135,12 @@ def train_plain(cfg: NeurcompConfig, progress: bool = True) -> dict:
                       mlflow_experiment=cfg.mlflow_experiment, parent_run_id=cfg.mlflow_parent_run_id or None,
                       resume_run_id=(resume or {}).get("tracking_run_id"))
     if resume is None:
-        tracker.log_params({**cfg.raw, "network_layer_sizes": arch.layer_sizes(),
+        tracker.log_params({**cfg.flat(), "network_layer_sizes": arch.layer_sizes(),
                             "num_parameters": count_parameters(arch), "lr_used": lr})
 
     def checkpoint(trainer: Trainer, tag: str) -> None:
         save_checkpoint(out_dir / CHECKPOINT_NAME, trainer.model, info, trainer=trainer.state_dict(),
-                        config=cfg.raw, tracking_run_id=tracker.run_id, tag=tag)
+                        config=cfg.flat(), tracking_run_id=tracker.run_id, tag=tag)
         if tag == "interrupt" and distributed.is_main_process():
             print(f"\ninterrupted at step {trainer.step}: checkpoint saved to {out_dir / CHECKPOINT_NAME}; "
                   f"resume with --checkpoint_path {out_dir / CHECKPOINT_NAME}")
