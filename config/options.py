@@ -35,7 +35,7 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         d = action.default
-        if "(default" in text or "%(default)" in text or d in (None, "", False, argparse.SUPPRESS) or \
+        if "(default" in text or d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, str) and not d) or \
                 not action.option_strings or action.dest.startswith(ALIAS_PREFIX):
             return text
         return text + " (default: %(default)s)"
@@ -96,7 +96,7 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     if aliases:
         g = p.add_argument_group("the original's names (set each method's own option)")
         for a, targets in aliases.items():
-            g.add_argument(f"--{a}", dest=ALIAS_PREFIX + a, default=None, type=targets[0].type,
+            g.add_argument(f"--{a}", dest=ALIAS_PREFIX + a, default=None, type=targets[0].type, metavar=a.upper(),
                            help="sets " + ", ".join(t.name for t in targets))
     p.shared_groups = set(groups.values()) | ({g} if aliases else set())
     return p

@@ -58,8 +58,8 @@ def load_option_providers() -> None:
 
 
 def _check_expname(v: str):
-    if not v or v in (".", "..") or "/" in v or "\\" in v or (os.sep in v) or (os.altsep and os.altsep in v):
-        return "must be a plain folder name (no path separator, not . or ..)"
+    if not v or v == "." or ".." in v or "/" in v or "\\" in v or (os.sep in v) or (os.altsep and os.altsep in v):
+        return "must be a plain folder name (no path separator, no ..)"
     return None
 
 

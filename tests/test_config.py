@@ -4,6 +4,8 @@ import pytest
 
 from config.errors import ConfigError
 from config.options import build_parser, format_config_file, parse_config
+from model.pruning.smallify import SmallifyOptions
+from model.pruning.variational import VariationalOptions
 from tests.conftest import run_script
 
 ORIGINAL_CONFIG = """\
@@ -54,8 +56,9 @@ def test_original_option_names_parse(tmp_path):
     assert cfg.expname == "mhd_p_original"
     assert cfg.network.feature_list == [32, 32, 32, 32] and cfg.network.residual
     assert cfg.optim.lr == pytest.approx(1.7e-4) and cfg.optim.points_per_step == 2048 * 16
-    assert cfg.pruning.technique == "smallify" and cfg.pruning.momentum == pytest.approx(0.025)
-    assert cfg.pruning.variational_lambda_entropy == 1
+    assert cfg.pruning.technique == "smallify" and cfg.pruning.options(SmallifyOptions).momentum == pytest.approx(0.025)
+    assert cfg.pruning.options(SmallifyOptions).threshold == pytest.approx(0.75)
+    assert cfg.pruning.options(VariationalOptions).lambda_entropy == 1
     assert cfg.tensorboard_dir == "runs/"
 
 
@@ -68,7 +71,7 @@ def test_command_line_overrides_file(tmp_path):
 def test_written_config_round_trips(tmp_path):
     cfg = parse_config(["--config", str(write(tmp_path, ORIGINAL_CONFIG)), "--raw_shape", "4", "5", "6",
                         "--dont_use_resnet", "--seed", "7"])
-    again = parse_config(["--config", str(write(tmp_path, format_config_file(cfg.raw), "out.txt"))])
+    again = parse_config(["--config", str(write(tmp_path, format_config_file(cfg.flat()), "out.txt"))])
     assert again.to_dict() | {"source": ""} == cfg.to_dict() | {"source": ""}
 
 
@@ -78,7 +81,7 @@ def test_written_config_round_trips(tmp_path):
     ("compression_ratio = -3\n", r"compression_ratio = -3.0 is invalid"),
     ("max_pass = 0\n", r"max_pass = 0.0 is invalid"),
     ("dropout_technique = magic\n", r"dropout_technique = 'magic' is invalid"),
-    ("feature_list = [8, 8]\n", r"feature_list .* needs n_layers = 4"),
+    ("feature_list = [8, 8]\n", r"feature_list .* needs n_layers = 8"),
     ("tracking = wandb\n", r"tracking"),
 ])
 def test_bad_values_name_key_and_file(tmp_path, text, match):
