@@ -21,8 +21,8 @@ import configargparse
 from config.errors import ConfigError
 from config.fields import options_of, parse_bool, parse_lr  # noqa: F401  (public: parse_bool, parse_lr)
 from config.limits import check_memory, resolve_basedir
-from config.schema import (DROPOUT_TECHNIQUES, METHOD_OPTIONS, DataConfig, NetworkConfig,  # noqa: F401
-                           NeurcompConfig, OptimConfig, PruningConfig, PruningShared, ScalingConfig,
+from config.schema import (METHOD_OPTIONS, DataConfig, NetworkConfig, NeurcompConfig, OptimConfig,  # noqa: F401
+                           PruningConfig, PruningShared, ScalingConfig, method_option_groups,
                            register_method_options, sections)
 
 NEGATIONS = {"use_resnet": "dont_use_resnet"}  # the original's off-switch for a true-by-default option
@@ -212,7 +212,7 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     top = _fill(NeurcompConfig, ns, src)
     shared = _fill(PruningShared, ns, src)
     technique = shared.pop("technique")
-    methods = {cls: cls(**_fill(cls, ns, src)) for cls in dict.fromkeys(METHOD_OPTIONS.values())}
+    methods = {cls: cls(**_fill(cls, ns, src)) for cls in method_option_groups()}
     cfg = NeurcompConfig(**top, data=DataConfig(**_fill(DataConfig, ns, src)),
                          network=NetworkConfig(**_fill(NetworkConfig, ns, src)),
                          optim=OptimConfig(**_fill(OptimConfig, ns, src)),

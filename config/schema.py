@@ -38,13 +38,14 @@ from config.fields import (NOT_IN_ORIGINAL, at_least, between, exactly, non_nega
                            parse_bool, parse_lr, parse_whole, positive)
 
 
-# pruning methods' option groups: technique name -> options dataclass (filled by model.pruning)
-METHOD_OPTIONS: dict[str, type] = {}
+# pruning methods: technique name -> its options dataclass or None (filled by model.pruning)
+METHOD_OPTIONS: dict[str, type | None] = {}
 OPTION_PROVIDERS = ("model.pruning",)  # modules that register option groups when imported
 
 
 def register_method_options(names, options_cls) -> None:
-    """Register a pruning method's own option group (a dataclass of ``option`` fields)."""
+    """Register pruning technique names and their own option group (a dataclass of ``option``
+    fields, or None for a method without options)."""
     for name in names:
         METHOD_OPTIONS[name] = options_cls
 
@@ -148,7 +149,9 @@ class OptimConfig:
         return self.lr is None
 
 
-DROPOUT_TECHNIQUES = ("", "none", "binary", "smallify", "variational", "variational_static", "variational_dynamic")
+def _check_technique(v):
+    names = ("", "none", *METHOD_OPTIONS)
+    return None if v in names else f"choose one of {', '.join(n for n in names if n)}"
 
 
 class PruningConfig:
@@ -169,7 +172,7 @@ class PruningConfig:
             if name != "technique":
                 setattr(self, name, kwargs.pop(name, opt.default))
         self.methods = dict(methods or {})
-        for cls in dict.fromkeys(METHOD_OPTIONS.values()):
+        for cls in method_option_groups():
             self.methods.setdefault(cls, cls())
         for key, value in kwargs.items():
             hits = [(inst, f) for inst in self.methods.values() for f, o in options_of(type(inst))
@@ -200,8 +203,7 @@ class PruningShared:
     technique: str = option("", "pruning method: '' (none), binary, smallify, variational(_static), "
                             "variational_dynamic", name="dropout_technique", choices=None,
                             convert=lambda v: str(v).strip().lower(), original="",
-                            check=lambda v: None if v in DROPOUT_TECHNIQUES else
-                            f"choose one of {', '.join(t for t in DROPOUT_TECHNIQUES if t)}")
+                            check=_check_technique)
     prune_fraction: float = option(2 / 3, "fraction of max_pass trained with pruning layers before pruning",
                                    type=float, check=between(0, 1, open_lo=True))
     lambda_betas: float = option(0.05, "binary, smallify: weight of the mask/switch sparsity penalty", type=float,
@@ -302,9 +304,14 @@ def sections(cfg: NeurcompConfig | None = None):
     yield NetworkConfig, cfg and cfg.network
     yield OptimConfig, cfg and cfg.optim
     yield PruningShared, p
-    for cls in dict.fromkeys(METHOD_OPTIONS.values()):
+    for cls in method_option_groups():
         yield cls, p.options(cls) if p is not None else None
     yield ScalingConfig, cfg and cfg.scaling
+
+
+def method_option_groups() -> list[type]:
+    """Each registered method's option dataclass, once (variational_static and _dynamic share one)."""
+    return [cls for cls in dict.fromkeys(METHOD_OPTIONS.values()) if cls is not None]
 
 
 def option_fields(cls) -> list[str]:

@@ -29,10 +29,9 @@ def register_pruning(*names: str):
             if name in PRUNING_METHODS:
                 raise ValueError(f"pruning method {name!r} is registered twice")
             PRUNING_METHODS[name] = cls
-        if getattr(cls, "Options", None) is not None:
-            from config.schema import register_method_options
+        from config.schema import register_method_options
 
-            register_method_options(names, cls.Options)
+        register_method_options(names, getattr(cls, "Options", None))
         return cls
 
     return deco
