@@ -16,9 +16,13 @@ CPU_MICRO_BATCH_BYTES = 2 << 20  # auto micro-batch on the CPU: ~2 MiB of activa
 def resolve_basedir(basedir: str, from_file: bool) -> str:
     """The original wrote to ``cwd + basedir`` (string concatenation), so its configs' absolute-looking
     ``basedir = /experiments/...`` meant a folder inside the working directory. A basedir read from a
-    config file is therefore taken relative to the working directory, unless it is an absolute folder
-    that already exists (a deliberate absolute location). Command-line values are used as given."""
-    if not from_file or not os.path.isabs(basedir) or os.path.isdir(basedir):
+    config file is therefore taken relative to the working directory, unless its top-level folder
+    exists (``/tmp/...``, ``/home/...``: a deliberate absolute location, created below it if need
+    be). Command-line values are used as given."""
+    if not from_file or not os.path.isabs(basedir):
+        return basedir
+    parts = Path(basedir).parts
+    if len(parts) > 1 and os.path.isdir(os.path.join(parts[0], parts[1])):
         return basedir
     relative = Path(basedir).relative_to(Path(basedir).anchor)
     return str(relative) if str(relative) != "." else "."

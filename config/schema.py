@@ -2,7 +2,7 @@
 
 Option names follow the original research code (Lu et al. 2021 / Bussler's NeurcompCompression),
 so its config files run unchanged. ``parse_config`` reads a ``key = value`` file plus command-line
-overrides (``config.parsing``), validates every value and returns a ``NeurcompConfig``;
+overrides (``config.options``), validates every value and returns a ``NeurcompConfig``;
 ``NeurcompConfig.flat()`` gives the option names and values back (config.txt, MLflow parameters,
 the checkpoint's ``config``). Each pruning method defines its own option group in its own module
 (``model.pruning.*``) and registers it here with ``register_method_options``.
@@ -21,8 +21,14 @@ binary_threshold       0.9 (pruning_     0.5                           the origi
                        threshold)                                      M ~ U(0, 1): t = 0.9 switched every mask
                                                                        off; 0.5 is M >= 0. An original config's
                                                                        pruning_threshold still applies
-smallify_momentum      0.02 (pruning_    0.02                          (same; named per method)
-                       momentum)
+grad_lambda            1e-3              0                             all 13 original configs set it (1e-7 ..
+                                                                       1e-3), so they run as the original did;
+                                                                       the term keeps finite-difference targets
+                                                                       beside a float32 volume (16 instead of 4
+                                                                       bytes per voxel on the device, README
+                                                                       "Device memory") and adds an input-gradient
+                                                                       pass per step; our measured quickstart and
+                                                                       recipe (issue 16) train without it
 =====================  ================  ============================  =====================================
 
 ``tests/test_config.py::test_defaults_are_the_originals`` checks this table against the code.
@@ -136,8 +142,9 @@ class OptimConfig:
     batch_size: int = option(1024, "batches of sample_size points per step", type=int, check=at_least(1), original=1024)
     sample_size: int = option(16, "points per batch entry; a step sees batch_size x sample_size points", type=int,
                               check=at_least(1), original=16)
-    grad_lambda: float = option(1e-3, "weight of the gradient loss against finite differences (0: off)", type=float,
-                                check=non_negative, original=1e-3)
+    grad_lambda: float = option(0.0, "weight of the gradient loss against finite differences (0: off)", type=float,
+                                check=non_negative, original=1e-3,
+                                deviation="every original config sets it; the term costs memory and time (see the table)")
 
     @property
     def points_per_step(self) -> int:
@@ -244,10 +251,10 @@ class NeurcompConfig:
     expname: str = option("neurcomp", "experiment name: outputs go to <basedir>/<expname>/ (a plain folder name)",
                           check=_check_expname, original=None,
                           deviation="required in the original; a default lets the quickstart run")
-    basedir: str = option("experiments", "folder holding experiment folders. From a config file it is taken "
-                          "relative to the working directory unless it is an absolute folder that exists (the "
-                          "original joined cwd + basedir, so its /experiments/... stays inside); from the command "
-                          "line as given", original="/experiments/",
+    basedir: str = option("experiments", "folder holding experiment folders. From a config file an absolute path "
+                          "is taken relative to the working directory unless its top-level folder exists (the "
+                          "original joined cwd + basedir, so its /experiments/... stays inside; /tmp/x is /tmp/x); "
+                          "from the command line as given", original="/experiments/",
                           deviation="the same folder: the original joined cwd + basedir")
     tensorboard_dir: str = option("", "TensorBoard log folder (default: <basedir>/<expname>/tensorboard)",
                                   name="Tensorboard_log_dir", original="")

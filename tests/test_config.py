@@ -124,7 +124,7 @@ ORIGINAL_DEFAULTS = {
     "variational_sigma": 0.0, "variational_init_droprate": 0.5, "variational_dkl_multiplier": 1e-8,
     "variational_lambda_dkl": 1e-5, "variational_lambda_weight": 1e-5, "variational_lambda_entropy": 1e-5,
 }
-DOCUMENTED_DEVIATIONS = {"expname", "data", "basedir", "lr", "binary_threshold"}
+DOCUMENTED_DEVIATIONS = {"expname", "data", "basedir", "lr", "binary_threshold", "grad_lambda"}
 
 
 def all_options():

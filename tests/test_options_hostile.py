@@ -92,9 +92,11 @@ def test_basedir_from_an_original_config_stays_in_the_working_directory(tmp_path
     path = write(tmp_path, "expname = basic\nbasedir = /experiments/Tests/mhd_p/\n")
     cfg = parse_config(["--config", str(path)])
     assert not os.path.isabs(cfg.basedir) and cfg.experiment_dir.as_posix() == "experiments/Tests/mhd_p/basic"
-    # an absolute folder that exists is meant as such
+    # an absolute folder whose top-level folder exists is meant as such, existing or not
     path = write(tmp_path, f"basedir = {tmp_path}\n", "d.txt")
     assert parse_config(["--config", str(path)]).basedir == str(tmp_path)
+    path = write(tmp_path, f"basedir = {tmp_path / 'new' / 'exp'}\n", "e.txt")
+    assert parse_config(["--config", str(path)]).basedir == str(tmp_path / "new" / "exp")
     # the command line is taken as given
     assert parse_config(["--basedir", "/no/such/folder"]).basedir == "/no/such/folder"
     assert resolve_basedir("/", from_file=True) in (".", "/")
