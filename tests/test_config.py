@@ -290,3 +290,10 @@ def test_help_shows_the_scripts_own_options_first_and_each_default_once():
         flat = " ".join(text.split())
         assert not re.search(r"\(default[^()]*(\([^()]*\))?[^()]*\)\s*\(default", flat)
         assert "(default: 30.0)" in flat  # omega_0: defaults are shown
+
+
+def test_options_doc_is_generated_from_the_code():
+    from config.docs import options_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "options.md"
+    assert doc.read_text() == options_markdown(), "regenerate: python -m config.docs > docs/options.md"
