@@ -80,21 +80,6 @@ def parse_lr(value: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
 
 
-def parse_whole(value: str) -> int:
-    """An integer; "3.0" is accepted, "0.5" is refused (it must not silently become 0)."""
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if not math.isfinite(f) or not f.is_integer():
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
-    return int(f)
-
-
 # -- checks (value -> why it is invalid, or None) ---------------------------------------------------
 def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)

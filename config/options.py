@@ -26,7 +26,6 @@ from config.schema import (METHOD_OPTIONS, DataConfig, NetworkConfig, NeurcompCo
                            register_method_options, sections)
 
 NEGATIONS = {"use_resnet": "dont_use_resnet"}  # the original's off-switch for a true-by-default option
-ALIAS_PREFIX = "alias:"
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -36,7 +35,7 @@ class HelpFormatter(argparse.HelpFormatter):
         text = action.help or ""
         d = action.default
         if "(default" in text or d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, str) and not d) or \
-                not action.option_strings or action.dest.startswith(ALIAS_PREFIX):
+                not action.option_strings:
             return text
         return text + " (default: %(default)s)"
 
@@ -96,7 +95,7 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
     if aliases:
         g = p.add_argument_group("the original's names (set each method's own option)")
         for a, targets in aliases.items():
-            g.add_argument(f"--{a}", dest=ALIAS_PREFIX + a, default=None, type=targets[0].type, metavar=a.upper(),
+            g.add_argument(f"--{a}", dest=a, default=None, type=targets[0].type, metavar=a.upper(),
                            help="sets " + ", ".join(t.name for t in targets))
     p.shared_groups = set(groups.values()) | ({g} if aliases else set())
     return p
@@ -184,7 +183,7 @@ def _value(ns, opt, src: _Sources):
     for a in opt.aliases:
         r = src.rank(a)
         if r > rank:
-            name, value, rank = a, getattr(ns, ALIAS_PREFIX + a), r
+            name, value, rank = a, getattr(ns, a), r
         elif r and r == rank:
             raise ConfigError(f"{src.of(a)}: set {opt.name} or the original's name {a}, not both")
     return name, value
@@ -252,7 +251,7 @@ def format_config_file(flat: dict) -> str:
     no comma outside a list of numbers. ``None`` is written empty (= the default)."""
     lines = []
     for key, value in flat.items():
-        if key in ("config", NEGATIONS["use_resnet"]) or key.startswith(ALIAS_PREFIX):
+        if key in ("config", NEGATIONS["use_resnet"]):
             continue
         if key == "lr" and value is None:
             value = "auto"

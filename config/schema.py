@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from config.fields import (NOT_IN_ORIGINAL, at_least, between, exactly, non_negative, option, options_of,
-                           parse_bool, parse_lr, parse_whole, positive)
+                           parse_bool, parse_lr, positive)
 
 
 # pruning methods: technique name -> its options dataclass or None (filled by model.pruning)
@@ -138,7 +138,7 @@ class OptimConfig:
     lr_decay: float = option(0.2, "learning-rate decay factor", type=float, check=between(0, 1, open_lo=True),
                              original=0.2)
     smallify_decay: int = option(0, "> 0: plateau schedule instead (factor lr_decay, patience smallify_decay "
-                                 "passes, a whole number)", type=parse_whole, check=at_least(0), original=0)
+                                 "passes, a whole number: 0.5 is refused, not read as 0)", type=int, check=at_least(0), original=0)
     batch_size: int = option(1024, "batches of sample_size points per step", type=int, check=at_least(1), original=1024)
     sample_size: int = option(16, "points per batch entry; a step sees batch_size x sample_size points", type=int,
                               check=at_least(1), original=16)

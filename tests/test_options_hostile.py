@@ -22,7 +22,7 @@ def write(tmp_path, text, name="c.txt"):
     (["--pass_decay", "inf"], r"^command line: pass_decay = inf is invalid"),
     (["--d_in", "2"], r"^command line: d_in = 2 is invalid: only 3"),
     (["--d_out", "3"], r"^command line: d_out = 3 is invalid: only 1"),
-    (["--smallify_decay", "0.5"], r"^command line: argument --smallify_decay: expected an integer, got '0.5'"),
+    (["--smallify_decay", "0.5"], r"^command line: argument --smallify_decay: invalid int value: '0.5'"),
     (["--expname", "../../x"], r"^command line: expname = '../../x' is invalid"),
     (["--expname", "a/b"], r"^command line: expname = 'a/b' is invalid"),
     (["--expname", "a\\b"], r"expname = .* is invalid"),
@@ -38,7 +38,6 @@ def test_refused_on_the_command_line(args, match):
 
 def test_smallify_decay_must_be_whole():
     assert parse_config(["--smallify_decay", "3"]).optim.smallify_decay == 3
-    assert parse_config(["--smallify_decay", "2.0"]).optim.smallify_decay == 2
     assert parse_config(["--smallify_decay", "0"]).optim.smallify_decay == 0
     with pytest.raises(ConfigError, match="smallify_decay"):
         parse_config(["--smallify_decay", "-1"])
