@@ -301,9 +301,6 @@ class NeurcompConfig:
                 out[opt.name] = opt.render(value) if opt.render else value
         return out
 
-    def to_dict(self) -> dict:
-        return self.flat()
-
 
 def sections(cfg: NeurcompConfig | None = None):
     """(options dataclass, its instance in ``cfg`` or None) in --help order."""
