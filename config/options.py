@@ -25,6 +25,10 @@ from config.schema import (METHOD_OPTIONS, DataConfig, NetworkConfig, NeurcompCo
                            PruningConfig, PruningShared, ScalingConfig, method_option_groups,
                            register_method_options, sections)
 
+__all__ = ["build_parser", "parse_namespace", "config_from_namespace", "parse_config", "format_config_file",
+           "parse_bool", "parse_lr", "NeurcompConfig", "DataConfig", "NetworkConfig", "OptimConfig", "PruningConfig",
+           "ScalingConfig", "register_method_options", "METHOD_OPTIONS"]
+
 NEGATIONS = {"use_resnet": "dont_use_resnet"}  # the original's off-switch for a true-by-default option
 
 

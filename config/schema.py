@@ -37,10 +37,10 @@ grad_lambda            1e-3              0                             all 13 or
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from config.fields import (NOT_IN_ORIGINAL, at_least, between, exactly, non_negative, option, options_of,
+from config.fields import (at_least, between, exactly, non_negative, option, options_of,
                            parse_bool, parse_lr, positive)
 
 
@@ -321,7 +321,4 @@ def method_option_groups() -> list[type]:
     return [cls for cls in dict.fromkeys(METHOD_OPTIONS.values()) if cls is not None]
 
 
-def option_fields(cls) -> list[str]:
-    """Names of a dataclass's option fields (used by the tests)."""
-    return [f.name for f in fields(cls) if "option" in f.metadata]
 
