@@ -111,3 +111,14 @@ def test_new_options_of_other_helpers(tmp_path):
         parse_config(["--raw_endian", "middle"])
     with pytest.raises(ConfigError, match="not both"):
         parse_config(["--resume", str(ckpt), "--checkpoint_path", str(ckpt)])
+
+
+def test_original_threshold_is_checked_for_the_method_in_use_only(tmp_path):
+    from model.pruning.smallify import SmallifyOptions
+
+    cfg = parse_config(["--dropout_technique", "smallify", "--pruning_threshold", "1.5"])
+    assert cfg.pruning.options(SmallifyOptions).threshold == 1.5  # a sign variance may exceed 1 in principle
+    with pytest.raises(ConfigError, match=r"^command line: pruning_threshold = 1.5 is invalid: must be in \[0, 1\]"):
+        parse_config(["--dropout_technique", "binary", "--pruning_threshold", "1.5"])
+    with pytest.raises(ConfigError, match=r"binary_threshold = 1.5 is invalid"):  # its own name: always checked
+        parse_config(["--binary_threshold", "1.5"])
