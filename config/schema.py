@@ -200,6 +200,9 @@ class PruningConfig:
     def enabled(self) -> bool:
         return self.technique not in ("", "none")
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PruningConfig) and vars(self) == vars(other)
+
     def __repr__(self) -> str:
         shared = ", ".join(f"{f}={getattr(self, f)!r}" for f, _ in options_of(PruningShared))
         return f"PruningConfig(technique={self.technique!r}, {shared}, methods={list(self.methods.values())!r})"

@@ -75,7 +75,8 @@ def test_written_config_round_trips(tmp_path):
                         "--dont_use_resnet", "--seed", "7"])
     again = parse_config(["--config", str(write(tmp_path, format_config_file(cfg.flat()), "out.txt"))])
     assert again.flat() == cfg.flat()
-    assert (again.network, again.optim, again.data, again.scaling) == (cfg.network, cfg.optim, cfg.data, cfg.scaling)
+    assert (again.network, again.optim, again.data, again.pruning, again.scaling) == \
+        (cfg.network, cfg.optim, cfg.data, cfg.pruning, cfg.scaling)
 
 
 @pytest.mark.parametrize("text, match", [
