@@ -17,6 +17,8 @@ the smaller plain ``Neurcomp``.
 
 from __future__ import annotations
 
+from config.schema import register_method_options
+
 PRUNING_METHODS: dict[str, type] = {}
 
 
@@ -29,8 +31,6 @@ def register_pruning(*names: str):
             if name in PRUNING_METHODS:
                 raise ValueError(f"pruning method {name!r} is registered twice")
             PRUNING_METHODS[name] = cls
-        from config.schema import register_method_options
-
         register_method_options(names, getattr(cls, "Options", None))
         return cls
 
