@@ -18,6 +18,7 @@ def write(tmp_path, text, name="c.txt"):
 
 @pytest.mark.parametrize("args, match", [
     (["--max_pass", "inf"], r"^command line: max_pass = inf is invalid"),
+    (["--sample_size", "1e9"], r"^command line: argument --sample_size: invalid int value: '1e9'"),
     (["--max_pass", "nan"], r"^command line: max_pass = nan is invalid"),
     (["--pass_decay", "inf"], r"^command line: pass_decay = inf is invalid"),
     (["--d_in", "2"], r"^command line: d_in = 2 is invalid: only 3"),
