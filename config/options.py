@@ -193,17 +193,18 @@ def _value(ns, opt, src: _Sources):
     return name, value
 
 
-def _fill(cls, ns, src: _Sources, in_use: bool = True):
+def _fill(cls, ns, src: _Sources, in_use: bool = True, lenient: frozenset = frozenset()):
     """The field values of the options dataclass ``cls`` from the namespace, each checked. A value
-    reaching a method not ``in_use`` through an original name (``pruning_threshold = 1.5`` for
-    smallify) is not checked against that method's range."""
+    reaching a method not ``in_use`` through an original name in ``lenient`` (one that sets several
+    methods' options with different meanings: ``pruning_threshold = 1.5`` for smallify) is not
+    checked against that method's range."""
     values = {}
     for fname, opt in options_of(cls):
         name, raw = _value(ns, opt, src)
         value = opt.convert(raw) if opt.convert else raw
         if opt.name in NEGATIONS and getattr(ns, NEGATIONS[opt.name], False):
             value = False
-        why = opt.check(value) if opt.check and (in_use or name == opt.name) else None
+        why = opt.check(value) if opt.check and (in_use or name not in lenient) else None
         if why:
             _fail(src.of(name), name, raw, why)
         values[fname] = value
@@ -217,8 +218,10 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     top = _fill(NeurcompConfig, ns, src)
     shared = _fill(PruningShared, ns, src)
     technique = shared.pop("technique")
-    methods = {cls: cls(**_fill(cls, ns, src, in_use=METHOD_OPTIONS.get(technique) is cls))
-               for cls in method_option_groups()}
+    groups = method_option_groups()
+    names = [a for cls in groups for _, opt in options_of(cls) for a in opt.aliases]
+    lenient = frozenset(a for a in names if names.count(a) > 1)
+    methods = {cls: cls(**_fill(cls, ns, src, METHOD_OPTIONS.get(technique) is cls, lenient)) for cls in groups}
     cfg = NeurcompConfig(**top, data=DataConfig(**_fill(DataConfig, ns, src)),
                          network=NetworkConfig(**_fill(NetworkConfig, ns, src)),
                          optim=OptimConfig(**_fill(OptimConfig, ns, src)),

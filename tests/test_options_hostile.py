@@ -123,3 +123,6 @@ def test_original_threshold_is_checked_for_the_method_in_use_only(tmp_path):
         parse_config(["--dropout_technique", "binary", "--pruning_threshold", "1.5"])
     with pytest.raises(ConfigError, match=r"binary_threshold = 1.5 is invalid"):  # its own name: always checked
         parse_config(["--binary_threshold", "1.5"])
+    # an original name with one meaning is checked whatever the method
+    with pytest.raises(ConfigError, match=r"pruning_momentum = 2.0 is invalid: must be in \[0, 1\]"):
+        parse_config(["--pruning_momentum", "2"])
