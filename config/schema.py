@@ -36,7 +36,6 @@ grad_lambda            1e-3              0                             all 13 or
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def load_option_providers() -> None:
 
 
 def _check_expname(v: str):
-    if not v or v == "." or ".." in v or "/" in v or "\\" in v or (os.sep in v) or (os.altsep and os.altsep in v):
+    if not v or v == "." or ".." in v or "/" in v or "\\" in v:  # both separators, whatever the OS
         return "must be a plain folder name (no path separator, no ..)"
     return None
 
