@@ -95,7 +95,7 @@ def best_config_text(base_config: str, fixed: dict, parameters: dict, expname: s
 
     cfg = config_from_namespace(parse_namespace(build_parser(), ["--config", base_config, *overrides(fixed),
                                                                  *overrides(parameters)]))
-    raw = dict(cfg.raw)
+    raw = cfg.flat()
     raw["expname"] = expname
     return header + format_config_file(raw)
 

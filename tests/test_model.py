@@ -111,10 +111,10 @@ def test_ratio_too_high_names_largest_possible():
 
 def test_build_architecture_precedence():
     assert build_architecture(NetworkConfig(feature_list=[9, 8, 7, 6]), 10 ** 6).widths == [9, 8, 7, 6]
-    assert build_architecture(NetworkConfig(features_per_layer=21), 10 ** 6).widths == [21] * 4
+    assert build_architecture(NetworkConfig(features_per_layer=21, n_layers=4), 10 ** 6).widths == [21] * 4
     # as the original: features_per_layer gives n_layers layers, plain or not
-    assert build_architecture(NetworkConfig(features_per_layer=21, residual=False), 10 ** 6).widths == [21] * 4
-    assert build_architecture(NetworkConfig(compression_ratio=100), 255 ** 3).widths == [165] * 4
+    assert build_architecture(NetworkConfig(features_per_layer=21, residual=False, n_layers=4), 10 ** 6).widths == [21] * 4
+    assert build_architecture(NetworkConfig(compression_ratio=100, n_layers=4), 255 ** 3).widths == [165] * 4
 
 
 def test_siren_initialisation_bounds():

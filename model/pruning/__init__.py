@@ -7,24 +7,31 @@ Methods (``dropout_technique`` in the config), one module each:
 * ``variational_static`` / ``variational`` and ``variational_dynamic``
   (``model.pruning.variational``): variational dropout with learned drop rates.
 
-``build_pruning(name, cfg)`` makes a method from a ``config.options.PruningConfig``;
+Each method's module also defines its own option group (a dataclass of ``config.fields.option``
+fields, the class attribute ``Options``), registered with the method: a new method is one new module
+plus its import line below. ``build_pruning(name, cfg)`` makes a method from a
+``config.options.PruningConfig``;
 ``model.pruning.prunable.PrunableNeurcomp`` puts its gates into a network and ``prune()`` returns
 the smaller plain ``Neurcomp``.
 """
 
 from __future__ import annotations
 
+from config.schema import register_method_options
+
 PRUNING_METHODS: dict[str, type] = {}
 
 
 def register_pruning(*names: str):
-    """Class decorator: register a ``PruningMethod`` under one or more technique names."""
+    """Class decorator: register a ``PruningMethod`` (and its option group ``cls.Options``, which
+    the shared option parser then offers) under one or more technique names."""
 
     def deco(cls):
         for name in names:
             if name in PRUNING_METHODS:
                 raise ValueError(f"pruning method {name!r} is registered twice")
             PRUNING_METHODS[name] = cls
+        register_method_options(names, getattr(cls, "Options", None))
         return cls
 
     return deco

@@ -116,9 +116,11 @@ class PruningMethod:
 
     name = ""
     histogram_name = "gate"
+    Options = None  # the method's own option group: a dataclass of config.fields.option fields
 
     def __init__(self, cfg, dataset_size: int = 1, param_scale: float = GATE_PARAM_SCALE):
-        self.cfg = cfg
+        self.cfg = cfg  # config.options.PruningConfig: technique and the options methods share
+        self.opts = cfg.options(self.Options) if self.Options is not None else None
         self.dataset_size = max(1, int(dataset_size))
         self.param_scale = float(param_scale)
 

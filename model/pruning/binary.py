@@ -16,25 +16,29 @@ original code tested |M| when pruning and sigmoid(M) in the forward pass, so the
 Kept neurons have mask 1, so nothing needs folding. A switched-off neuron still receives the
 straight-through gradient and can come back while training goes on.
 
-Options and sensible ranges (loss in squared normalised units, volume mapped to [-1, 1]):
+Options (``BinaryOptions`` below, plus the shared ``lambda_*``) and sensible ranges (loss in squared
+normalised units, volume mapped to [-1, 1]):
 
-* ``pruning_threshold``: t in (0, 1), the mask value below which a neuron is off; 0.5 (M >= 0)
-  is the natural choice. Scores start at M = logit(t) + 2, so every neuron starts on.
+* ``binary_threshold`` (the original's ``pruning_threshold``, which still sets it): t in (0, 1), the
+  mask value below which a neuron is off; 0.5 (M >= 0) is the natural choice and our default. The
+  original's 0.9 with its scores M ~ U(0, 1) (sigmoid(M) <= 0.73) switched every mask off. Scores
+  start at M = logit(t) + 2, so every neuron starts on.
 * ``lambda_betas``: price of one open mask in MSE units; 0 prunes nothing. Measured with
   ~1000-step prune phases at lr 1e-3 (benchmarks/pruning_bench.py): 1e-5 pruned nothing, 1e-4
   (experiment-config-files/pruning_binary.txt) a quarter to a half of the inner neurons, 1e-3 all
   but 1..6 per block; useful range 1e-5..1e-3.
 * ``lambda_weights``: L1 on weights and biases, 0..1e-5.
-* ``pruning_momentum``: unused.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from config.fields import between, option
 from model.pruning import register_pruning
 from model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, weight_l1
 
@@ -80,13 +84,23 @@ class BinaryGate(Gate):
         return {"masks": self.soft_mask().detach(), "scores": self.score.detach()}
 
 
+@dataclass
+class BinaryOptions:
+    GROUP = "pruning: binary"
+    threshold: float = option(0.5, "binary: mask value sigmoid(M) below which a neuron is off", type=float,
+                              name="binary_threshold", aliases=("pruning_threshold",), check=between(0, 1),
+                              original=0.9, deviation="0.9 switched every mask off at the start (M ~ U(0, 1)); "
+                              "0.5 is M >= 0. An original config's pruning_threshold still applies")
+
+
 @register_pruning("binary")
 class BinaryMask(PruningMethod):
     name = "binary"
     histogram_name = "masks"
+    Options = BinaryOptions
 
     def make_gate(self, n: int, position: str) -> Gate:
-        return BinaryGate(n, self.cfg.threshold, param_scale=self.param_scale)
+        return BinaryGate(n, self.opts.threshold, param_scale=self.param_scale)
 
     def loss(self, model, step: int):
         masks = sum(g.penalty()["mask_sum"] for g in model.all_gates())

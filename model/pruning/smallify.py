@@ -26,8 +26,10 @@ Options and sensible ranges (loss in squared normalised units, volume mapped to 
   nothing, 1e-4 about 20% and 1e-3 about half of the inner neurons; useful range 1e-5..1e-2.
 * ``lambda_weights``: L1 on weights and biases, 0..1e-5 (original: 5e-6); it stops the weights
   growing to compensate for shrinking switches.
-* ``pruning_momentum``: mu, 0.01..0.1 (original: 0.025): an averaging window of about 1/mu steps.
-* ``pruning_threshold``: sign variance above which a neuron is removed, 0.5..0.9 (original: 0.75).
+* ``smallify_momentum`` (the original's ``pruning_momentum``): mu, 0.01..0.1 (original configs:
+  0.025): an averaging window of about 1/mu steps.
+* ``smallify_threshold`` (the original's ``pruning_threshold``): sign variance above which a neuron
+  is removed, 0.5..0.9 (original configs: 0.75).
 
 Pruning folds each kept beta into its layer's weight rows and bias (beta (W x + b) = (beta W) x +
 beta b), so the pruned network is a plain Neurcomp. On the shared residual width (optional) the
@@ -37,9 +39,12 @@ reading it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from config.fields import between, non_negative, option
 from model.pruning import register_pruning
 from model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, keep_or_strongest, weight_l1
 
@@ -95,13 +100,25 @@ class SmallifyGate(Gate):
         self.alive.copy_(keep_or_strongest(self.alive & (self.sign_var <= self.threshold), self.strength()))
 
 
+@dataclass
+class SmallifyOptions:
+    GROUP = "pruning: smallify"
+    momentum: float = option(0.02, "smallify: rate mu of the sign mean and variance moving averages", type=float,
+                             name="smallify_momentum", aliases=("pruning_momentum",), check=between(0, 1),
+                             original=0.02)
+    threshold: float = option(0.9, "smallify: sign variance above which a neuron is removed", type=float,
+                              name="smallify_threshold", aliases=("pruning_threshold",), check=non_negative,
+                              original=0.9)
+
+
 @register_pruning("smallify")
 class Smallify(PruningMethod):
     name = "smallify"
     histogram_name = "betas"
+    Options = SmallifyOptions
 
     def make_gate(self, n: int, position: str) -> Gate:
-        return SmallifyGate(n, self.cfg.momentum, self.cfg.threshold,
+        return SmallifyGate(n, self.opts.momentum, self.opts.threshold,
                             position="pre" if position == "inner" else "post", param_scale=self.param_scale)
 
     def loss(self, model, step: int):

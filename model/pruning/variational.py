@@ -28,10 +28,10 @@ p toward 0 or 1 (the original maximised it, which pushes toward 0.5 and could pr
 Evaluation is deterministic: y = x theta for neurons with p < ``pruning_threshold``, 0 for the
 others. Pruning removes the latter and folds theta into the columns of the next layer.
 
-Options and sensible ranges:
+Options (``VariationalOptions`` below; defaults are the original parser's) and sensible ranges:
 
-* ``pruning_threshold``: drop rate p at or above which a neuron is removed, 0.5..0.95
-  (original: 0.9, i.e. log alpha >= 2.2).
+* ``variational_threshold`` (the original's ``pruning_threshold``): drop rate p at or above which a
+  neuron is removed, 0.5..0.95 (original: 0.9, i.e. log alpha >= 2.2).
 * ``variational_sigma``: log sigma of the likelihood, -7..-1 (original: -2.5). Lower = the data
   term weighs more (exp(-2 s) / 2 per squared error) = less pruning.
 * ``variational_init_droprate``: p at the start, 0.01..0.5 (original: 0.1).
@@ -42,17 +42,19 @@ Options and sensible ranges:
   Training under the multiplicative noise costs PSNR by itself (benchmarks/pruning_bench.py).
 * ``variational_lambda_weight``: weight of the L1 prior on weights, 0..10 (original: 1).
 * ``variational_lambda_entropy``: weight of the entropy term, 0..10 (original: 1).
-* ``lambda_betas``, ``lambda_weights``, ``pruning_momentum``: unused.
+* ``lambda_betas``, ``lambda_weights``: unused.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config.fields import between, finite, non_negative, option
 from model.pruning import register_pruning
 from model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, weight_l1
 
@@ -140,19 +142,43 @@ class LogSigmaNet(nn.Module):
         return torch.clamp(s, *LOG_SIGMA_RANGE)
 
 
+@dataclass
+class VariationalOptions:
+    """Shared by variational_static (alias variational) and variational_dynamic."""
+
+    GROUP = "pruning: variational"
+    threshold: float = option(0.9, "variational: drop rate p at or above which a neuron is removed", type=float,
+                              name="variational_threshold", aliases=("pruning_threshold",), check=between(0, 1),
+                              original=0.9)
+    sigma: float = option(0.0, "variational: log sigma of the Gaussian likelihood (static: fixed; dynamic: start)",
+                          type=float, name="variational_sigma",
+                          check=lambda v: None if finite(v) else "must be a finite number", original=0.0)
+    init_droprate: float = option(0.5, "variational: initial drop rate p", type=float, name="variational_init_droprate",
+                                  check=between(0, 1, open_lo=True, open_hi=True), original=0.5)
+    dkl_multiplier: float = option(1e-8, "variational: the KL weight grows by (1 + this) per step", type=float,
+                                   name="variational_dkl_multiplier", check=non_negative, original=1e-8)
+    lambda_dkl: float = option(1e-5, "variational: weight of the KL term at step 0", type=float,
+                               name="variational_lambda_dkl", check=non_negative, original=1e-5)
+    lambda_weight: float = option(1e-5, "variational: weight of the weight L1 term", type=float,
+                                  name="variational_lambda_weight", check=non_negative, original=1e-5)
+    lambda_entropy: float = option(1e-5, "variational: weight of the drop-rate entropy term", type=float,
+                                   name="variational_lambda_entropy", check=non_negative, original=1e-5)
+
+
 class _Variational(PruningMethod):
     histogram_name = "log_alpha"
     dynamic = False
+    Options = VariationalOptions
 
     def make_gate(self, n: int, position: str) -> Gate:
-        return VariationalGate(n, self.cfg.variational_init_droprate, self.cfg.threshold, param_scale=self.param_scale)
+        return VariationalGate(n, self.opts.init_droprate, self.opts.threshold, param_scale=self.param_scale)
 
     def kl_weight(self, step: int) -> float:
-        exponent = min(step * math.log1p(self.cfg.variational_dkl_multiplier), MAX_KL_GROWTH_EXPONENT)
-        return self.cfg.variational_lambda_dkl * math.exp(exponent)
+        exponent = min(step * math.log1p(self.opts.dkl_multiplier), MAX_KL_GROWTH_EXPONENT)
+        return self.opts.lambda_dkl * math.exp(exponent)
 
     def log_sigma(self, model, coords: torch.Tensor) -> torch.Tensor | float:
-        return self.cfg.variational_sigma
+        return self.opts.sigma
 
     def data_loss(self, model, coords, pred, targets):
         s = self.log_sigma(model, coords)
@@ -168,8 +194,8 @@ class _Variational(PruningMethod):
         entropy = sum(t["entropy"] for t in terms)
         w_l1 = weight_l1(model.net)
         w = self.kl_weight(step)
-        c = self.cfg
-        loss = (w * kl + c.variational_lambda_weight * w_l1 + c.variational_lambda_entropy * entropy) / self.dataset_size
+        o = self.opts
+        loss = (w * kl + o.lambda_weight * w_l1 + o.lambda_entropy * entropy) / self.dataset_size
         metrics = {"pruning_loss": loss.detach(), "kl": kl.detach(), "kl_weight": w,
                    "drop_entropy": entropy.detach(), "weight_l1": w_l1.detach()}
         if getattr(self, "_last_log_sigma", None) is not None:
@@ -188,7 +214,7 @@ class VariationalDynamic(_Variational):
     dynamic = True
 
     def aux_modules(self, arch) -> dict[str, nn.Module]:
-        return {"log_sigma": LogSigmaNet(arch.d_in, self.cfg.variational_sigma)}
+        return {"log_sigma": LogSigmaNet(arch.d_in, self.opts.sigma)}
 
     def log_sigma(self, model, coords):
         return model.aux["log_sigma"](coords)
