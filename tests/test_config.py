@@ -85,7 +85,7 @@ def test_written_config_round_trips(tmp_path):
     ("compression_ratio = -3\n", r"compression_ratio = -3.0 is invalid"),
     ("max_pass = 0\n", r"max_pass = 0.0 is invalid"),
     ("dropout_technique = magic\n", r"dropout_technique = 'magic' is invalid"),
-    ("feature_list = [8, 8]\n", r"feature_list .* needs n_layers = 8"),
+    ("feature_list = [8, 8]\n", r"feature_list .* needs n_layers = 4"),
     ("tracking = wandb\n", r"tracking"),
 ])
 def test_bad_values_name_key_and_file(tmp_path, text, match):
@@ -126,7 +126,7 @@ ORIGINAL_DEFAULTS = {
     "variational_sigma": 0.0, "variational_init_droprate": 0.5, "variational_dkl_multiplier": 1e-8,
     "variational_lambda_dkl": 1e-5, "variational_lambda_weight": 1e-5, "variational_lambda_entropy": 1e-5,
 }
-DOCUMENTED_DEVIATIONS = {"expname", "data", "basedir", "lr", "binary_threshold", "grad_lambda"}
+DOCUMENTED_DEVIATIONS = {"expname", "data", "basedir", "lr", "binary_threshold", "grad_lambda", "n_layers"}
 
 
 def all_options():
