@@ -65,7 +65,7 @@ def _read_volume(path, cfg):
 
     d = cfg.data
     return read_volume(path, data_key=d.data_key or None, raw_shape=d.raw_shape, raw_dtype=d.raw_dtype or None,
-                       channel=d.channel)
+                       raw_endian=d.raw_endian, channel=d.channel)
 
 
 def check_output_path(path: Path, option: str) -> Path:

@@ -37,6 +37,7 @@ from data.metrics import volume_metrics
 from model.architecture import count_parameters
 from model.device import resolve_device as model_device
 from training import distributed
+from data.atomic import remove_stale_temporaries
 from data.volume import VolumeInfo
 from training.checkpoint import CHECKPOINT_NAME, check_compatible, read_checkpoint, save_checkpoint, tensors_finite
 from training.file_target import write_compressed_file
@@ -66,7 +67,7 @@ def load_training_volume(cfg: NeurcompConfig):
     ensure_default_volume(d.path)
     read = open_volume_lazily if cfg.scaling.stream_bricks else read_volume
     return read(d.path, data_key=d.data_key or None, raw_shape=d.raw_shape, raw_dtype=d.raw_dtype or None,
-                channel=d.channel)
+                raw_endian=d.raw_endian, channel=d.channel)
 
 
 def validation_set(cfg: NeurcompConfig, volume, info: VolumeInfo, device) -> ValidationSet:
@@ -128,12 +129,13 @@ class Session:
         if cfg.resume and cfg.checkpoint_path:
             raise ConfigError(f"{cfg.source}: give either resume (continue a run) or checkpoint_path "
                               "(start a new run from its weights), not both")
-        self.cfg, self.progress = cfg, progress
+        self.cfg, self.progress = cfg, progress and not cfg.quiet
         self.volume = load_training_volume(cfg)
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.out_dir = cfg.experiment_dir
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)  # left by a run killed mid-write (kill -9)
         self.ckpt_path = self.out_dir / CHECKPOINT_NAME
         self.info = VolumeInfo.from_volume(self.volume)
         self.resumed = read_checkpoint(cfg.resume) if cfg.resume else None

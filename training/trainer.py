@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
-from tqdm import tqdm
 
 from config.options import OptimConfig
 from training import distributed
 from training.portable_state import load_optimizer_state
+from training.progress import phase_progress
 from training.recovery import Recovery, psnr_from_normalised_mse
 from training.sampling import VolumeSampler
 from training.speed import (compile_step, graphs_compiled, is_device_failure, micro_batch_size, should_compile,
@@ -281,8 +281,7 @@ class Trainer(Recovery):
         n_local = distributed.local_points(n)
         self._share = (n_local, n_local * distributed.get_world_size() / n)
         self.model.train()
-        bar = tqdm(total=phase.num_steps, initial=self.step, desc=phase.name, unit="step",
-                   disable=not self.progress or not distributed.is_main_process(), dynamic_ncols=True)
+        bar = phase_progress(phase.num_steps, self.step, phase.name, self.progress and distributed.is_main_process())
         if self._pass_sums is None:
             self._reset_pass()
         if self._next_pass_end is None:
