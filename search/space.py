@@ -48,6 +48,7 @@ RESERVED_OPTIONS = {
     "expname": "each trial is named trial_<n> by the search",
     "basedir": "trials are written under <output_dir>/trials by the search",
     "checkpoint_path": "each trial trains from scratch",
+    "resume": "each trial trains from scratch",
     "Tensorboard_log_dir": "each trial logs into its own folder",
     "mlflow_parent_run_id": "the search sets it to its own MLflow run",
     "mlflow_tracking_uri": "set it in the base config; the search passes it to every trial",

@@ -294,8 +294,8 @@ def test_help_shows_the_scripts_own_options_first_and_each_default_once():
         assert "(default: 30.0)" in flat  # omega_0: defaults are shown
 
 
-def test_options_doc_is_generated_from_the_code():
-    from config.docs import options_markdown
+def test_readme_option_table_is_generated_from_the_code():
+    from config.docs import options_markdown, readme_block
 
-    doc = Path(__file__).resolve().parents[1] / "docs" / "options.md"
-    assert doc.read_text() == options_markdown(), "regenerate: python -m config.docs > docs/options.md"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert readme_block(readme) == options_markdown(), "regenerate: python -m config.docs"
