@@ -20,7 +20,8 @@ from config.errors import ConfigError, InputError
 from config.options import build_parser, config_from_namespace, parse_namespace
 from model.device import resolve_device
 from quantization.cli import (CHECKPOINT_NAME, DEFAULT_SUFFIX, add_quantization_arguments, atomic_write_bytes,
-                              check_output_path, human_bytes, itemsize, stored_compression)
+                              human_bytes, itemsize, stored_compression)
+from data.atomic import check_output_file
 
 
 def quantize_main(argv=None, parser=None) -> dict:
@@ -39,9 +40,9 @@ def quantize_main(argv=None, parser=None) -> dict:
         raise ConfigError(f"{src}: finetune_lr = {ns.finetune_lr!r} is invalid: must be a finite number > 0")
     bits = cfg.quant_bits
     if ns.output:
-        out = check_output_path(Path(ns.output), "--output")
+        out = check_output_file(Path(ns.output), "--output")
     else:
-        out = check_output_path(cfg.experiment_dir / (ns.filename or f"{cfg.expname}_{bits}bit{DEFAULT_SUFFIX}"),
+        out = check_output_file(cfg.experiment_dir / (ns.filename or f"{cfg.expname}_{bits}bit{DEFAULT_SUFFIX}"),
                                 "--filename")
     checkpoint = cfg.experiment_dir / CHECKPOINT_NAME
     if not checkpoint.is_file():

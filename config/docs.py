@@ -53,11 +53,10 @@ def readme_block(readme: str) -> str:
 def update_readme(path="README.md") -> None:
     from pathlib import Path
 
-    from data.atomic import atomic_write_text
-
     text = Path(path).read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    atomic_write_text(path, text[:start] + "\n" + options_markdown() + text[end:])
+    # a developer command on a tracked file (git keeps the old one): config does not import data.atomic
+    Path(path).write_text(text[:start] + "\n" + options_markdown() + text[end:])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import re
 import secrets
 from pathlib import Path
 
+from config.errors import InputError
+
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp(\.\w+)?$")
 
 
@@ -101,3 +103,40 @@ def remove_stale_temporaries(folder) -> list[Path]:
             entry.unlink()
             removed.append(entry)
     return removed
+
+
+# -- output paths a user names: refused in one line before any work -----------------------------
+def check_output_file(path, option: str) -> Path:
+    """`path` as a file to write, or an InputError naming `option` if it is a folder or lies below a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder, not a file name")
+    _check_parents(path, option)
+    return path
+
+
+def check_output_folder(path, option: str) -> Path:
+    """`path` as a folder to write into, or an InputError naming `option` if it (or a parent) is a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path}: is a file, not a folder")
+    _check_parents(path, option)
+    return path
+
+
+def make_output_folder(path, option: str) -> Path:
+    """Create the folder `path` (and its parents), or an InputError naming `option`."""
+    path = check_output_folder(path, option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    return path
+
+
+def _check_parents(path: Path, option: str) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{option} {path}: {parent} is a file, not a folder")
+            return

@@ -68,22 +68,9 @@ def _read_volume(path, cfg):
                        raw_endian=d.raw_endian, channel=d.channel)
 
 
-def check_output_path(path: Path, option: str) -> Path:
-    """``path`` as a file to write, or an InputError (one line) if it is a folder or below a file."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{option} {path}: is a folder, not a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{option} {path}: {parent} is a file, not a folder")
-            break
-    return path
-
-
 def atomic_write_bytes(path: Path, data: bytes, option: str = "output") -> None:
     """Write ``path`` atomically (``data.atomic``); an unwritable path is one InputError naming the option."""
-    path = check_output_path(path, option)
+    path = atomic.check_output_file(path, option)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.atomic_write_bytes(path, data)
@@ -123,9 +110,9 @@ def dequantize_main(argv=None, parser=None) -> dict:
         raise ConfigError("command line: --metrics_json needs --volume (the ground truth to compare with)")
     path = Path(ns.compressed_file)
     out = Path(ns.decompressed_file) if ns.decompressed_file else path.with_suffix(".vti")
-    check_output_path(out, "--decompressed_file")  # before the (possibly long) decoding
+    atomic.check_output_file(out, "--decompressed_file")  # before the (possibly long) decoding
     if ns.metrics_json:
-        check_output_path(Path(ns.metrics_json), "--metrics_json")
+        atomic.check_output_file(Path(ns.metrics_json), "--metrics_json")
     t0 = time.perf_counter()
     model, info, meta = decode_file(path)
     t_decode = time.perf_counter() - t0

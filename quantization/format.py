@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import lzma
 import math
-import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from config.errors import InputError
+from config.limits import machine_memory
 from data.volume import VolumeInfo
 from model.architecture import Architecture
 from quantization.bitpack import pack_bits, packed_size, unpack_bits
@@ -342,14 +342,6 @@ def _check_values(source: str, arch: Architecture, volume: VolumeInfo, settings:
         raise _fail(source, f"bad fine-tuning passes {settings.finetune_passes} (must be finite and >= 0)")
 
 
-def memory_bytes() -> int | None:
-    """Physical memory of this machine, or None where the platform does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _check_sizes(source: str, shapes, volume: VolumeInfo, raw_size: int) -> None:
     """Refuse, before decompressing anything, a payload size the architecture cannot have, and a
     network or reconstruction that cannot fit in this machine's memory."""
@@ -363,7 +355,7 @@ def _check_sizes(source: str, shapes, volume: VolumeInfo, raw_size: int) -> None
         raise _fail(source, f"header/payload mismatch: a raw payload of {raw_size} bytes is impossible for "
                             f"{params} parameters ({least}..{most} bytes)")
     needed = 4 * volume.num_voxels + 8 * params + raw_size
-    memory = memory_bytes()
+    memory = machine_memory()
     if memory is not None and needed > memory:
         raise _fail(source, f"a {'x'.join(map(str, volume.shape))} volume and {params} parameters need "
                             f"{needed / 2 ** 30:.1f} GiB, more than this machine's {memory / 2 ** 30:.1f} GiB")

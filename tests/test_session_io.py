@@ -4,8 +4,10 @@ and the raw_endian option reaching the reader."""
 import json
 
 import numpy as np
+import pytest
 
 from config.options import parse_config
+from tests.conftest import run_script
 from tests.test_training import tiny_config
 from training.run import train
 
@@ -43,3 +45,17 @@ def test_raw_endian_reaches_the_reader(tmp_path):
     assert info["volume_max"] == 9.0 and info["volume_min"] == 0.0
     stored = json.loads((tmp_path / "exp" / "tiny" / "info.json").read_text())
     assert stored["volume_max"] == 9.0
+
+
+@pytest.mark.parametrize("extra, option", [
+    ({"basedir": "{f}"}, "basedir/expname"),
+    ({"basedir": "{f}/sub"}, "basedir/expname"),
+    ({"basedir": "{d}", "expname": "afile"}, "basedir/expname"),
+    ({"Tensorboard_log_dir": "{f}", "tracking": "tensorboard"}, "Tensorboard_log_dir"),
+])
+def test_unwritable_output_folders_are_one_line(tmp_path, tiny_volume, extra, option):
+    (tmp_path / "afile").write_text("a file where a folder should be")
+    extra = {k: v.format(f=tmp_path / "afile", d=tmp_path) for k, v in extra.items()}
+    proc = run_script("NeurcompTraining.py", *tiny_config(tmp_path, tiny_volume, max_pass=1, **extra))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith(f"error: {option} ") and proc.stderr.strip().count("\n") == 0

@@ -42,7 +42,7 @@ def test_output_dir_on_a_file_is_one_line(trained, tmp_path, capsys, where):
     _, config = trained
     (tmp_path / "taken").write_text("not a folder")
     target = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "sub" / "dir"
-    with pytest.raises(ConfigError, match=r"--output_dir .*taken.* not a folder"):
+    with pytest.raises(InputError, match=r"--output_dir .*taken.*not a folder"):
         visualize_main(["--config", config, "--output_dir", str(target)])
     assert run_cli(visualize_main, ["--config", config, "--output_dir", str(target)]) == 2
     err = capsys.readouterr().err
@@ -68,11 +68,11 @@ def test_resolution_that_cannot_fit_in_memory_is_refused(trained, tmp_path, monk
     with pytest.raises(ConfigError, match=r"--resolution 100000 100000 100000 is too large: .*GiB"):
         visualize_main(["--config", config, "--resolution", "100000", "100000", "100000", "--output_dir", str(out)])
     assert not out.exists()
-    # the limit is the memory available now: 40^3 voxels fit in 1 MiB, not in 100 kiB
-    monkeypatch.setattr(visualize, "available_memory", lambda: 100 * 1024)
+    # the limit is the machine's memory: 40^3 voxels fit in 1 MiB, not in 100 kiB
+    monkeypatch.setattr(visualize, "machine_memory", lambda: 100 * 1024)
     with pytest.raises(ConfigError, match="--resolution 40 40 40 is too large"):
         visualize_main(["--config", config, "--resolution", "40", "40", "40", "--output_dir", str(out)])
-    monkeypatch.setattr(visualize, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(visualize, "machine_memory", lambda: 1 << 20)
     visualize_main(["--config", config, "--resolution", "40", "40", "40", "--output_dir", str(out)])
     assert [p.name for p in out.iterdir()] == ["prediction_40x40x40.vti"]
     with pytest.raises(ConfigError, match="--resolution 1 40 40 is invalid"):

@@ -37,7 +37,7 @@ from data.metrics import volume_metrics
 from model.architecture import count_parameters
 from model.device import resolve_device as model_device
 from training import distributed
-from data.atomic import remove_stale_temporaries
+from data.atomic import check_output_folder, make_output_folder, remove_stale_temporaries
 from data.volume import VolumeInfo
 from training.checkpoint import CHECKPOINT_NAME, check_compatible, read_checkpoint, save_checkpoint, tensors_finite
 from training.file_target import write_compressed_file
@@ -130,11 +130,14 @@ class Session:
             raise ConfigError(f"{cfg.source}: give either resume (continue a run) or checkpoint_path "
                               "(start a new run from its weights), not both")
         self.cfg, self.progress = cfg, progress and not cfg.quiet
+        self.out_dir = cfg.experiment_dir
+        check_output_folder(self.out_dir, "basedir/expname")  # before any work: one line, not a traceback
+        if "tensorboard" in cfg.trackers and cfg.tensorboard_dir:
+            check_output_folder(Path(cfg.tensorboard_dir), "Tensorboard_log_dir")
         self.volume = load_training_volume(cfg)
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.out_dir = cfg.experiment_dir
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        make_output_folder(self.out_dir, "basedir/expname")
         remove_stale_temporaries(self.out_dir)  # left by a run killed mid-write (kill -9)
         self.ckpt_path = self.out_dir / CHECKPOINT_NAME
         self.info = VolumeInfo.from_volume(self.volume)

@@ -1,15 +1,25 @@
-"""Reproduce a trained network's volume: load the checkpoint, write .vti, print the metrics."""
+"""Reproduce a trained network's volume: load the checkpoint, write .vti, print the metrics.
+
+Every check (output folder, ``--resolution``, the ground truth's shape) runs before the first file
+is written, so a refused run leaves an existing ``prediction.vti`` as it was.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from config.errors import ConfigError
+from config.errors import ConfigError, InputError
+from config.limits import machine_memory
+from data.atomic import check_output_folder, make_output_folder
 from config.options import build_parser, config_from_namespace, parse_namespace
 from data.metrics import volume_metrics
 from training.checkpoint import load_model
 from model.inference import predict_volume
 from training.session import CHECKPOINT_NAME, load_training_volume, resolve_device
+
+# Bytes per output voxel at the peak of writing: the float32 prediction and the copy that
+# data.writers.write_vti reorders for VTK (X fastest).
+BYTES_PER_VOXEL = 8
 
 
 def build_visualization_parser():
@@ -22,19 +32,38 @@ def build_visualization_parser():
     return p
 
 
+def check_resolution(resolution) -> None:
+    """Refuse a ``--resolution`` with an axis under 2 samples or an output that cannot fit in memory."""
+    if min(resolution) < 2:
+        raise ConfigError(f"--resolution {' '.join(map(str, resolution))} is invalid: every axis needs >= 2 samples")
+    need = BYTES_PER_VOXEL * resolution[0] * resolution[1] * resolution[2]
+    have = machine_memory()
+    if have is not None and need > have:
+        raise ConfigError(f"--resolution {' '.join(map(str, resolution))} is too large: its output needs "
+                          f"{need / 2 ** 30:.3g} GiB of memory, this machine has {have / 2 ** 30:.3g} GiB")
+
+
 def visualize_main(argv=None) -> dict:
     ns = parse_namespace(build_visualization_parser(), argv)
     cfg = config_from_namespace(ns)
+    if ns.resolution:
+        check_resolution(ns.resolution)
+    out_option = "--output_dir" if ns.output_dir else "the experiment folder"
+    out_dir = Path(ns.output_dir or cfg.experiment_dir)
+    check_output_folder(out_dir, out_option)  # created once the inputs are known to be good
     ckpt = Path(cfg.checkpoint_path or cfg.experiment_dir / CHECKPOINT_NAME)
     device = resolve_device(cfg.device)
     model, info, _ = load_model(ckpt, map_location=device)
-    out_dir = Path(ns.output_dir or cfg.experiment_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    volume = None
+    if not ns.no_ground_truth and not ns.resolution:
+        volume = load_training_volume(cfg)
+        if tuple(volume.shape) != tuple(info.shape):
+            raise InputError(f"{cfg.data.path}: shape {tuple(volume.shape)} differs from the network's volume "
+                             f"{tuple(info.shape)} ({ckpt}); nothing written")
+    make_output_folder(out_dir, out_option)
     from data.writers import write_vti
 
     if ns.resolution:
-        if min(ns.resolution) < 2:
-            raise ConfigError(f"{cfg.source}: resolution {ns.resolution} is invalid: every axis needs >= 2 samples")
         shape = tuple(ns.resolution[::-1])  # X Y Z -> (Z, Y, X)
         # same world extent, (n - 1) * spacing, sampled with m points
         spacing = tuple(sp * (n - 1) / (m - 1) for sp, n, m in zip(info.spacing, info.shape[::-1], ns.resolution))
@@ -45,10 +74,7 @@ def visualize_main(argv=None) -> dict:
     write_vti(out_dir / name, prediction, spacing, info.origin)
     print(f"wrote {out_dir / name}")
     metrics = {}
-    if not ns.no_ground_truth and not ns.resolution:
-        volume = load_training_volume(cfg)
-        if volume.shape != tuple(info.shape):
-            raise ConfigError(f"{cfg.data.path}: shape {volume.shape} differs from the network's volume {info.shape}")
+    if volume is not None:
         write_vti(out_dir / "ground_truth.vti", volume.values, volume.spacing, volume.origin)
         metrics = volume_metrics(volume.values, prediction)
         print(f"PSNR {metrics['psnr']:.2f} dB, RMSE {metrics['rmse']:.6g}, mean abs error {metrics['mae']:.6g}, "
