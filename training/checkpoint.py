@@ -95,18 +95,25 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except Exception as exc:  # torch raises many types for corrupt files
         first_line = (str(exc).strip().splitlines() or [""])[0]
         raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line})") from None
-    if not isinstance(state, dict) or "architecture" not in state or "model_state" not in state:
-        raise InputError(f"{path}: not a Neurcomp checkpoint (no architecture or model_state)")
+    if not isinstance(state, dict) or not {"architecture", "model_state", "volume"} <= set(state):
+        raise InputError(f"{path}: not a Neurcomp checkpoint (no architecture, model_state or volume)")
     return state
 
 
 def load_model(path: str | Path, map_location="cpu") -> tuple[Neurcomp, VolumeInfo, dict]:
     """Rebuild the trained network from a checkpoint alone: (model in eval mode, volume info, raw state)."""
     state = read_checkpoint(path, map_location)
-    model = Neurcomp(Architecture.from_dict(state["architecture"]))
-    model.load_state_dict(state["model_state"])
+    try:
+        model = Neurcomp(Architecture.from_dict(state["architecture"]))
+        model.load_state_dict(state["model_state"])
+        info = VolumeInfo.from_dict(state["volume"])
+    except Exception as exc:  # a damaged or hand-made file: any of its records can be wrong
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: inconsistent checkpoint ({type(exc).__name__}: {first_line})") from None
+    if not tensors_finite(model.state_dict()):
+        raise InputError(f"{path}: the network's weights are not all finite (NaN or Inf); not used")
     model.eval()
-    return model, VolumeInfo.from_dict(state["volume"]), state
+    return model, info, state
 
 
 def trained_architecture(state: dict) -> Architecture:
