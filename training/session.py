@@ -126,9 +126,6 @@ class Session:
     """One training run: ``run(phases)`` trains them in turn and writes every output."""
 
     def __init__(self, cfg: NeurcompConfig, progress: bool = True):
-        if cfg.resume and cfg.checkpoint_path:
-            raise ConfigError(f"{cfg.source}: give either resume (continue a run) or checkpoint_path "
-                              "(start a new run from its weights), not both")
         self.cfg, self.progress = cfg, progress and not cfg.quiet
         self.out_dir = cfg.experiment_dir
         check_output_folder(self.out_dir, "basedir/expname")  # before any work: one line, not a traceback
