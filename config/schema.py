@@ -289,6 +289,11 @@ class NeurcompConfig:
     quant_bits: int = option(9, "bits per weight index (1..16)", type=int, check=between(1, 16))
     target_file_ratio: float = option(0.0, ">0: size the network so the compressed file reaches this ratio",
                                       type=float, check=non_negative)
+    vti_dtype: str = option("source", "type of ground_truth.vti and prediction.vti: source (the volume's own, "
+                            "e.g. uint8: the ground truth exactly, the prediction rounded and clipped to it) or "
+                            "float32 (the network's output as it is)", choices=("source", "float32"))
+    vti_compression: str = option("zlib", ".vti outputs: zlib (lossless; ParaView and VTK read it) or none",
+                                  choices=("zlib", "none"))
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

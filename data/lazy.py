@@ -4,7 +4,7 @@
 HDF5 dataset read chunk by chunk, or an in-memory array for formats that must be read whole), so a
 volume larger than memory (host or device) can be trained by streaming bricks of it
 (``training.sampling.BrickSampler``). It has the attributes of ``data.volume.Volume`` that training
-uses (shape, num_voxels, vmin, vmax, spacing, origin, source_dtype, path, ``normalized()``).
+uses (shape, num_voxels, vmin, vmax, spacing, origin, source_dtype, path, name, ``normalized()``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class LazyVolume:
     """A volume whose voxels stay in the file until a slice of ``values`` is read."""
 
     def __init__(self, values, *, vmin: float, vmax: float, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
-                 source_dtype: str = "float32", path: str = "", lazy: bool = True):
+                 source_dtype: str = "float32", path: str = "", lazy: bool = True, name: str = ""):
         self.values = values  # (Z, Y, X) array-like in the stored dtype
         self.vmin = float(vmin)
         self.vmax = float(vmax)
@@ -27,6 +27,7 @@ class LazyVolume:
         self.source_dtype = str(source_dtype)
         self.path = str(path)
         self.lazy = lazy  # False when the format had to be read whole
+        self.name = name  # the array's name in its file, "" when it has none
 
     @property
     def shape(self) -> tuple[int, int, int]:

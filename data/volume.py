@@ -59,6 +59,7 @@ class Volume:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (x, y, z) world position of voxel 0
     source_dtype: str = "float32"  # numpy dtype name as stored on disk, e.g. "uint8"
     path: str = ""
+    name: str = ""  # the array's name in its file (.vti DataArray, HDF5 dataset), "" when it has none
 
     @property
     def shape(self) -> tuple[int, int, int]:

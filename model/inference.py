@@ -8,6 +8,8 @@ network). Without it the calling process evaluates the whole grid alone (rank-0-
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -53,7 +55,7 @@ def _world_size() -> int:
 
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None = None,
-                   device=None, chunk_points: int = CHUNK_POINTS, progress: bool = False,
+                   device=None, chunk_points: int = CHUNK_POINTS, progress: bool | Callable = False,
                    split: bool = False) -> np.ndarray | None:
     """Evaluate ``model`` on a (Z, Y, X) grid spanning [-1, 1]^3; physical units when ``volume`` is given.
 
@@ -61,6 +63,9 @@ def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None 
     ranges of ``chunk_points`` consecutive voxels (flat C order), not whole slices: a 4096^2 slice
     at width 512 would need 34 GB per activation. ``split`` shares the chunks among the ranks of a
     distributed run (a collective: every rank calls); rank 0 then returns the volume, the others None.
+    ``progress``: True for a tqdm bar, or ``make(total)`` returning an object with tqdm's ``update``
+    and ``close`` (the caller's convention, e.g. log lines when stderr is not a terminal); shown on
+    rank 0 only.
     """
     use_full_float32()
     device = device or next(model.parameters()).device
@@ -84,10 +89,15 @@ def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None 
     # gloo gathers CPU tensors only (dist_backend = gloo with CUDA training)
     gather_device = torch.device("cpu") if world_size > 1 and torch.distributed.get_backend() == "gloo" else device
     rounds = range(0, len(starts), world_size)
-    for first in tqdm(rounds, desc="inference", unit="chunk", disable=not progress or rank != 0, leave=False):
+    if callable(progress) and rank == 0:
+        bar = progress(len(rounds))
+    else:
+        bar = tqdm(total=len(rounds), desc="inference", unit="chunk", disable=not progress or rank != 0, leave=False)
+    for first in rounds:
         if world_size == 1:
             pred = chunk(first).float().cpu().numpy()
             out[starts[first]:starts[first] + pred.size] = pred
+            bar.update(1)
             continue
         # one chunk per rank, padded to full size, gathered on rank 0
         mine = torch.zeros(chunk_points, dtype=torch.float32, device=gather_device)
@@ -102,5 +112,7 @@ def predict_volume(model: torch.nn.Module, shape_zyx, volume: VolumeInfo | None 
                     start = starts[first + r]
                     stop = min(total, start + chunk_points)
                     out[start:stop] = part[:stop - start].cpu().numpy()
+        bar.update(1)
+    bar.close()
     model.train(was_training)
     return out.reshape(nz, ny, nx) if out is not None else None

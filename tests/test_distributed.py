@@ -17,7 +17,7 @@ from training.distributed import DEBUG_DIR_ENV, local_points, rank_seed, state_h
 from training.run import train
 
 OUTPUT_FILES = {"checkpoint.pt", "config.txt", "info.json", "info.txt", "ground_truth.vti", "prediction.vti",
-                "slices.png", "tensorboard"}
+                "error.vti", "slices.png", "tensorboard"}
 
 
 def write_config(tmp_path, volume, name, **extra) -> str:

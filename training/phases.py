@@ -210,9 +210,9 @@ class ShrinkPhase:
 
     def enter(self, session, gated, resumed):
         volume, info, cfg = session.volume, session.info, session.cfg
-        _, metrics_before = evaluate(gated, volume, info)
+        _, metrics_before = evaluate(gated, volume, info, progress=session.progress)
         model, report = distributed.prune_once(gated)
-        _, metrics_after = evaluate(model, volume, info)
+        _, metrics_after = evaluate(model, volume, info, progress=session.progress)
         report_dict = report.to_dict()
         self.summary = {
             "pruning_technique": self.prune.method.name,

@@ -42,7 +42,8 @@ from data.volume import VolumeInfo
 from training.checkpoint import CHECKPOINT_NAME, check_compatible, read_checkpoint, save_checkpoint, tensors_finite
 from training.file_target import write_compressed_file
 from model.inference import predict_volume
-from training.outputs import atomic_write_text, final_info, save_slices_png, write_info
+from training.outputs import atomic_write_text, final_info, save_slices_png, write_info, write_volumes
+from training.progress import phase_progress
 from training.recipe import schedule_steps
 from training.recovery import TrainingDiverged, weights_finite
 from training.sampling import make_sampler
@@ -74,24 +75,17 @@ def validation_set(cfg: NeurcompConfig, volume, info: VolumeInfo, device) -> Val
     return ValidationSet(volume.values, info.vmin, info.vmax, device, seed=cfg.seed)
 
 
-def evaluate(model: torch.nn.Module, volume, info: VolumeInfo) -> tuple[np.ndarray, dict]:
+def evaluate(model: torch.nn.Module, volume, info: VolumeInfo, progress: bool = False) -> tuple[np.ndarray, dict]:
     """Full-volume prediction in physical units and its error metrics against the ground truth.
 
     Under torch.distributed every rank must call it: the ranks share the grid, rank 0 gets the
-    prediction (the others None) and every rank gets the metrics.
+    prediction (the others None) and every rank gets the metrics. ``progress``: rank 0 shows it as
+    training does (``training.progress``: a bar on a terminal, a line every 30 s in a log).
     """
-    pred = predict_volume(model, volume.shape, info, split=True)
+    bar = (lambda total: phase_progress(total, 0, "evaluation", True)) if progress else False
+    pred = predict_volume(model, volume.shape, info, split=True, progress=bar)
     metrics = volume_metrics(volume.values, pred) if pred is not None else None
     return pred, distributed.broadcast_object(metrics)
-
-
-def write_volumes(out_dir: Path, volume, prediction: np.ndarray) -> list[Path]:
-    from data.writers import write_vti
-
-    paths = [out_dir / "ground_truth.vti", out_dir / "prediction.vti"]
-    write_vti(paths[0], volume.values, volume.spacing, volume.origin)
-    write_vti(paths[1], prediction, volume.spacing, volume.origin)
-    return paths
 
 
 class StopSignals:
@@ -255,7 +249,7 @@ class Session:
     def finish(self, model, trainer, extra_info: dict) -> dict:
         """Evaluate on the whole volume, write info, volumes and slices, log them."""
         cfg, out_dir, volume, totals = self.cfg, self.out_dir, self.volume, self.totals_with(trainer)
-        prediction, metrics = evaluate(model, volume, self.info)
+        prediction, metrics = evaluate(model, volume, self.info, progress=self.progress)
         if not math.isfinite(metrics["mse"]):
             raise TrainingDiverged(f"{cfg.expname}: the trained network predicts non-finite values "
                                    f"(MSE {metrics['mse']}); no outputs written. {self._last_good_text()}")
@@ -268,9 +262,10 @@ class Session:
         result = final_info(cfg, volume, self.info, model, metrics, totals, self.steps_per_pass, self.device,
                             extra_info)
         write_info(out_dir, result)
-        vti_paths = write_volumes(out_dir, volume, prediction)
+        vti_paths = write_volumes(out_dir, volume, prediction, cfg.vti_dtype, cfg.vti_compression)
         save_slices_png(out_dir / "slices.png", volume.values, prediction,
-                        title=f"{cfg.expname}: PSNR {metrics['psnr']:.2f} dB, ratio {result['compression_ratio']:.1f}")
+                        title=f"{cfg.expname}: PSNR {metrics['psnr']:.2f} dB, ratio {result['compression_ratio']:.1f}",
+                        spacing=volume.spacing)
         self.tracker.log_metrics({f"final_{k}": metrics[k] for k in ("psnr", "mse", "rmse", "l1_diff", "max_abs_error")},
                                  totals["steps"])
         self.tracker.log_artifacts([out_dir / n for n in ("info.json", "info.txt", "config.txt", "slices.png")]

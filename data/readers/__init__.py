@@ -64,7 +64,7 @@ def read_volume(path, *, data_key=None, raw_shape=None, raw_dtype=None, raw_endi
     finally:
         source.close()
     return Volume(values=array, spacing=source.spacing, origin=source.origin,
-                  source_dtype=np.dtype(values.dtype).name, path=str(path))
+                  source_dtype=np.dtype(values.dtype).name, path=str(path), name=source.name)
 
 
 def open_volume_lazily(path, *, data_key=None, raw_shape=None, raw_dtype=None, raw_endian="little",
@@ -78,4 +78,4 @@ def open_volume_lazily(path, *, data_key=None, raw_shape=None, raw_dtype=None, r
         source.close()
         raise
     return LazyVolume(values, vmin=vmin, vmax=vmax, spacing=source.spacing, origin=source.origin,
-                      source_dtype=np.dtype(values.dtype).name, path=str(path), lazy=source.lazy)
+                      source_dtype=np.dtype(values.dtype).name, path=str(path), lazy=source.lazy, name=source.name)

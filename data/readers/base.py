@@ -41,6 +41,7 @@ class Source:
     spacing: tuple = (1.0, 1.0, 1.0)  # (x, y, z)
     origin: tuple = (0.0, 0.0, 0.0)  # (x, y, z)
     lazy: bool = False  # True when `values` reads the file on demand
+    name: str = ""  # the array's own name (.vti DataArray, HDF5 dataset, CVOL feature), if it has one
     close: Callable[[], None] = field(default=lambda: None)
 
 

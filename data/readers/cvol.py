@@ -115,7 +115,8 @@ def _features(path, buf, request: Request) -> Source:
         body, pos = _body(path, buf, pos, nbytes, compressed, history, decode=found is None and (wanted or compressed))
         if wanted:
             array = np.frombuffer(body, dtype=dtype).reshape(sz, sy, sx, num_channels)
-            found = Source(array[..., 0] if num_channels == 1 else array, spacing=(wx / sx, wy / sy, wz / sz))
+            found = Source(array[..., 0] if num_channels == 1 else array, spacing=(wx / sx, wy / sy, wz / sz),
+                           name=name)
         elif found is None:
             history = (history + body)[-_LZ4_CHUNK:]
     if pos != len(buf):

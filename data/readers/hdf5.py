@@ -114,4 +114,4 @@ def open_array(path, request: Request) -> Source:
     if plain:  # a header claiming more than the file holds is damage
         need_bytes(path, f"dataset {key!r} {shape} {dtype}", math.prod(shape) * dtype.itemsize, file_size(path))
     array = H5Array(path, key)
-    return Source(array, lazy=True, close=array.close)
+    return Source(array, lazy=True, close=array.close, name=key.rsplit("/", 1)[-1])

@@ -221,4 +221,4 @@ def open_array(path, request: Request) -> Source:
         raise InputError(f"{path}: {label} has {values.size} values, extent {nx}x{ny}x{nz}x{num_components} "
                          f"needs {count}")
     shape = (nz, ny, nx, num_components) if num_components > 1 else (nz, ny, nx)
-    return Source(values.reshape(shape), spacing=tuple(spacing), origin=tuple(origin))
+    return Source(values.reshape(shape), spacing=tuple(spacing), origin=tuple(origin), name=element.get("Name", ""))
