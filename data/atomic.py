@@ -49,7 +49,7 @@ def atomic_path(path, suffix: str = ""):
     matplotlib); on success it is fsynced and renamed onto `path`, on failure removed.
 
     `suffix`: appended to the temporary name, for libraries that choose the format by extension
-    (e.g. ".png") or append one themselves (pyevtk adds ".vti": pass suffix=".vti" and give it the
+    (e.g. ".png") or append one themselves (a writer that adds ".vti": pass suffix=".vti" and give it the
     path without it, i.e. `str(tmp)[:-4]`).
     """
     path = Path(path)

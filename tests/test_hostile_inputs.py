@@ -17,7 +17,7 @@ from data.readers import open_volume_lazily, read_volume
 from data.writers import write_cvol, write_npy, write_raw, write_vti
 
 SHAPE = (6, 7, 8)  # (Z, Y, X)
-SPACING = b'Spacing="1.0 1.0 1.0 "'  # as data.writers.write_vti (pyevtk) writes it
+SPACING = b'Spacing="1.0 1.0 1.0 "'  # as data.writers.write_vti writes it
 
 
 def values() -> np.ndarray:

@@ -71,11 +71,12 @@ def visualize_main(argv=None) -> dict:
     else:
         shape, spacing, name = info.shape, info.spacing, "prediction.vti"
     prediction = predict_volume(model, shape, info, progress=True)
-    write_vti(out_dir / name, prediction, spacing, info.origin)
+    write_vti(out_dir / name, prediction, spacing, info.origin, compression=cfg.vti_compression)
     print(f"wrote {out_dir / name}")
     metrics = {}
     if volume is not None:
-        write_vti(out_dir / "ground_truth.vti", volume.values, volume.spacing, volume.origin)
+        write_vti(out_dir / "ground_truth.vti", volume.values, volume.spacing, volume.origin,
+                  name=volume.name or "value", compression=cfg.vti_compression)
         metrics = volume_metrics(volume.values, prediction)
         print(f"PSNR {metrics['psnr']:.2f} dB, RMSE {metrics['rmse']:.6g}, mean abs error {metrics['mae']:.6g}, "
               f"max abs error {metrics['max_abs_error']:.6g}")
