@@ -67,7 +67,8 @@ def decode_bytes(data: bytes, source: str = "<file>") -> tuple[Neurcomp, VolumeI
     return build_model(net), net.volume, describe(net, len(data))
 
 
-def decode_file(path: str | Path) -> tuple[Neurcomp, VolumeInfo, dict]:
+def read_file(path: str | Path) -> tuple[CompressedNetwork, int]:
+    """(parsed file, its size in bytes); InputError if it is missing, unreadable or not valid."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: compressed file not found")
@@ -75,4 +76,9 @@ def decode_file(path: str | Path) -> tuple[Neurcomp, VolumeInfo, dict]:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    return decode_bytes(data, str(path))
+    return parse(data, str(path)), len(data)
+
+
+def decode_file(path: str | Path) -> tuple[Neurcomp, VolumeInfo, dict]:
+    net, size = read_file(path)
+    return build_model(net), net.volume, describe(net, size)
