@@ -68,5 +68,9 @@ def test_compress_to_a_ratio_and_a_file(tmp_path):
     header = api.read_header(data)
     assert header["error_bound"] is None and header["spacing"] == (2.0, 2.0, 2.0)
     assert header["compression_ratio"] == pytest.approx(10, rel=0.05)
+    # training's target_file_ratio file honours the bound: the network at the ratio, then its corrections
+    bounded = api.compress(values, spacing=(2, 2, 2), ratio=10, max_abs_error=0.05, steps=10, device="cpu")
+    assert api.read_header(bounded)["error_bound"]["max_abs_error"] == 0.05 and len(bounded) > len(data)
+    assert np.abs(api.decompress(bounded) - values).max() <= 0.05
     with pytest.raises(InputError, match="3D"):
         api.compress(values[0])
