@@ -3,6 +3,8 @@
     python NeurcompQuantization.py --config experiments/<exp>/config.txt --filename <name> --quant_bits <B>
 
 Options: the shared ones (config/options.py) plus the "compressed file" group (quantization/cli.py).
+``--max_abs_error E`` / ``--max_rel_error R`` (shared options) add the corrections that keep every
+voxel of ``--data`` within the bound, verified before the file is written (quantization/bounded.py).
 The orchestration lives here, above both packages: it reads training's checkpoint and, for
 ``--finetune_passes``, samples the volume with training's sampler; quantization itself does not
 import training.
