@@ -50,15 +50,21 @@ def absolute_bound(mode: str, requested: float, vmin: float, vmax: float) -> flo
     return float(requested) if mode == "abs" else float(requested) * (float(vmax) - float(vmin))
 
 
-def corrections_for(truth: np.ndarray, decoded: np.ndarray, mode: str, requested: float, max_abs_error: float,
-                    coding: str = "auto") -> ErrorBound:
-    """The corrections that bring ``decoded`` (the file's own reconstruction) within MARGIN x E of ``truth``."""
+def corrections_for(truth, decoded: np.ndarray, mode: str, requested: float, max_abs_error: float,
+                    coding: str = "auto", slab: int = 64) -> ErrorBound:
+    """The corrections that bring ``decoded`` (the file's own reconstruction) within MARGIN x E of
+    ``truth`` ((Z, Y, X), any array-like: read ``slab`` z-slices at a time, in float64)."""
     target = MARGIN * max_abs_error
     step = 2.0 * target
-    residual = truth.reshape(-1).astype(np.float64) - decoded.reshape(-1).astype(np.float64)
-    positions = np.flatnonzero(np.abs(residual) > target)
-    values = np.rint(residual[positions] / step).astype(np.int64)
-    return ErrorBound(mode, float(requested), float(max_abs_error), step, positions.astype(np.int64), values, coding)
+    plane = int(decoded.shape[1]) * int(decoded.shape[2])
+    positions, values = [], []
+    for z in range(0, decoded.shape[0], slab):
+        residual = (np.asarray(truth[z:z + slab], np.float64) - decoded[z:z + slab].astype(np.float64)).reshape(-1)
+        where = np.flatnonzero(np.abs(residual) > target)
+        positions.append(where + z * plane)
+        values.append(np.rint(residual[where] / step).astype(np.int64))
+    return ErrorBound(mode, float(requested), float(max_abs_error), step, np.concatenate(positions).astype(np.int64),
+                      np.concatenate(values), coding)
 
 
 def apply(bound: ErrorBound | None, values: np.ndarray, shape_zyx, box=None) -> np.ndarray:

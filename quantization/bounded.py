@@ -54,5 +54,5 @@ def encode_bounded(net: CompressedNetwork, truth: np.ndarray, mode: str, request
                          f"{bound_abs:.6g}): the bound is below the float32 precision of the values")
     report = {"error_bound_mode": mode, "error_bound_requested": requested, "max_abs_error_bound": bound_abs,
               "corrections": int(final.bound.positions.size), "max_abs_error_verified": worst,
-              "network_bytes": len(plain_data), "file_bytes": len(data)}
+              "network_bytes": len(plain_data)}
     return data, report
