@@ -50,7 +50,9 @@ def decode_volume(net: CompressedNetwork, grid: Grid | None = None, device=None,
 
     info = net.volume
     grid = grid or make_grid(info.shape)
-    model = (model or build_model(net)).to(device or "cpu")
+    model = model or build_model(net)
+    if device is not None:
+        model = model.to(device)
     if grid == make_grid(info.shape):  # the whole grid: the same path as training's evaluation
         values = predict_volume(model, info.shape, info, device=device, progress=progress)
     else:
