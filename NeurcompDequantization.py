@@ -1,10 +1,13 @@
 """Decode a compressed Neurcomp file back into a volume (and compare with the ground truth).
 
     python NeurcompDequantization.py --compressed_file F [--volume GT] [--decompressed_file OUT.vti]
-                                     [--metrics_json metrics.json]
+                                     [--metrics_json metrics.json] [--region X0 X1 Y0 Y1 Z0 Z1]
+                                     [--resolution X Y Z]
 
 The network is rebuilt from the file alone; the output has the original shape and spacing, in
-physical units. Options: the shared ones (for reading GT: --data_key, --raw_shape ...) plus the
+physical units, or is the box ``--region`` (its true origin) or the field sampled at
+``--resolution`` (spacing scaled to keep the box). A file with an error bound gets its
+corrections; with ``--volume`` the bound is reported and whether it held. Options: the shared ones (for reading GT: --data_key, --raw_shape ...) plus the
 "decompression" group (quantization/cli.py).
 """
 

@@ -3,6 +3,8 @@
     python NeurcompQuantization.py --config experiments/<exp>/config.txt --filename <name> --quant_bits <B>
 
 Options: the shared ones (config/options.py) plus the "compressed file" group (quantization/cli.py).
+``--max_abs_error E`` / ``--max_rel_error R`` (shared options) add the corrections that keep every
+voxel of ``--data`` within the bound, verified before the file is written (quantization/bounded.py).
 The orchestration lives here, above both packages: it reads training's checkpoint and, for
 ``--finetune_passes``, samples the volume with training's sampler; quantization itself does not
 import training.
@@ -54,7 +56,11 @@ def quantize_main(argv=None, parser=None) -> dict:
                              compression=ns.entropy_coder)
     net = quantize_network(model, info, bits, options, seed=ns.kmeans_seed, source=str(checkpoint))
     finetune = _finetune(cfg, ns, model, net, info, finetune_codebooks) if ns.finetune_passes > 0 else None
-    data = encode_network(net)
+    bound = None
+    if cfg.error_bound:  # corrections against the volume, verified at every voxel
+        data, bound = _bounded(cfg, net, info)
+    else:
+        data = encode_network(net)
     seconds = time.perf_counter() - t0
 
     atomic_write_bytes(out, data, "--output" if ns.output else "--filename")
@@ -63,12 +69,32 @@ def quantize_main(argv=None, parser=None) -> dict:
                "compression_ratio": num_voxels * 4 / len(data),
                "compression_ratio_vs_source_dtype": num_voxels * itemsize(info.source_dtype) / len(data),
                "source_dtype": info.source_dtype, "seconds": seconds,
-               "entropy_coder": stored_compression(data), "finetune": finetune}
+               "entropy_coder": stored_compression(data), "finetune": finetune, "error_bound": bound}
     print(f"wrote {out}: {human_bytes(len(data))}, {bits}-bit indices, payload coding {summary['entropy_coder']}")
     print(f"compression ratio {summary['compression_ratio']:.1f} (vs {num_voxels} float32 voxels), "
           f"{summary['compression_ratio_vs_source_dtype']:.1f} vs the original {info.source_dtype} volume")
+    if bound:
+        print(f"error bound {bound['max_abs_error_bound']:.6g} ({bound['error_bound_mode']} "
+              f"{bound['error_bound_requested']:g}): {bound['corrections']} corrections, verified max abs error "
+              f"{bound['max_abs_error_verified']:.6g}")
     print(f"time {seconds:.2f} s")
     return summary
+
+
+def _bounded(cfg, net, info):
+    """The file with corrections for ``max_abs_error`` / ``max_rel_error``, against --data."""
+    from quantization.bounded import encode_bounded
+    from quantization.cli import _read_volume
+
+    mode, value = cfg.error_bound
+    option = "max_abs_error" if mode == "abs" else "max_rel_error"
+    if not cfg.data.path:
+        raise ConfigError(f"{cfg.source}: {option} needs --data, the volume the bound is kept against")
+    volume = _read_volume(cfg.data.path, cfg)
+    if tuple(volume.shape) != tuple(info.shape):
+        raise InputError(f"{cfg.data.path}: volume shape {volume.shape} (Z, Y, X) differs from the "
+                         f"checkpoint's {tuple(info.shape)}")
+    return encode_bounded(net, volume.values, mode, value, device=resolve_device(cfg.device), option=option)
 
 
 def _finetune(cfg, ns, model, net, info, finetune_codebooks) -> dict:

@@ -235,6 +235,8 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     if cfg.target_file_ratio > 0 and cfg.pruning.enabled:
         _fail(src.of("target_file_ratio"), "target_file_ratio", cfg.target_file_ratio,
               "cannot be combined with a dropout_technique: pruning changes the size after the network is sized")
+    if cfg.max_abs_error > 0 and cfg.max_rel_error > 0:
+        raise ConfigError(f"{src.of('max_rel_error')}: set max_abs_error or max_rel_error, not both")
     if cfg.resume and cfg.checkpoint_path:
         raise ConfigError(f"{src.of('resume')}: set resume (continue a run) or checkpoint_path (warm start), not both")
     if cfg.resume and not os.path.exists(cfg.resume):

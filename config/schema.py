@@ -294,12 +294,24 @@ class NeurcompConfig:
                             "float32 (the network's output as it is)", choices=("source", "float32"))
     vti_compression: str = option("zlib", ".vti outputs: zlib (lossless; ParaView and VTK read it) or none",
                                   choices=("zlib", "none"))
+    max_abs_error: float = option(0.0, ">0: the compressed file keeps every voxel within this absolute error (physical "
+                                  "units); corrections are stored where the network misses (NeurcompQuantization.py, "
+                                  "target_file_ratio)", type=float, check=non_negative)
+    max_rel_error: float = option(0.0, ">0: as max_abs_error, as a fraction of the value range (vmax - vmin)",
+                                  type=float, check=between(0, 1, open_hi=True))
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     source: str = "command line"  # the config file it came from, for error messages
+
+    @property
+    def error_bound(self) -> tuple[str, float] | None:
+        """("abs" | "rel", value) of the requested maximum error, or None."""
+        if self.max_abs_error > 0:
+            return "abs", self.max_abs_error
+        return ("rel", self.max_rel_error) if self.max_rel_error > 0 else None
 
     @property
     def experiment_dir(self) -> Path:

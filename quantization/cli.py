@@ -57,6 +57,12 @@ def add_dequantization_arguments(parser):
     g.add_argument("--decompressed_file", default="",
                    help="reconstruction to write: .vti, .npy, .raw or .cvol by its suffix (default: <compressed_file>.vti)")
     g.add_argument("--metrics_json", default="", help="also write the metrics as JSON here (needs --volume)")
+    g.add_argument("--region", type=int, nargs=6, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"), default=None,
+                   help="decode only this box (voxel indices, half-open, x first as ParaView's extents); "
+                        "costs the box's voxels only; a .vti keeps the box's true origin")
+    g.add_argument("--resolution", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
+                   help="sample the field (of the --region box, or the whole volume) on X x Y x Z points; the "
+                        "spacing is scaled so the box keeps its extent (corrections apply at native resolution only)")
     return parser
 
 
@@ -99,8 +105,8 @@ def dequantize_main(argv=None, parser=None) -> dict:
     """Decode a compressed file, reconstruct the volume, write it, and compare with ground truth."""
     from data.metrics import volume_metrics
     from data.writers import write_volume, write_vti
-    from quantization.decode import decode_file
-    from model.inference import predict_volume
+    from quantization.decode import decode_volume, read_file
+    from quantization.region import make_grid
 
     if parser is None:
         parser = add_dequantization_arguments(build_parser("Decode a compressed Neurcomp file into a volume"))
@@ -114,41 +120,50 @@ def dequantize_main(argv=None, parser=None) -> dict:
     if ns.metrics_json:
         atomic.check_output_file(Path(ns.metrics_json), "--metrics_json")
     t0 = time.perf_counter()
-    model, info, meta = decode_file(path)
+    net, file_bytes = read_file(path)
+    info = net.volume
     t_decode = time.perf_counter() - t0
+    grid = make_grid(info.shape, ns.region, ns.resolution)
     ground_truth = None
     if ns.volume:  # read before the (possibly long) inference, so a bad path fails fast
+        if not grid.native():
+            raise ConfigError("command line: --volume compares voxel by voxel: it cannot be combined with a "
+                              "--resolution other than the file's own grid")
         ground_truth = _read_volume(ns.volume, cfg)
         if tuple(ground_truth.shape) != tuple(info.shape):
             raise InputError(f"{ns.volume}: volume shape {ground_truth.shape} (Z, Y, X) differs from the "
                              f"compressed network's {tuple(info.shape)}")
     device = resolve_device(cfg.device)
-    model = model.to(device)
     t1 = time.perf_counter()
-    prediction = predict_volume(model, info.shape, info, device=device)
+    prediction, spacing, origin = decode_volume(net, grid, device=device)
     t_infer = time.perf_counter() - t1
     try:
         if out.suffix.lower() == ".vti":
-            write_vti(out, prediction, info.spacing, info.origin)
+            write_vti(out, prediction, spacing, origin)
         else:
-            write_volume(out, prediction, info.spacing)
+            write_volume(out, prediction, spacing)
     except OSError as exc:
         raise InputError(f"--decompressed_file {out}: cannot write ({exc.strerror or exc})") from None
-    file_bytes = meta["file_bytes"]
     ratio = info.num_voxels * 4 / file_bytes
-    print(f"decoded {path}: {human_bytes(file_bytes)} in {t_decode:.3f} s; reconstructed {tuple(info.shape)[::-1]} "
+    print(f"decoded {path}: {human_bytes(file_bytes)} in {t_decode:.3f} s; reconstructed {tuple(prediction.shape)[::-1]} "
           f"(X, Y, Z) in {t_infer:.2f} s -> {out}")
     result = {"file_bytes": file_bytes, "compression_ratio": ratio,
               "compression_ratio_vs_source_dtype": info.num_voxels * itemsize(info.source_dtype) / file_bytes,
               "decode_seconds": t_decode, "inference_seconds": t_infer, "output": str(out)}
     if ground_truth is not None:
-        m = volume_metrics(ground_truth.values, prediction)
+        (x0, x1), (y0, y1), (z0, z1) = grid.box
+        m = volume_metrics(np.asarray(ground_truth.values[z0:z1, y0:y1, x0:x1]), prediction)
         result.update(psnr=m["psnr"], rmse=m["rmse"], mae=m["mae"], max_abs_error=m["max_abs_error"])
         print(f"PSNR {m['psnr']:.3f} dB, RMSE {m['rmse']:.6g}, MAE {m['mae']:.6g}, max abs error {m['max_abs_error']:.6g}")
+        if net.bound is not None:
+            result.update(error_bound=net.bound.max_abs_error, bound_held=bool(m["max_abs_error"] <= net.bound.max_abs_error))
+            print(f"error bound {net.bound.max_abs_error:.6g} ({net.bound.mode} {net.bound.requested:g}): "
+                  f"{'held' if result['bound_held'] else 'NOT held'} at every voxel")
     print(f"compression ratio {ratio:.1f} (vs float32), {result['compression_ratio_vs_source_dtype']:.1f} "
           f"vs the original {info.source_dtype} volume")
     if ns.metrics_json:
-        keys = ("psnr", "rmse", "mae", "max_abs_error", "compression_ratio", "file_bytes")
+        keys = ("psnr", "rmse", "mae", "max_abs_error", "compression_ratio", "file_bytes",
+                *(("error_bound", "bound_held") if net.bound is not None else ()))
         payload = {k: (None if isinstance(result[k], float) and not math.isfinite(result[k]) else result[k]) for k in keys}
         atomic_write_bytes(Path(ns.metrics_json), (json.dumps(payload, indent=2) + "\n").encode(), "--metrics_json")
     return result

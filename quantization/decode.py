@@ -1,15 +1,25 @@
-"""Compressed file -> network: everything needed comes from the file itself."""
+"""Compressed file -> network -> volume: everything needed comes from the file itself.
+
+``decode_volume`` is the one path from a parsed file to voxels, for NeurcompDequantization.py, the
+Python API (``compressors.api``), training's ``target_file_ratio`` file and the encoder's own check
+of an error-bounded file: the network on the grid (``model.inference.predict_volume`` for the whole
+grid, ``quantization.region`` for a box or another resolution), then the corrections.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from config.errors import InputError
 from data.volume import VolumeInfo
 from model.neurcomp import Neurcomp
+from quantization import bound as error_bound
 from quantization.encode import load_into
 from quantization.format import CompressedNetwork, parse
+from quantization.region import Grid, geometry, make_grid, predict_grid
 
 
 def build_model(net: CompressedNetwork) -> Neurcomp:
@@ -29,7 +39,28 @@ def describe(net: CompressedNetwork, file_bytes: int) -> dict:
                        "bias": b.kind, "bias_dtype": b.dtype})
     return {"settings": asdict(net.settings), "architecture": net.arch.to_dict(), "file_bytes": int(file_bytes),
             "num_voxels": net.volume.num_voxels, "compression_ratio": net.volume.num_voxels * 4 / file_bytes,
-            "layers": layers}
+            "layers": layers, "error_bound": net.bound.describe() if net.bound else None}
+
+
+def decode_volume(net: CompressedNetwork, grid: Grid | None = None, device=None, model: Neurcomp | None = None,
+                  progress: bool = False) -> tuple[np.ndarray, tuple, tuple]:
+    """(values (Z, Y, X) float32 in physical units, spacing, origin) of ``grid`` (default: the whole
+    volume); corrections are applied on the file's own grid (native resolution), so the bound holds."""
+    from model.inference import predict_volume
+
+    info = net.volume
+    grid = grid or make_grid(info.shape)
+    model = model or build_model(net)
+    if device is not None:
+        model = model.to(device)
+    if grid == make_grid(info.shape):  # the whole grid: the same path as training's evaluation
+        values = predict_volume(model, info.shape, info, device=device, progress=progress)
+    else:
+        values = predict_grid(model, info, grid, device=device)
+    if grid.native():
+        error_bound.apply(net.bound, values, info.shape, grid.box)
+    spacing, origin = geometry(info, grid)
+    return values, spacing, origin
 
 
 def decode_bytes(data: bytes, source: str = "<file>") -> tuple[Neurcomp, VolumeInfo, dict]:
@@ -38,7 +69,8 @@ def decode_bytes(data: bytes, source: str = "<file>") -> tuple[Neurcomp, VolumeI
     return build_model(net), net.volume, describe(net, len(data))
 
 
-def decode_file(path: str | Path) -> tuple[Neurcomp, VolumeInfo, dict]:
+def read_file(path: str | Path) -> tuple[CompressedNetwork, int]:
+    """(parsed file, its size in bytes); InputError if it is missing, unreadable or not valid."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: compressed file not found")
@@ -46,4 +78,9 @@ def decode_file(path: str | Path) -> tuple[Neurcomp, VolumeInfo, dict]:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    return decode_bytes(data, str(path))
+    return parse(data, str(path)), len(data)
+
+
+def decode_file(path: str | Path) -> tuple[Neurcomp, VolumeInfo, dict]:
+    net, size = read_file(path)
+    return build_model(net), net.volume, describe(net, size)

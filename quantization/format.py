@@ -7,8 +7,6 @@ version with an ``InputError`` whose one-line message names ``source``.
 
 from __future__ import annotations
 
-import io
-import lzma
 import math
 import struct
 import zlib
@@ -20,11 +18,14 @@ from config.errors import InputError
 from config.limits import machine_memory
 from data.volume import VolumeInfo
 from model.architecture import Architecture
+from quantization import bound as error_bound
 from quantization.bitpack import pack_bits, packed_size, unpack_bits
+from quantization.coding import COMPRESSIONS, compress, decompress  # noqa: F401  (re-exported)
 
 MAGIC = b"\x89NCQ\r\n\x1a\n"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 1  # files without an error bound; 2 adds the bound record and correction section
+BOUND_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
 _FIXED = struct.Struct("<8sHHI")  # magic, version, flags, header_size
 _ARCH = struct.Struct("<HHBBHd")  # d_in, d_out, residual, reserved, n_layers, omega_0
@@ -36,7 +37,6 @@ _TENSOR = struct.Struct("<BBBBII")  # kind, dtype, index bits, index layout, cou
 
 DTYPES = ("float32", "float16")
 BIAS_MODES = ("float32", "float16", "quantized")
-COMPRESSIONS = ("none", "zstd", "lzma")
 KIND_RAW, KIND_CODEBOOK = 0, 1
 LAYOUTS = ("packed", "planes")  # index layouts, see index_bytes()
 MAX_LAYERS = 4096
@@ -119,6 +119,7 @@ class CompressedNetwork:
     volume: VolumeInfo
     settings: QuantSettings
     tensors: list[tuple[TensorCode, TensorCode]] = field(default_factory=list)  # (weight, bias) per linear
+    bound: error_bound.ErrorBound | None = None  # the guaranteed maximum error and its corrections
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,44 +133,6 @@ def _encode_tensor(t: TensorCode) -> bytes:
         return head + t.values.astype(dt).tobytes()
     head = _TENSOR.pack(kind, DTYPES.index(t.dtype), t.bits, LAYOUTS.index(t.layout), t.indices.size, t.values.size)
     return head + t.values.astype(dt).tobytes() + index_bytes(t.indices, t.bits, t.layout)
-
-
-# raw LZMA2 stream (no container); no literal context bits: indices are close to independent
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "lc": 0, "lp": 0, "pb": 0,
-                  "dict_size": 1 << 24}]
-
-
-def compress(raw: bytes, method: str, level: int | None = None) -> bytes:
-    if method == "none":
-        return raw
-    if method == "zstd":
-        import zstandard
-        return zstandard.ZstdCompressor(level=19 if level is None else level).compress(raw)
-    if method == "lzma":
-        return lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-    raise ValueError(f"unknown compression {method!r}")
-
-
-def decompress(stored: bytes, method: str, raw_size: int) -> bytes:
-    """At most ``raw_size + 1`` bytes of the decoded payload: a stream that decodes to more (a
-    decompression bomb, or a frame announcing a huge size) is cut there, never held in full."""
-    if method == "none":
-        return stored
-    if method == "zstd":
-        import zstandard
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(stored), read_across_frames=True)
-        parts, have = [], 0
-        while have <= raw_size:
-            part = reader.read(raw_size + 1 - have)
-            if not part:
-                break
-            parts.append(part)
-            have += len(part)
-        return b"".join(parts)
-    if method == "lzma":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS).decompress(
-            stored, max_length=raw_size + 1)
-    raise ValueError(f"unknown compression {method!r}")
 
 
 def raw_payload(net: CompressedNetwork) -> bytes:
@@ -195,9 +158,13 @@ def serialize(net: CompressedNetwork, level: int | None = None) -> bytes:
                        float(s.finetune_passes)),
         _PAYLOAD.pack(2 * len(net.tensors), len(stored), len(raw), zlib.crc32(stored)),
     ])
+    section, version = b"", FORMAT_VERSION
+    if net.bound is not None:
+        record, section = error_bound.encode_section(net.bound)
+        body, version = body + record, BOUND_VERSION
     header_size = _FIXED.size + len(body) + _CRC.size
-    head = _FIXED.pack(MAGIC, FORMAT_VERSION, 0, header_size) + body
-    return head + _CRC.pack(zlib.crc32(head)) + stored
+    head = _FIXED.pack(MAGIC, version, 0, header_size) + body
+    return head + _CRC.pack(zlib.crc32(head)) + stored + section
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,9 +198,23 @@ def _fail(source: str, message: str) -> InputError:
     return InputError(f"{source}: not a valid compressed network: {message}")
 
 
-def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
-    """Validate and parse a complete file; raises InputError (one line, naming ``source``)."""
-    data = bytes(data)
+@dataclass
+class FileHeader:
+    """Everything before the payload: what ``read_header`` shows without decoding the network."""
+
+    arch: Architecture
+    volume: VolumeInfo
+    settings: QuantSettings
+    version: int
+    header_size: int
+    stored_size: int
+    raw_size: int
+    payload_crc: int
+    bound: dict | None  # the error-bound record (bound.read_record), version 2
+
+
+def parse_header(data: bytes, source: str = "<bytes>") -> FileHeader:
+    """Validate the header of a complete file (the payload is neither checked nor decoded)."""
     size = len(data)
     if size < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         if size < len(MAGIC) and MAGIC.startswith(data):
@@ -267,6 +248,7 @@ def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
         dtype_name = bytes(r.take(name_len)).decode("ascii", errors="replace")
         bits, cb_dt, bias_mode, q_first_last, raw_dt, comp, passes = r.unpack(_SETTINGS)
         n_tensors, stored_size, raw_size, payload_crc = r.unpack(_PAYLOAD)
+        bound_fields = r.unpack(error_bound.RECORD) if version == BOUND_VERSION else None
     except _Short as exc:
         raise _fail(source, f"header/payload mismatch: {exc}") from None
     if r.pos != len(r.data):
@@ -289,13 +271,27 @@ def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
 
     _check_values(source, arch, volume, settings)
     _check_sizes(source, shapes, volume, raw_size)
-    expected = header_size + stored_size
+    bound = None
+    if bound_fields is not None:
+        bound, problem = error_bound.read_record(bound_fields, volume.num_voxels)
+        if problem:
+            raise _fail(source, problem)
+    return FileHeader(arch, volume, settings, version, header_size, stored_size, raw_size, payload_crc, bound)
+
+
+def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
+    """Validate and parse a complete file; raises InputError (one line, naming ``source``)."""
+    data = bytes(data)
+    h = parse_header(data, source)
+    size, header_size, stored_size, raw_size, settings = len(data), h.header_size, h.stored_size, h.raw_size, h.settings
+    section_size = h.bound["stored_size"] if h.bound else 0
+    expected = header_size + stored_size + section_size
     if size < expected:
         raise _fail(source, f"truncated file ({size} bytes, header announces {expected})")
     if size > expected:
         raise _fail(source, f"header/payload mismatch: {size - expected} bytes after the announced end of the payload")
-    stored = data[header_size:]
-    if zlib.crc32(stored) != payload_crc:
+    stored = data[header_size:header_size + stored_size]
+    if zlib.crc32(stored) != h.payload_crc:
         raise _fail(source, "payload checksum mismatch (file corrupted)")
     try:
         raw = decompress(stored, settings.compression, raw_size)
@@ -310,7 +306,7 @@ def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
     p = _Reader(raw, "payload")
     tensors = []
     try:
-        for i, (out_f, in_f) in enumerate(shapes):
+        for i, (out_f, in_f) in enumerate(h.arch.linear_shapes()):
             w = _decode_tensor(p, out_f * in_f, f"layer {i} weight", source)
             b = _decode_tensor(p, out_f, f"layer {i} bias", source)
             tensors.append((w, b))
@@ -318,7 +314,15 @@ def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
         raise _fail(source, f"header/payload mismatch: {exc}") from None
     if p.pos != len(raw):
         raise _fail(source, f"header/payload mismatch: {len(raw) - p.pos} payload bytes left after the last layer")
-    return CompressedNetwork(arch=arch, volume=volume, settings=settings, tensors=tensors)
+    bound = None
+    if h.bound:
+        section = data[size - section_size:]
+        if zlib.crc32(section) != h.bound["crc"]:
+            raise _fail(source, "correction section checksum mismatch (file corrupted)")
+        bound, problem = error_bound.decode_section(h.bound, section, h.volume.num_voxels)
+        if problem:
+            raise _fail(source, problem)
+    return CompressedNetwork(arch=h.arch, volume=h.volume, settings=settings, tensors=tensors, bound=bound)
 
 
 def volume_problem(volume: VolumeInfo) -> str | None:

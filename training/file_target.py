@@ -2,7 +2,9 @@
 
 Ratio = (voxels x 4 bytes) / file bytes. The network is sized from the predicted file size
 (``quantization.rate_control``); after training the file is encoded, measured and, if needed,
-corrected layer by layer to land within 5 % of the requested ratio.
+corrected layer by layer to land within 5 % of the requested ratio. With ``max_abs_error`` or
+``max_rel_error`` the corrections that keep the bound at every voxel are added on top
+(``quantization.bounded``), so the file is larger than the network alone by their size.
 """
 
 from __future__ import annotations
@@ -42,19 +44,26 @@ def compressed_file_path(cfg: NeurcompConfig) -> Path:
 
 
 def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
-    """Encode the trained network to the target size, write it, and measure the decoded volume."""
-    from quantization.decode import decode_bytes
+    """Encode the trained network to the target size (plus the error bound's corrections), write it,
+    and measure the decoded volume."""
+    from quantization.decode import decode_volume
+    from quantization.format import parse
     from quantization.rate_control import encode_to_size
-    from model.inference import predict_volume
 
     target = file_target_bytes(cfg, volume.num_voxels)
     data, report = encode_to_size(model, info, cfg.quant_bits, target,
                                   tolerance=TOLERANCE, seed=cfg.seed)
+    device = next(model.parameters()).device
+    bound = {}
+    if cfg.error_bound:
+        from quantization.bounded import encode_bounded
+
+        mode, value = cfg.error_bound
+        data, bound = encode_bounded(parse(data), volume.values, mode, value, device=device,
+                                     option=f"{cfg.source}: max_{mode}_error")
     path = compressed_file_path(cfg)
     atomic_write_bytes(path, data)
-    decoded, decoded_info, _ = decode_bytes(data, str(path))
-    device = next(model.parameters()).device
-    prediction = predict_volume(decoded.to(device), decoded_info.shape, decoded_info)
+    prediction = decode_volume(parse(data, str(path)), device=device)[0]
     metrics = volume_metrics(volume.values, prediction)
     ratio = volume.num_voxels * 4 / len(data)
     within = abs(ratio / cfg.target_file_ratio - 1) <= TOLERANCE
@@ -63,4 +72,4 @@ def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
     return {"file": path.name, "file_bytes": len(data), "file_ratio": ratio,
             "file_target_ratio": cfg.target_file_ratio, "file_ratio_within_5_percent": within,
             "file_psnr": metrics["psnr"], "file_max_abs_error": metrics["max_abs_error"],
-            "file_layer_bits": report["layer_bits"]}
+            "file_layer_bits": report["layer_bits"], **{f"file_{k}": v for k, v in bound.items()}}

@@ -1,0 +1,136 @@
+"""Error-bounded comparison: at relative bounds 1e-1, 1e-2, 1e-3, our file's ratio against SZ3 (ABS),
+ZFP (fixed accuracy) and SPERR (``hdf5plugin.Sperr(absolute=...)``) at the same absolute bound,
+with encode/decode times, every maximum error checked, and the decode time of a 32^3 box against a
+full decode.
+
+Our file: one network trained per volume (``--steps`` steps, sized for ``--ratio``), then encoded
+at each bound with its corrections (``quantization.bounded``); the training time is reported once
+per volume, apart from the per-bound encode time (quantize + corrections + verification).
+
+    python -m benchmarks.error_bound_bench --volumes nucleon_41x41x41_uint8.raw --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compressors.sperr import SPERRCodec
+from compressors.sz3 import SZ3Codec
+from compressors.zfp import ZFPCodec
+
+BOUNDS = (1e-1, 1e-2, 1e-3)
+DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+
+
+def sperr_absolute(values: np.ndarray, bound: float) -> bytes:
+    """One SPERR compression in absolute-error mode: the HDF5 chunk is the complete stream."""
+    import h5py
+    import hdf5plugin
+
+    with h5py.File(io.BytesIO(), "w") as h5:
+        dset = h5.create_dataset("v", data=values, chunks=values.shape,
+                                 **hdf5plugin.Sperr(absolute=float(bound), swap=True))
+        return bytes(dset.id.read_direct_chunk((0, 0, 0))[1])
+
+
+def classical(values: np.ndarray, bound: float) -> dict:
+    """name -> (payload, decoded, encode s, decode s) for SZ3, ZFP and SPERR at ``bound``."""
+    out = {}
+    codecs = {"sz3": (SZ3Codec(), lambda v: SZ3Codec.compress(v, bound)),
+              "zfp": (ZFPCodec(), lambda v: ZFPCodec.compress(v, bound)),
+              "sperr": (SPERRCodec(), lambda v: sperr_absolute(v, bound))}
+    for name, (codec, encode) in codecs.items():
+        t0 = time.perf_counter()
+        payload = encode(values)
+        t1 = time.perf_counter()
+        decoded = codec.decompress(payload, values.shape)
+        out[name] = (payload, decoded, t1 - t0, time.perf_counter() - t1)
+    return out
+
+
+def ours(values: np.ndarray, args) -> tuple[dict, float]:
+    """rel bound -> (payload, decoded, encode s, decode s), and the training seconds."""
+    import tempfile
+
+    from config.options import parse_config
+    from data.writers import write_vti
+    from quantization.bounded import encode_bounded
+    from quantization.decode import decode_volume
+    from quantization.encode import quantize_network
+    from quantization.format import parse
+    from training.checkpoint import load_model
+    from training.run import train
+
+    passes = args.steps * 1024 * 16 / values.size
+    with tempfile.TemporaryDirectory() as tmp:
+        write_vti(Path(tmp) / "v.vti", values, (1.0, 1.0, 1.0))
+        cfg = parse_config(["--data", str(Path(tmp) / "v.vti"), "--basedir", tmp, "--expname", "b",
+                            "--compression_ratio", str(args.ratio), "--quant_bits", str(args.bits),
+                            "--max_pass", repr(passes), "--pass_decay", repr(passes / 3), "--min_steps", str(args.steps),
+                            "--device", "cpu", "--tracking", "none", "--checkpoint_every", "0", "--quiet", "true"])
+        t0 = time.perf_counter()
+        train(cfg, progress=False)
+        training = time.perf_counter() - t0
+        model, info, _ = load_model(cfg.experiment_dir / "checkpoint.pt")
+    out = {}
+    for rel in BOUNDS:
+        t0 = time.perf_counter()
+        data, _ = encode_bounded(quantize_network(model, info, args.bits), values, "rel", rel)
+        t1 = time.perf_counter()
+        decoded = decode_volume(parse(data))[0]
+        out[rel] = (data, decoded, t1 - t0, time.perf_counter() - t1)
+    return out, training
+
+
+def region_timing(payload: bytes, shape) -> tuple[float, float]:
+    """(full decode s, 32^3 box decode s), each from the bytes."""
+    from compressors import api
+
+    t0 = time.perf_counter()
+    api.decompress(payload)
+    t1 = time.perf_counter()
+    box = tuple(v for n in shape[::-1] for v in (max(0, n // 2 - 16), min(n, n // 2 + 16)))
+    api.decompress(payload, region=box)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def main(argv=None):
+    from data.readers import read_volume
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--volumes", nargs="+", required=True, help="names in ../shared/datasets")
+    p.add_argument("--steps", type=int, default=300, help="training steps of our network per volume")
+    p.add_argument("--ratio", type=float, default=100.0, help="our network's voxels / parameters")
+    p.add_argument("--bits", type=int, default=9)
+    p.add_argument("--output", default="", help="also write the markdown table here")
+    args = p.parse_args(argv)
+    lines = ["| volume | rel bound | codec | ratio | max err / bound | enc s | dec s |", "|---|---|---|---|---|---|---|"]
+    notes = []
+    for name in args.volumes:
+        values = np.ascontiguousarray(read_volume(DATASETS / name).values, dtype=np.float32)
+        span = float(values.max()) - float(values.min())
+        mine, training = ours(values, args)
+        for rel in BOUNDS:
+            results = {"neurcomp": mine[rel], **classical(values, rel * span)}
+            for codec, (payload, decoded, enc, dec) in results.items():
+                err = float(np.abs(decoded.astype(np.float64) - values).max()) / (rel * span)
+                lines.append(f"| {name} | {rel:g} | {codec} | {values.size * 4 / len(payload):.1f} | {err:.3f} | "
+                             f"{enc:.2f} | {dec:.3f} |")
+        full, box = region_timing(mine[BOUNDS[1]][0], values.shape)
+        notes.append(f"{name}: training {training:.1f} s ({args.steps} steps, ratio {args.ratio:g}, {args.bits} bits); "
+                     f"decode of the 1e-2 file: full {full:.3f} s, 32^3 box {box:.3f} s")
+    text = "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+    print(text)
+    if args.output:
+        from data.atomic import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.output), text.encode())
+
+
+if __name__ == "__main__":
+    main()

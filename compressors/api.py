@@ -1,0 +1,107 @@
+"""The compressed file from Python (notebooks): compress an array, decompress bytes or a file,
+read the header. The same functions the entry scripts use do the work: training (``training.run``,
+with ``target_file_ratio`` writing the file), ``quantization.bounded`` for an error bound, and
+``quantization.decode.decode_volume`` for whole volumes, boxes and other resolutions.
+
+    import numpy as np
+    from compressors import api
+    data = api.compress(values, spacing=(1, 1, 2), ratio=50, max_rel_error=1e-2)
+    box = api.decompress(data, region=(0, 32, 0, 32, 0, 32))
+    api.read_header(data)["error_bound"]
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from config.errors import InputError
+from data import atomic
+from quantization.decode import decode_volume
+from quantization.format import parse, parse_header
+from quantization.region import make_grid
+
+
+def _bytes(source, what: str = "source") -> tuple[bytes, str]:
+    """(file bytes, name for messages) of bytes or a path."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "<bytes>"
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{path}: compressed file not found")
+    return path.read_bytes(), str(path)
+
+
+def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max_abs_error: float | None = None,
+             max_rel_error: float | None = None, path=None, quant_bits: int = 9, n_layers: int = 4, steps: int = 0,
+             device: str = "auto", seed: int = 0, work_dir=None) -> bytes:
+    """Train a network on ``values`` ((Z, Y, X), physical units, ``spacing`` (x, y, z)) and return the
+    compressed file's bytes (also written to ``path`` if given).
+
+    ``ratio``: the file's target compression ratio (voxels x 4 / bytes); without it the network is
+    sized by the default ``compression_ratio``. ``max_abs_error`` / ``max_rel_error`` (at most one):
+    every voxel decodes within that error (corrections are added to the file, which grows).
+    ``steps`` > 0 trains that many steps instead of the training defaults (quick trials).
+    """
+    from config.options import parse_config
+    from data.writers import write_vti
+    from training.run import train
+
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if values.ndim != 3:
+        raise InputError(f"compress: values must be a 3D (Z, Y, X) array, got shape {values.shape}")
+    flags = ["--quant_bits", str(quant_bits), "--n_layers", str(n_layers), "--device", device, "--seed", str(seed),
+             "--tracking", "none", "--checkpoint_every", "0", "--quiet", "true"]
+    for name, value in (("target_file_ratio", ratio), ("max_abs_error", max_abs_error), ("max_rel_error", max_rel_error)):
+        if value is not None:
+            flags += [f"--{name}", repr(float(value))]
+    if steps:
+        passes = steps * 1024 * 16 / values.size
+        flags += ["--max_pass", repr(passes), "--pass_decay", repr(passes / 3), "--min_steps", str(steps)]
+    if path is not None:
+        path = atomic.check_output_file(Path(path), "path")
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        write_vti(Path(tmp) / "volume.vti", values, tuple(float(s) for s in spacing))
+        cfg = parse_config(["--data", str(Path(tmp) / "volume.vti"), "--basedir", tmp, "--expname", "api", *flags])
+        info = train(cfg, progress=False)
+        data = (cfg.experiment_dir / info["file"]).read_bytes() if ratio is not None else _quantize(cfg, values)
+    if path is not None:
+        atomic.atomic_write_bytes(path, data)
+    return data
+
+
+def _quantize(cfg, values: np.ndarray) -> bytes:
+    """The trained checkpoint as a file, as NeurcompQuantization.py writes it (plus the bound, if any)."""
+    from quantization.bounded import encode_bounded
+    from quantization.encode import encode_network, quantize_network
+    from training.checkpoint import load_model
+
+    model, info, _ = load_model(cfg.experiment_dir / "checkpoint.pt")
+    net = quantize_network(model, info, cfg.quant_bits, seed=cfg.seed)
+    if not cfg.error_bound:
+        return encode_network(net)
+    mode, value = cfg.error_bound
+    return encode_bounded(net, values, mode, value, option=f"max_{mode}_error")[0]
+
+
+def decompress(source, region=None, resolution=None, device: str = "cpu") -> np.ndarray:
+    """The (Z, Y, X) float32 volume of a compressed file (bytes or a path): whole, a ``region``
+    (x0, x1, y0, y1, z0, z1: voxel indices, half-open) or resampled at ``resolution`` (x, y, z)."""
+    data, name = _bytes(source)
+    net = parse(data, name)
+    return decode_volume(net, make_grid(net.volume.shape, region, resolution, "region"), device=device)[0]
+
+
+def read_header(source) -> dict:
+    """Shape (Z, Y, X), spacing and origin (x, y, z), value range, architecture, ratio and error bound
+    of a compressed file, without decoding the network."""
+    data, name = _bytes(source)
+    h = parse_header(data, name)
+    v = h.volume
+    bound = None if h.bound is None else {k: h.bound[k] for k in ("mode", "requested", "max_abs_error", "count")}
+    return {"version": h.version, "shape": tuple(v.shape), "spacing": tuple(v.spacing), "origin": tuple(v.origin),
+            "value_range": (v.vmin, v.vmax), "source_dtype": v.source_dtype, "architecture": h.arch.to_dict(),
+            "quant_bits": h.settings.bits, "file_bytes": len(data), "compression_ratio": v.num_voxels * 4 / len(data),
+            "error_bound": bound}
