@@ -113,8 +113,10 @@ def test_pip_install_gives_working_commands_outside_the_repository(tmp_path):
     bindir = python.parent
     work = tmp_path / "work"
     work.mkdir()
+    # the search starts trials with `python <site-packages>/NeurcompTraining.py` (search.runner)
     where = run([python, "-c", "import config, datasets, NeurcompTraining; print(config.__file__); "
-                 "print(datasets.__file__)"], work)
+                 "print(datasets.__file__); from search.runner import TRAINING_SCRIPT as t; assert t.is_file(); "
+                 "print(t)"], work)
     assert where.returncode == 0, where.stderr
     assert all(Path(line).is_relative_to(tmp_path / "venv") for line in where.stdout.split()), where.stdout
     for command in COMMANDS:
