@@ -148,3 +148,30 @@ def test_editable_install_runs_the_working_copy(tmp_path):
     assert all(Path(line).is_relative_to(source) for line in where.stdout.split()), where.stdout
     helped = run([python.parent / "neurcomp-visualize", "--help"], work)
     assert helped.returncode == 0 and "--resolution" in helped.stdout, helped.stderr
+
+
+CONDA_NAMES = {"torch": "pytorch", "matplotlib": "matplotlib-base", "vtk": "vtk-base"}
+
+
+@pytest.mark.parametrize("name,variant", [("environment.yml", "pytorch-gpu"), ("environment-cpu.yml", "pytorch-cpu")])
+def test_conda_environments_are_conda_forge_only_and_follow_the_requirements(name, variant):
+    """No solver here to check them (conda is absent), so at least: one channel, the right PyTorch
+    build, and every runtime and test requirement with its lower bound."""
+    yaml = pytest.importorskip("yaml")
+    from packaging.version import Version
+
+    env = yaml.safe_load((REPO / name).read_text())
+    assert env["channels"] == ["conda-forge", "nodefaults"]
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert variant in conda and "pytorch-cuda" not in conda
+    assert not any(d.startswith("pytorch") and "=" in d and ">=" not in d for d in conda), "PyTorch is capped"
+    bounds = dict(d.split(">=") for d in conda if ">=" in d)
+    for req_file in ("requirements.txt", "requirements-dev.txt"):
+        for line in (REPO / req_file).read_text().splitlines():
+            req = line.split("#")[0].strip()
+            if not req:
+                continue
+            package, bound = req.split(">=")
+            ours = bounds.get(CONDA_NAMES.get(package, package))
+            assert req in pip or (ours and Version(ours) >= Version(bound)), (name, req)
