@@ -216,7 +216,14 @@ def check_run(cfg, info, tmp_path):
     assert math.isfinite(info["psnr"])
     sizes = build_architecture(cfg.network, TRAIN_SIDE ** 3).layer_sizes()
     recorded = json.loads((out / "info.json").read_text())
-    if cfg.pruning.enabled:  # pruning may only remove hidden neurons
+    assert recorded["passes"] == 1 and recorded["steps"] == TRAIN_SIDE ** 3 // cfg.optim.points_per_step
+    if cfg.optim.lr is not None and not cfg.pruning.enabled:  # an explicit lr trains as the original did
+        assert recorded["lr"] == cfg.optim.lr and not recorded["lr_auto"]
+    if cfg.pruning.enabled:  # pruned, then fine-tuned; pruning may only remove hidden neurons
+        method = build_pruning(cfg.pruning.technique, cfg.pruning, dataset_size=TRAIN_SIDE ** 3)
+        assert recorded["pruning_technique"] == method.name  # the original's "variational" is the static one
+        assert recorded["network_layer_sizes_before_pruning"] == sizes
+        assert recorded["passes_pruning"] > 0 and recorded["passes_finetuning"] > 0
         final = recorded["network_layer_sizes"]
         assert len(final) == len(sizes) and all(a <= b for a, b in zip(final, sizes))
     else:
