@@ -224,13 +224,15 @@ def original_sbp_configs():
 
 
 @pytest.mark.slow
-def test_the_originals_sbp_configs_parse_and_train_one_pass(tmp_path, tiny_volume):
+def test_the_originals_sbp_configs_parse_and_train_one_pass(tmp_path):
     from training.run import train
 
     paths = original_sbp_configs()
     assert paths
+    volume = tmp_path / "small.npy"  # 56^3: compression_ratio 100 needs ~150k voxels for the narrowest network
+    np.save(volume, smooth_volume(56))
     for path in paths:
-        cfg = parse_config(["--config", str(path), "--data", str(tiny_volume), "--basedir", str(tmp_path / path.stem),
+        cfg = parse_config(["--config", str(path), "--data", str(volume), "--basedir", str(tmp_path / path.stem),
                             "--max_pass", "1", "--tracking", "none"])
         o = cfg.pruning.options(SBPOptions)
         assert cfg.pruning.technique == "sbp_log_normal" and (o.lambda_dkl, o.sigma, o.lambda_weight) == (0.8, -8.8, 2.0)
