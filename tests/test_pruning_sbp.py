@@ -14,7 +14,7 @@ from model import Architecture
 from model.pruning import PRUNING_METHODS, PrunableNeurcomp, build_pruning
 from model.pruning.sbp import SBPLogNormal, SBPOptions, sample_truncated_normal, sbp_kl, sbp_moments
 from tests.test_config import original_config
-from tests.test_pruning import ONE_THREAD_ENV, assert_same_function, pruning_config, smooth_volume  # noqa: F401
+from tests.test_pruning import assert_same_function, pruning_config, smooth_volume
 from training.checkpoint import load_model, read_checkpoint
 from training.phases import PruningTrainer, passes_split
 from training.sampling import VolumeSampler
@@ -235,7 +235,8 @@ def test_the_originals_sbp_configs_parse_and_train_one_pass(tmp_path):
         cfg = parse_config(["--config", str(path), "--data", str(volume), "--basedir", str(tmp_path / path.stem),
                             "--max_pass", "1", "--tracking", "none"])
         o = cfg.pruning.options(SBPOptions)
-        assert cfg.pruning.technique == "sbp_log_normal" and (o.lambda_dkl, o.sigma, o.lambda_weight) == (0.8, -8.8, 2.0)
+        assert cfg.pruning.technique == "sbp_log_normal"
+        assert (o.lambda_dkl, o.sigma, o.lambda_weight) == (0.8, -8.8, 2.0)
         info = train(cfg, progress=False)
         assert info["pruning_technique"] == "sbp_log_normal" and math.isfinite(info["psnr"])
         assert set(info["kept_fraction_per_layer"]) == {"block1_inner", "block2_inner", "block3_inner"}
@@ -269,3 +270,39 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_volume, mon
     a, b = load_model(tmp_path / "exp" / "full" / "checkpoint.pt")[0].state_dict(), load_model(ckpt)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["psnr"] == full["psnr"] and resumed["psnr_before_pruning"] == full["psnr_before_pruning"]
+
+
+def test_trainer_logs_kl_live_neurons_and_snr_histograms():
+    class Recorder:
+        def __init__(self):
+            self.metrics, self.histograms = [], []
+
+        def log_metrics(self, metrics, step):
+            self.metrics.append(metrics)
+
+        def log_histogram(self, name, values, step):
+            self.histograms.append(name)
+
+    vol = smooth_volume(8)
+    method = build_pruning("sbp_log_normal", PruningConfig(technique="sbp_log_normal"), dataset_size=vol.size)
+    gated = PrunableNeurcomp(Architecture.uniform(6, 3), method)
+    optim = OptimConfig(lr=1e-3, batch_size=32, sample_size=16)
+    rec = Recorder()
+    PruningTrainer(gated, VolumeSampler(vol, "cpu"), Phase("prune", 3, optim.lr, 1.0, optim,
+                                                           regularizer=gated.regularizer),
+                   tracker=rec, progress=False).run()
+    m = rec.metrics[-1]
+    for key in ("kl", "weight_l1", "pruning_loss", "live_neurons/block1_inner", "live_neurons/block2_inner"):
+        assert key in m, key
+    assert m["live_neurons"] == 12 and m["kl"] > 0
+    assert {"pruning/log_snr/block1_inner", "pruning/mu/block1_inner", "pruning/log_sigma/block2_inner"} <= \
+        set(rec.histograms)
+
+
+def test_the_config_file_parses():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiment-config-files" / "pruning_sbp.txt"
+    cfg = parse_config(["--config", str(path)])
+    o = cfg.pruning.options(SBPOptions)
+    assert cfg.pruning.technique == "sbp_log_normal" and (o.lambda_dkl, o.sigma, o.threshold) == (0.8, -8.8, 4.0)
