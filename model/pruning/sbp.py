@@ -33,8 +33,9 @@ E[theta] into the columns of the next layer. Every Phi difference is taken in lo
 
 Options (``SBPOptions``; the original's names are accepted and set them) and sensible ranges:
 
-* ``sbp_threshold``: SNR below which a neuron is removed; the original fixed 4 (it ignored
-  ``pruning_threshold``), the paper used 1. A neuron at the prior (phi ~ U[-20, 0]) has SNR 0.3.
+* ``sbp_threshold``: SNR below which a neuron is removed, 1..10; the original fixed 4 (it ignored
+  ``pruning_threshold``). A neuron at the prior (phi ~ U[-20, 0]) has SNR 0.3, one at the start
+  (mu = b = 0, log sigma = -5) 247; with mu well inside the interval SNR ~ 1 / sigma.
 * ``sbp_lambda_dkl`` (``variational_lambda_dkl``): KL weight; the original config used 0.8.
 * ``sbp_lambda_weight`` (``variational_lambda_weight``): weight of the L1 term on the weights.
 * ``sbp_sigma`` (``variational_sigma``): log sigma of the likelihood; lower = the data term weighs
