@@ -54,7 +54,9 @@ SMALLIFY = ["--pruning_momentum", "0.025", "--pruning_threshold", "0.75", "--lam
 BINARY = ["--pruning_threshold", "0.5", "--lambda_weights", "5e-6"]
 VARIATIONAL = ["--pruning_threshold", "0.9", "--variational_sigma", "-2.5", "--variational_init_droprate", "0.1",
                "--variational_lambda_weight", "1", "--variational_lambda_entropy", "1"]
-SBP = ["--sbp_threshold", "4", "--sbp_lambda_weight", "2"]  # the original config's; strong: variational's sigma
+# the original config's; strong: variational's sigma and KL weight; medium: the KL weight between them
+# that removed about a third of the neurons on viscous fingers t001 (sweep 3, 30, 100, 300 there)
+SBP = ["--sbp_threshold", "4", "--sbp_lambda_weight", "2"]
 # (label, technique, options, prune the shared residual width)
 METHOD_RUNS = [
     ("binary config", "binary", BINARY + ["--lambda_betas", "1e-4"], False),
@@ -71,6 +73,7 @@ METHOD_RUNS = [
     ("variational_dynamic strong", "variational_dynamic",
      VARIATIONAL + ["--variational_dkl_multiplier", "6e-5", "--variational_lambda_dkl", "3e3"], False),
     ("sbp_log_normal original", "sbp_log_normal", SBP + ["--sbp_sigma", "-8.8", "--sbp_lambda_dkl", "0.8"], False),
+    ("sbp_log_normal medium", "sbp_log_normal", SBP + ["--sbp_sigma", "-2.5", "--sbp_lambda_dkl", "100"], False),
     ("sbp_log_normal strong", "sbp_log_normal", SBP + ["--sbp_sigma", "-2.5", "--sbp_lambda_dkl", "3e3"], False),
 ]
 
