@@ -36,7 +36,10 @@ Options (``SBPOptions``; the original's names are accepted and set them) and sen
 * ``sbp_threshold``: SNR below which a neuron is removed, 1..10; the original fixed 4 (it ignored
   ``pruning_threshold``). A neuron at the prior (phi ~ U[-20, 0]) has SNR 0.3, one at the start
   (mu = b = 0, log sigma = -5) 247; with mu well inside the interval SNR ~ 1 / sigma.
-* ``sbp_lambda_dkl`` (``variational_lambda_dkl``): KL weight; the original config used 0.8.
+* ``sbp_lambda_dkl`` (``variational_lambda_dkl``): KL weight, useful range 10..1e3 with
+  ``sbp_sigma`` -2.5 (benchmarks/pruning_bench.py, 16 passes on viscous fingers t001: 3 removed
+  none of the inner neurons, 30 6 %, 100 a third, 300 two thirds; 3e3 left 1..12 per block on the
+  benchmark volumes). The original config's 0.8 with ``sbp_sigma`` -8.8 removes nothing.
 * ``sbp_lambda_weight`` (``variational_lambda_weight``): weight of the L1 term on the weights.
 * ``sbp_sigma`` (``variational_sigma``): log sigma of the likelihood; lower = the data term weighs
   more (exp(-2 s) / 2 per squared error) = less pruning. The original config used -8.8.
