@@ -2,15 +2,15 @@
 Vetrov 2017, "Structured Bayesian Pruning via Log-Normal Multiplicative Noise", NeurIPS).
 
 Every gated neuron's sine output is multiplied by noise theta = exp(phi) whose log follows a normal
-distribution truncated to [a, b] (their Sec. 4), with the prior on theta log-uniform truncated to
+distribution truncated to [a, b], with the prior on theta log-uniform truncated to
 the same interval, i.e. phi ~ U[a, b]:
 
     q(phi) = N(phi | mu, sigma^2) restricted to [a, b],   alpha = (a - mu) / sigma,  beta = (b - mu) / sigma,
     Z = Phi(beta) - Phi(alpha)         (Phi, phi: standard normal CDF and density).
 
-Training samples phi per point and per neuron by the reparameterisation trick (inverse CDF, their
-Eq. 8): phi = mu + sigma Phi^-1(Phi(alpha) + u Z), u ~ U(0, 1). The KL divergence to the prior is
-the negative entropy of the truncated normal plus log(b - a) (their Eq. 9), always >= 0:
+Training samples phi per point and per neuron by the reparameterisation trick (inverse CDF):
+phi = mu + sigma Phi^-1(Phi(alpha) + u Z), u ~ U(0, 1). The KL divergence to the prior is
+the negative entropy of the truncated normal plus log(b - a), always >= 0:
 
     KL = log(b - a) - log(sqrt(2 pi e) sigma) - log Z - (alpha phi(alpha) - beta phi(beta)) / (2 Z).
 
@@ -19,7 +19,7 @@ The loss is the negative evidence lower bound per voxel (N voxels), as for varia
     L = mean_points [0.5 exp(-2 s) (f(x) - v)^2 + s] + (lambda_dkl sum KL + lambda_weight sum |W|) / N,
 
 with s = ``sbp_sigma`` the fixed log standard deviation of the Gaussian likelihood. A neuron is kept
-while its signal-to-noise ratio is above ``sbp_threshold`` (their Eq. 10):
+while its signal-to-noise ratio is above ``sbp_threshold``:
 
     E[theta]   = exp(mu + sigma^2 / 2) (Phi(beta - sigma) - Phi(alpha - sigma)) / Z,
     E[theta^2] = exp(2 mu + 2 sigma^2) (Phi(beta - 2 sigma) - Phi(alpha - 2 sigma)) / Z,
@@ -95,7 +95,7 @@ def inverse_mills(x: torch.Tensor) -> torch.Tensor:
 
 
 def sbp_kl(mu, log_sigma, a: float, b: float) -> torch.Tensor:
-    """KL(q(phi) || U[a, b]) per neuron (Neklyudov et al. Eq. 9). The entropy is reflection-invariant,
+    """KL(q(phi) || U[a, b]) per neuron (the paper's closed form). The entropy is reflection-invariant,
     so it is taken in the left tail, where phi(x) / Z = inverse_mills(x) Phi(x) / Z is exact even when
     Z underflows (mu far outside [a, b], tiny sigma)."""
     sigma = torch.exp(log_sigma)
@@ -108,7 +108,7 @@ def sbp_kl(mu, log_sigma, a: float, b: float) -> torch.Tensor:
 
 
 def sbp_moments(mu, log_sigma, a: float, b: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log E[theta], log SNR) per neuron (Neklyudov et al. Eq. 10)."""
+    """(log E[theta], log SNR) per neuron (the paper's SNR)."""
     sigma = torch.exp(log_sigma)
     alpha, beta = (a - mu) / sigma, (b - mu) / sigma
     log_z = log_phi_diff(beta, alpha)
