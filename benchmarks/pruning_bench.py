@@ -24,7 +24,8 @@ passes), 16 passes on the 64^3-class volumes and 32 on the 41^3 nucleon; one CPU
     python benchmarks/pruning_bench.py            # ~15 min of CPU (one thread); results/pruning.{json,png}
     python benchmarks/pruning_bench.py --quick    # a smoke run (few passes, one volume)
 
-Runs finished earlier are reused from the JSON unless ``--fresh``.
+Runs finished earlier are reused from the JSON unless ``--fresh``: adding a row to ``METHOD_RUNS`` and
+rerunning trains only the new row (and its same-shape control).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ SMALLIFY = ["--pruning_momentum", "0.025", "--pruning_threshold", "0.75", "--lam
 BINARY = ["--pruning_threshold", "0.5", "--lambda_weights", "5e-6"]
 VARIATIONAL = ["--pruning_threshold", "0.9", "--variational_sigma", "-2.5", "--variational_init_droprate", "0.1",
                "--variational_lambda_weight", "1", "--variational_lambda_entropy", "1"]
+# the original config's; strong: variational's sigma and KL weight; medium: the KL weight between them
+# that removed about a third of the neurons on viscous fingers t001 (sweep 3, 30, 100, 300 there)
+SBP = ["--sbp_threshold", "4", "--sbp_lambda_weight", "2"]
 # (label, technique, options, prune the shared residual width)
 METHOD_RUNS = [
     ("binary config", "binary", BINARY + ["--lambda_betas", "1e-4"], False),
@@ -68,6 +72,9 @@ METHOD_RUNS = [
      VARIATIONAL + ["--variational_dkl_multiplier", "6e-5", "--variational_lambda_dkl", "3"], False),
     ("variational_dynamic strong", "variational_dynamic",
      VARIATIONAL + ["--variational_dkl_multiplier", "6e-5", "--variational_lambda_dkl", "3e3"], False),
+    ("sbp_log_normal original", "sbp_log_normal", SBP + ["--sbp_sigma", "-8.8", "--sbp_lambda_dkl", "0.8"], False),
+    ("sbp_log_normal medium", "sbp_log_normal", SBP + ["--sbp_sigma", "-2.5", "--sbp_lambda_dkl", "100"], False),
+    ("sbp_log_normal strong", "sbp_log_normal", SBP + ["--sbp_sigma", "-2.5", "--sbp_lambda_dkl", "3e3"], False),
 ]
 
 
@@ -147,7 +154,8 @@ def plot(runs: list[dict], path: Path) -> None:
 
     vols = list(dict.fromkeys(r["volume"] for r in runs))
     fig, axes = plt.subplots(1, len(vols), figsize=(5.5 * len(vols), 4.5), squeeze=False, constrained_layout=True)
-    markers = {"binary": "s", "smallify": "^", "variational_static": "o", "variational_dynamic": "D"}
+    markers = {"binary": "s", "smallify": "^", "variational_static": "o", "variational_dynamic": "D",
+               "sbp_log_normal": "v"}
     for ax, vol in zip(axes[0], vols):
         vr = [r for r in runs if r["volume"] == vol]
         base = sorted((r["compression_ratio"], r["psnr"]) for r in vr if r["method"] == "baseline")

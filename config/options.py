@@ -96,6 +96,7 @@ def build_parser(description: str = "Neurcomp") -> configargparse.ArgumentParser
                 g.add_argument(f"--{neg}", action="store_true", help=f"the original's switch: {opt.name} = false")
             for a in opt.aliases:
                 aliases.setdefault(a, []).append(opt)
+    aliases = {a: t for a, t in aliases.items() if f"--{a}" not in p._option_string_actions}  # another option: read its value
     if aliases:
         g = p.add_argument_group("the original's names (set each method's own option)")
         for a, targets in aliases.items():
@@ -180,6 +181,10 @@ def _fail(where: str, key: str, value, why: str):
     raise ConfigError(f"{where}: {key} = {value!r} is invalid: {why}")
 
 
+def _is_option_name(name: str) -> bool:
+    return any(o.name == name for cls, _ in sections() for _, o in options_of(cls))
+
+
 def _value(ns, opt, src: _Sources):
     """(name the value was given under, raw value): the option itself, or an original alias set
     from a higher-priority source (command line over file)."""
@@ -188,7 +193,7 @@ def _value(ns, opt, src: _Sources):
         r = src.rank(a)
         if r > rank:
             name, value, rank = a, getattr(ns, a), r
-        elif r and r == rank:
+        elif r and r == rank and not _is_option_name(a):  # another method's own option (config.txt): ours wins
             raise ConfigError(f"{src.of(a)}: set {opt.name} or the original's name {a}, not both")
     return name, value
 

@@ -219,7 +219,7 @@ class PruningShared:
 
     GROUP = "pruning"
     technique: str = option("", "pruning method: '' (none), binary, smallify, variational(_static), "
-                            "variational_dynamic", name="dropout_technique", choices=None,
+                            "variational_dynamic, sbp_log_normal", name="dropout_technique", choices=None,
                             convert=lambda v: str(v).strip().lower(), original="",
                             check=_check_technique)
     prune_fraction: float = option(2 / 3, "fraction of max_pass trained with pruning layers before pruning",

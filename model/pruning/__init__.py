@@ -6,6 +6,7 @@ Methods (``dropout_technique`` in the config), one module each:
 * ``smallify`` (``model.pruning.smallify``): switches with an L1 penalty and sign-variance pruning.
 * ``variational_static`` / ``variational`` and ``variational_dynamic``
   (``model.pruning.variational``): variational dropout with learned drop rates.
+* ``sbp_log_normal`` (``model.pruning.sbp``): structured Bayesian pruning, truncated log-normal noise.
 
 Each method's module also defines its own option group (a dataclass of ``config.fields.option``
 fields, the class attribute ``Options``), registered with the method: a new method is one new module
@@ -50,7 +51,7 @@ def build_pruning(name: str, cfg, dataset_size: int = 1, **kwargs):
 
 
 # registration side effects
-from model.pruning import binary, smallify, variational  # noqa: E402,F401
+from model.pruning import binary, sbp, smallify, variational  # noqa: E402,F401
 from model.pruning.prunable import PrunableNeurcomp, PruningReport  # noqa: E402
 
 __all__ = ["PRUNING_METHODS", "PrunableNeurcomp", "PruningReport", "build_pruning", "register_pruning"]
