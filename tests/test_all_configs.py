@@ -26,7 +26,6 @@ SHIPPED_DIR = REPO / "experiment-config-files"
 ORIGINAL_DIR = REPO / ".." / "shared" / "original" / "experiment-config-files"
 SHIPPED = sorted(p.name for p in SHIPPED_DIR.glob("*.txt"))
 ORIGINAL = sorted(p.name for p in ORIGINAL_DIR.glob("*.txt")) if ORIGINAL_DIR.is_dir() else []
-SBP_PENDING = "sbp_log_normal (Neklyudov et al. 2017) is being implemented on another branch; refused until then"
 TRAIN_SIDE = 32  # 32^3 voxels: every config's ratio still fits a network (8 layers at ratio 100 need ~30k)
 
 
@@ -34,12 +33,6 @@ def original_path(name: str) -> Path:
     if not ORIGINAL_DIR.is_dir():
         pytest.skip("../shared/original/experiment-config-files is absent (reference data beside the repository)")
     return ORIGINAL_DIR / name
-
-
-def mark_sbp(names, folder):
-    """Parametrize over config names; those using sbp_log_normal are expected to fail for now."""
-    return [pytest.param(n, marks=pytest.mark.xfail(reason=SBP_PENDING, strict=False))
-            if "sbp_log_normal" in (folder / n).read_text() else n for n in names]
 
 
 # -- the original's parser and width rule, reconstructed from ../shared/original/README.md ----------
@@ -110,7 +103,7 @@ def plain_params(sizes: list[int]) -> int:
 
 
 # -- what each original config means ----------------------------------------------------------------
-@pytest.mark.parametrize("name", mark_sbp(ORIGINAL, ORIGINAL_DIR) if ORIGINAL else ["(absent)"])
+@pytest.mark.parametrize("name", ORIGINAL if ORIGINAL else ["(absent)"])
 def test_original_config_means_what_the_original_parser_made_of_it(name, tmp_path, monkeypatch):
     path = original_path(name)
     monkeypatch.chdir(tmp_path)  # both parsers resolve basedir against the working directory
@@ -233,14 +226,14 @@ def check_run(cfg, info, tmp_path):
     assert again.network == cfg.network and again.pruning == cfg.pruning and again.optim == cfg.optim
 
 
-@pytest.mark.parametrize("name", mark_sbp(SHIPPED, SHIPPED_DIR))
+@pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_trains(name, train_volume, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg, info = one_pass(SHIPPED_DIR / name, train_volume, tmp_path / "exp")
     check_run(cfg, info, tmp_path)
 
 
-@pytest.mark.parametrize("name", mark_sbp(ORIGINAL, ORIGINAL_DIR) if ORIGINAL else ["(absent)"])
+@pytest.mark.parametrize("name", ORIGINAL if ORIGINAL else ["(absent)"])
 def test_every_original_config_trains(name, train_volume, tmp_path, monkeypatch):
     path = original_path(name)
     monkeypatch.chdir(tmp_path)
