@@ -48,34 +48,38 @@ def _slice_coordinates(shape_zyx, dim: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def middle_slice_images(model: torch.nn.Module, volume, info) -> dict[str, np.ndarray]:
-    """Per middle slice (XY, XZ, YZ), ground truth | prediction | absolute error side by side (HWC, RGB).
+def middle_slices(model: torch.nn.Module, volume, info) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(ground truth, prediction) in physical units of the middle XY, XZ and YZ slices.
 
-    Only the slices' voxels go through the network, so a checkpoint stays cheap on any volume."""
-    import matplotlib
-
+    Only the slices' voxels go through the network, so this stays cheap at every checkpoint."""
     from model.inference import CHUNK_POINTS
 
     shape = tuple(int(s) for s in volume.shape)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    images = {}
+    slices = {}
     for dim, name in ((0, "xy"), (1, "xz"), (2, "yz")):
         coords = _slice_coordinates(shape, dim, device)
         pred = torch.cat([model(c).reshape(-1) for c in coords.split(CHUNK_POINTS)])
         cut = [slice(None)] * 3
         cut[dim] = shape[dim] // 2
         truth = np.asarray(volume.values[tuple(cut)], dtype=np.float32)
-        pred = info.denormalize(pred).float().cpu().numpy().reshape(truth.shape)
-        error = np.abs(pred - truth)
-        span = (info.vmax - info.vmin) or 1.0
-        viridis, magma = matplotlib.colormaps["viridis"], matplotlib.colormaps["magma"]
-        panels = [viridis(np.clip((truth - info.vmin) / span, 0, 1)), viridis(np.clip((pred - info.vmin) / span, 0, 1)),
-                  magma(error / (float(error.max()) or 1.0))]
-        images[name] = np.concatenate(panels, axis=1)[::-1, :, :3]  # row 0 at the bottom, as in slices.png
+        slices[name] = truth, info.denormalize(pred).float().cpu().numpy().reshape(truth.shape)
     model.train(was_training)
-    return images
+    return slices
+
+
+def slice_image(truth: np.ndarray, pred: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """Ground truth | prediction | absolute error side by side, colour-mapped as in slices.png (HWC, RGB)."""
+    import matplotlib
+
+    span = (vmax - vmin) or 1.0
+    error = np.abs(pred - truth)
+    viridis, magma = matplotlib.colormaps["viridis"], matplotlib.colormaps["magma"]
+    panels = [viridis(np.clip((truth - vmin) / span, 0, 1)), viridis(np.clip((pred - vmin) / span, 0, 1)),
+              magma(error / (float(error.max()) or 1.0))]
+    return np.ascontiguousarray(np.concatenate(panels, axis=1)[::-1, :, :3])  # row 0 at the bottom
 
 
 def _hparam(value):
@@ -153,8 +157,9 @@ class Tracker:
     def log_slices(self, model: torch.nn.Module, volume, info, step: int) -> None:
         """The middle slices (ground truth, prediction, error) as TensorBoard images ``slices/xy`` ..."""
         if self.writer:
-            for name, image in middle_slice_images(model, volume, info).items():
-                self.writer.add_image(f"slices/{name}", image, step, dataformats="HWC")
+            for name, (truth, pred) in middle_slices(model, volume, info).items():
+                self.writer.add_image(f"slices/{name}", slice_image(truth, pred, info.vmin, info.vmax), step,
+                                      dataformats="HWC")
             self.writer.flush()
 
     def log_histogram(self, name: str, values, step: int) -> None:
