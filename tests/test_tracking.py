@@ -27,7 +27,7 @@ def config(tmp_path, volume, **extra):
     opts = {"data": volume, "basedir": tmp_path / "exp", "expname": "tiny", "features_per_layer": 12, "n_layers": 2,
             "max_pass": 2, "batch_size": 64, "sample_size": 16, "lr": 1e-3, "checkpoint_every": 1,
             "tracking": "none", **extra}
-    return parse_config([f"--{k}={v}" for k, v in opts.items()])
+    return parse_config([f"--{k}={v}" for k, v in opts.items() if v is not None])
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_tracking_server_gets_params_metrics_artifacts_and_status(mlflow_server,
 
     url, store = mlflow_server
     cfg = config(tmp_path, tiny_volume, tracking="mlflow", mlflow_tracking_uri=url, mlflow_experiment="served",
-                 target_file_ratio=2, quant_bits=8)
+                 target_file_ratio=2, quant_bits=8, features_per_layer=None)
     info = train(cfg, progress=False)
     client = MlflowClient(tracking_uri=url)
     runs = client.search_runs([client.get_experiment_by_name("served").experiment_id])
