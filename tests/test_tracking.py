@@ -142,7 +142,8 @@ def mlflow_server(tmp_path):
     port, root = free_port(), tmp_path / "server"
     root.mkdir()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", "sqlite:///" + str(root / "backend.db"), "--artifacts-destination", str(root / "store")]
+           "--backend-store-uri", "sqlite:///" + str(root / "backend.db"),
+           "--artifacts-destination", str(root / "store")]
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -46,7 +46,7 @@ from training.outputs import atomic_write_text, final_info, save_slices_png, wri
 from training.recipe import schedule_steps
 from training.recovery import TrainingDiverged, weights_finite
 from training.sampling import make_sampler
-from training.tracking import Tracker, tracked
+from training.tracking import FINAL_METRICS, Tracker, tracked
 from training.trainer import Interrupted, Phase
 from training.validation import ValidationSet
 
@@ -92,11 +92,6 @@ def write_volumes(out_dir: Path, volume, prediction: np.ndarray) -> list[Path]:
     write_vti(paths[0], volume.values, volume.spacing, volume.origin)
     write_vti(paths[1], prediction, volume.spacing, volume.origin)
     return paths
-
-
-# logged at the end of a run under their info.json names, in physical units over the whole volume
-FINAL_METRICS = ("psnr", "mse", "rmse", "l1_diff", "max_abs_error", "compression_ratio", "num_parameters",
-                 "file_bytes", "file_ratio")
 
 
 class StopSignals:

@@ -20,6 +20,9 @@ import numpy as np
 import torch
 
 DEFAULT_EXPERIMENT = "neurcomp"
+# logged at the end of a run under their info.json names: the whole volume, physical units
+FINAL_METRICS = ("psnr", "mse", "rmse", "l1_diff", "max_abs_error", "compression_ratio", "num_parameters",
+                 "file_bytes", "file_ratio")
 
 
 def default_mlflow_uri(basedir: str | Path) -> str:
