@@ -69,6 +69,7 @@ def test_metric_names_per_pass_validation_and_final(tmp_path, tiny_volume, no_ml
     from mlflow import MlflowClient
 
     info = train(config(tmp_path, tiny_volume, tracking="mlflow"), progress=False)
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the next training in this process picks its own store
     client = MlflowClient(tracking_uri="sqlite:///" + str(tmp_path / "exp" / "mlflow.db"))
     run = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
     metrics = run.data.metrics

@@ -117,6 +117,9 @@ class Tracker:
 
             logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the console for the progress bar
             uri, experiment, artifact_location = mlflow_target(mlflow_uri, mlflow_experiment, basedir)
+            # set_tracking_uri also sets $MLFLOW_TRACKING_URI; close() restores it, else a later
+            # training in this process would take this run's store for the user's choice
+            self._user_uri = os.environ.get("MLFLOW_TRACKING_URI")
             mlflow.set_tracking_uri(uri)
             exp = mlflow.get_experiment_by_name(experiment)
             if exp is None:
@@ -181,6 +184,7 @@ class Tracker:
             self.writer = None
         if self.mlflow:
             self.mlflow.end_run(status=status)
+            self.mlflow.set_tracking_uri(self._user_uri)
             self.mlflow = None
 
 
