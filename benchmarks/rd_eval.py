@@ -87,7 +87,7 @@ def evaluate(codec, values, target_ratio: float, *, volume_name: str = "", work_
         "mean_psnr": mean_predictor_psnr(values32),
         "mse": metrics["mse"],
         "rmse": metrics["rmse"],
-        "mae": metrics["mae"],
+        "l1_diff": metrics["l1_diff"],
         "max_abs_error": metrics["max_abs_error"],
         "value_range": vrange,
         "max_abs_error_over_range": metrics["max_abs_error"] / vrange if vrange > 0 else math.nan,

@@ -267,7 +267,7 @@ class NeurcompConfig:
                           "original joined cwd + basedir, so its /experiments/... stays inside; /tmp/x is /tmp/x); "
                           "from the command line as given", original="/experiments/",
                           deviation="the same folder: the original joined cwd + basedir")
-    tensorboard_dir: str = option("", "TensorBoard log folder (default: <basedir>/<expname>/tensorboard)",
+    tensorboard_dir: str = option("", "TensorBoard log folder: the run logs into <it>/<expname> (default: <basedir>)",
                                   name="Tensorboard_log_dir", original="")
     checkpoint_path: str = option("", "warm start: load this checkpoint's network before training (a new run with "
                                   "a new schedule, as the original did)", original="")
@@ -281,8 +281,9 @@ class NeurcompConfig:
                                        "(mlflow+tensorboard or mlflow,tensorboard) or none", name="tracking",
                                        convert=_parse_trackers, render=lambda v: "+".join(v) if v else "none",
                                        check=_check_trackers)
-    mlflow_tracking_uri: str = option("", "MLflow store (default: sqlite database <basedir>/mlflow.db)")
-    mlflow_experiment: str = option("neurcomp", "MLflow experiment name")
+    mlflow_tracking_uri: str = option("", "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite database "
+                                      "<basedir>/mlflow.db)")
+    mlflow_experiment: str = option("", "MLflow experiment name (default: $MLFLOW_EXPERIMENT_NAME, else neurcomp)")
     mlflow_parent_run_id: str = option("", "log this training as a child of that MLflow run (used by the search)")
     num_workers: int = option(8, "accepted for compatibility with the original; sampling runs on the device, "
                               "no workers", type=int, check=at_least(0), original=8)

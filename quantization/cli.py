@@ -153,8 +153,8 @@ def dequantize_main(argv=None, parser=None) -> dict:
     if ground_truth is not None:
         (x0, x1), (y0, y1), (z0, z1) = grid.box
         m = volume_metrics(np.asarray(ground_truth.values[z0:z1, y0:y1, x0:x1]), prediction)
-        result.update(psnr=m["psnr"], rmse=m["rmse"], mae=m["mae"], max_abs_error=m["max_abs_error"])
-        print(f"PSNR {m['psnr']:.3f} dB, RMSE {m['rmse']:.6g}, MAE {m['mae']:.6g}, max abs error {m['max_abs_error']:.6g}")
+        result.update(psnr=m["psnr"], rmse=m["rmse"], l1_diff=m["l1_diff"], max_abs_error=m["max_abs_error"])
+        print(f"PSNR {m['psnr']:.3f} dB, RMSE {m['rmse']:.6g}, mean abs error (l1_diff) {m['l1_diff']:.6g}, max abs error {m['max_abs_error']:.6g}")
         if net.bound is not None:
             result.update(error_bound=net.bound.max_abs_error, bound_held=bool(m["max_abs_error"] <= net.bound.max_abs_error))
             print(f"error bound {net.bound.max_abs_error:.6g} ({net.bound.mode} {net.bound.requested:g}): "
@@ -162,7 +162,7 @@ def dequantize_main(argv=None, parser=None) -> dict:
     print(f"compression ratio {ratio:.1f} (vs float32), {result['compression_ratio_vs_source_dtype']:.1f} "
           f"vs the original {info.source_dtype} volume")
     if ns.metrics_json:
-        keys = ("psnr", "rmse", "mae", "max_abs_error", "compression_ratio", "file_bytes",
+        keys = ("psnr", "rmse", "l1_diff", "max_abs_error", "compression_ratio", "file_bytes",
                 *(("error_bound", "bound_held") if net.bound is not None else ()))
         payload = {k: (None if isinstance(result[k], float) and not math.isfinite(result[k]) else result[k]) for k in keys}
         atomic_write_bytes(Path(ns.metrics_json), (json.dumps(payload, indent=2) + "\n").encode(), "--metrics_json")

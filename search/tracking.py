@@ -8,20 +8,20 @@ import sys
 from pathlib import Path
 
 from search.runner import TrialResult
+from training.tracking import mlflow_target
 
 
 class SearchTracking:
     """The search's own MLflow run; every trial is logged as its child run."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: Path | None):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None):
         from mlflow import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=artifact_dir.resolve().as_uri() if artifact_dir else None)
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
         else:
             self.experiment_id = exp.experiment_id
         self.run_id: str | None = None
@@ -66,9 +66,9 @@ def start_tracking(base_cfg, state, space, out: Path, args) -> tuple[SearchTrack
     if "mlflow" not in base_cfg.trackers:
         return None, []
     saved = state.data.get("mlflow") or {}
-    uri = saved.get("tracking_uri") or base_cfg.mlflow_tracking_uri or ("sqlite:///" + str(out / "mlflow.db"))
-    tracking = SearchTracking(uri, base_cfg.mlflow_experiment,
-                              out / "mlartifacts" if not base_cfg.mlflow_tracking_uri else None)
+    uri, experiment, artifact_location = mlflow_target(base_cfg.mlflow_tracking_uri, base_cfg.mlflow_experiment, out)
+    uri, experiment = saved.get("tracking_uri") or uri, saved.get("experiment") or experiment
+    tracking = SearchTracking(uri, experiment, artifact_location)
     run_id = tracking.start(saved.get("parent_run_id"), f"search_{out.name}", {
         "base_config": state.data["base_config"], "search_space": state.data["search_space_file"],
         "method": args.method, "seed": args.seed, "init_trials": args.init_trials,
@@ -76,6 +76,6 @@ def start_tracking(base_cfg, state, space, out: Path, args) -> tuple[SearchTrack
         **{f"fixed.{k}": v for k, v in space.fixed.items()}})
     tracking.client.set_tag(run_id, "trials_requested", args.trials)
     tracking.client.set_tag(run_id, "output_dir", str(out))
-    state.data["mlflow"] = {"tracking_uri": uri, "experiment": base_cfg.mlflow_experiment, "parent_run_id": run_id}
-    return tracking, [f"--mlflow_tracking_uri={uri}", f"--mlflow_experiment={base_cfg.mlflow_experiment}",
+    state.data["mlflow"] = {"tracking_uri": uri, "experiment": experiment, "parent_run_id": run_id}
+    return tracking, [f"--mlflow_tracking_uri={uri}", f"--mlflow_experiment={experiment}",
                       f"--mlflow_parent_run_id={run_id}"]

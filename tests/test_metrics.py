@@ -19,7 +19,7 @@ def test_metrics_match_direct_computation(monkeypatch):
     mse = np.mean(diff ** 2)
     assert m["mse"] == pytest.approx(mse, rel=1e-12)
     assert m["psnr"] == pytest.approx(20 * math.log10(gt.max() - gt.min()) - 10 * math.log10(mse), rel=1e-7)
-    assert m["mae"] == pytest.approx(np.abs(diff).mean(), rel=1e-12)
+    assert m["l1_diff"] == pytest.approx(np.abs(diff).mean(), rel=1e-12)
     assert m["max_abs_error"] == pytest.approx(np.abs(diff).max(), rel=1e-12)
 
 

@@ -254,8 +254,8 @@ def test_trainer_logs_live_neurons_histograms_and_kl_weight():
     m = rec.metrics[-1]
     for key in ("kl", "kl_weight", "nll", "pruning_loss", "live_neurons", "live_neurons/block1_inner",
                 "live_neurons/block2_inner"):
-        assert key in m, key
-    assert m["live_neurons"] == 12
+        assert f"train/{key}" in m, key
+    assert m["train/live_neurons"] == 12
     assert "pruning/log_alpha/block1_inner" in rec.histograms
 
 

@@ -281,7 +281,7 @@ def test_cli_end_to_end_with_vtk_reader(experiment):
     assert r.returncode == 0, r.stderr
     assert "PSNR" in r.stdout
     metrics = json.loads(metrics_path.read_text())
-    assert set(metrics) == {"psnr", "rmse", "mae", "max_abs_error", "compression_ratio", "file_bytes"}
+    assert set(metrics) == {"psnr", "rmse", "l1_diff", "max_abs_error", "compression_ratio", "file_bytes"}
     assert metrics["file_bytes"] == size and metrics["compression_ratio"] == pytest.approx(16 ** 3 * 4 / size)
 
     reader = vtkXMLImageDataReader()

@@ -83,18 +83,18 @@ def test_cli_end_to_end_with_tracking(tmp_path, tiny_volume):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run = runs[0]
     assert run.data.params["n_layers"] == "2"
-    assert run.data.metrics["final_psnr"] == pytest.approx(info["psnr"], abs=1e-6)
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == 6  # one per pass
+    assert run.data.metrics["psnr"] == pytest.approx(info["psnr"], abs=1e-6)
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6  # one per pass
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"info.json", "prediction.vti", "slices.png"} <= artifacts
 
     # TensorBoard: event files with loss, learning rate and PSNR
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "tensorboard"))
+    acc = EventAccumulator(str(out))
     acc.Reload()
-    assert {"loss", "lr", "psnr"} <= set(acc.Tags()["scalars"])
-    assert len(acc.Scalars("psnr")) == 6
+    assert {"train/loss", "train/lr", "train/psnr"} <= set(acc.Tags()["scalars"])
+    assert len(acc.Scalars("train/psnr")) == 6
 
     # NeurcompVisualization.py reproduces the prediction from config.txt alone
     vis = run_script("NeurcompVisualization.py", "--config", out / "config.txt", "--output_dir", tmp_path / "vis",
@@ -115,7 +115,7 @@ def test_cli_end_to_end_with_tracking(tmp_path, tiny_volume):
 
 def test_no_tracking_writes_neither(tmp_path, tiny_volume):
     train(parse_config(tiny_config(tmp_path, tiny_volume, max_pass=1)), progress=False)
-    assert not (tmp_path / "exp" / "tiny" / "tensorboard").exists()
+    assert not list((tmp_path / "exp").rglob("events.out.tfevents*"))
     assert not (tmp_path / "exp" / "mlflow.db").exists()
 
 
@@ -278,7 +278,7 @@ def test_checkpoint_path_is_a_warm_start_and_resume_continues(tmp_path, tiny_vol
     client = MlflowClient(tracking_uri="sqlite:///" + str(tmp_path / "exp" / "mlflow.db"))
     runs = client.search_runs([client.get_experiment_by_name("neurcomp").experiment_id])
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    assert len(client.get_metric_history(start["tracking_run_id"], "loss")) == 3  # passes 1, 2 and 3
+    assert len(client.get_metric_history(start["tracking_run_id"], "train/loss")) == 3  # passes 1, 2 and 3
 
 
 def test_checkpoints_load_with_weights_only(tmp_path, tiny_volume):

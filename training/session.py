@@ -47,7 +47,7 @@ from training.progress import phase_progress
 from training.recipe import schedule_steps
 from training.recovery import TrainingDiverged, weights_finite
 from training.sampling import make_sampler
-from training.tracking import Tracker, tracked
+from training.tracking import FINAL_METRICS, Tracker, tracked
 from training.trainer import Interrupted, Phase
 from training.validation import ValidationSet
 
@@ -164,8 +164,7 @@ class Session:
                                parent_run_id=cfg.mlflow_parent_run_id or None,
                                resume_run_id=(self.resumed or {}).get("tracking_run_id"))
         with tracked(self.tracker), self.stop:
-            if self.resumed is None:
-                self.tracker.log_params({**cfg.flat(), **phases[0].params(self)})
+            self.tracker.log_params({**cfg.flat(), **phases[0].params(self)})
             model = trainer = None
             for i, phase in enumerate(phases[first:], first):
                 resumed = self.resumed if i == first else None
@@ -231,6 +230,7 @@ class Session:
             save_checkpoint(self.ckpt_path, model, self.info, trainer=state, config=self.cfg.flat(),
                             tracking_run_id=self.tracker.run_id, tag=tag, **extra)
             self.last_good = (self.ckpt_path, trainer.step)
+            self.tracker.log_slices(model, self.volume, self.info, trainer.step_offset + trainer.step)
         if not distributed.is_main_process():
             return
         where = f"in phase {trainer.phase.name} at step {trainer.step}"
@@ -266,10 +266,10 @@ class Session:
         save_slices_png(out_dir / "slices.png", volume.values, prediction,
                         title=f"{cfg.expname}: PSNR {metrics['psnr']:.2f} dB, ratio {result['compression_ratio']:.1f}",
                         spacing=volume.spacing)
-        self.tracker.log_metrics({f"final_{k}": metrics[k] for k in ("psnr", "mse", "rmse", "l1_diff", "max_abs_error")},
-                                 totals["steps"])
+        self.tracker.log_final({k: result[k] for k in FINAL_METRICS if k in result}, totals["steps"])
+        compressed = [out_dir / result["file"]] if "file" in result else []
         self.tracker.log_artifacts([out_dir / n for n in ("info.json", "info.txt", "config.txt", "slices.png")]
-                                   + vti_paths)
+                                   + vti_paths + [self.ckpt_path] + compressed)
         print(f"{cfg.expname}: PSNR {metrics['psnr']:.2f} dB, compression ratio {result['compression_ratio']:.1f}, "
               f"{num_parameters} parameters, outputs in {out_dir}")
         return result

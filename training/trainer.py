@@ -382,7 +382,7 @@ class Trainer(Recovery):
         self.phase.history.append({"pass": round(passes, 4), **metrics})
         bar.set_postfix(pass_=f"{passes:.1f}", loss=f"{loss:.2e}", psnr=f"{psnr:.2f}")
         if self.tracker:
-            self.tracker.log_metrics(metrics, self.step_offset + self.step)
+            self.tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, self.step_offset + self.step)
         if self.plateau is not None:
             self.plateau.step(loss)
         whole = math.floor(passes + 1e-9)

@@ -78,6 +78,6 @@ def visualize_main(argv=None) -> dict:
         write_vti(out_dir / "ground_truth.vti", volume.values, volume.spacing, volume.origin,
                   name=volume.name or "value", compression=cfg.vti_compression)
         metrics = volume_metrics(volume.values, prediction)
-        print(f"PSNR {metrics['psnr']:.2f} dB, RMSE {metrics['rmse']:.6g}, mean abs error {metrics['mae']:.6g}, "
+        print(f"PSNR {metrics['psnr']:.2f} dB, RMSE {metrics['rmse']:.6g}, mean abs error (l1_diff) {metrics['l1_diff']:.6g}, "
               f"max abs error {metrics['max_abs_error']:.6g}")
     return metrics
