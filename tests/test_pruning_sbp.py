@@ -293,8 +293,8 @@ def test_trainer_logs_kl_live_neurons_and_snr_histograms():
                    tracker=rec, progress=False).run()
     m = rec.metrics[-1]
     for key in ("kl", "weight_l1", "pruning_loss", "live_neurons/block1_inner", "live_neurons/block2_inner"):
-        assert key in m, key
-    assert m["live_neurons"] == 12 and m["kl"] > 0
+        assert f"train/{key}" in m, key  # per-pass metrics are logged as train/... (README, metrics)
+    assert m["train/live_neurons"] == 12 and m["train/kl"] > 0
     assert {"pruning/log_snr/block1_inner", "pruning/mu/block1_inner", "pruning/log_sigma/block2_inner"} <= \
         set(rec.histograms)
 
