@@ -98,7 +98,8 @@ def test_basedir_from_an_original_config_stays_in_the_working_directory(tmp_path
     path = write(tmp_path, f"basedir = {tmp_path / 'new' / 'exp'}\n", "e.txt")
     assert parse_config(["--config", str(path)]).basedir == str(tmp_path / "new" / "exp")
     # the command line is taken as given
-    assert parse_config(["--basedir", "/no/such/folder"]).basedir == "/no/such/folder"
+    missing = str(tmp_path / "no" / "such" / "folder")  # absolute, not created
+    assert parse_config(["--basedir", missing]).basedir == missing
     assert resolve_basedir("/", from_file=True) in (".", "/")
 
 

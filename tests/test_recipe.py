@@ -178,6 +178,6 @@ def test_quickstart_convinces(tmp_path):
     args = ["--config", str(repo / "experiment-config-files" / "quickstart.txt"), "--basedir", str(tmp_path),
             "--tracking", "none", "--data", str(repo / "datasets" / "marschner_lobb_f3_64.npy")]
     info = train(parse_config(args), progress=False)
-    assert info["lr_auto"] and info["steps"] == 1500
+    assert info["lr_auto"] and info["steps"] == 1200
     assert info["psnr"] >= 35.0
     assert (tmp_path / "quickstart" / "slices.png").stat().st_size > 10_000
