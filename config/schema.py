@@ -43,13 +43,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config.fields import (at_least, between, exactly, non_negative, option, options_of,
+from neurcomp.config.fields import (at_least, between, exactly, non_negative, option, options_of,
                            parse_bool, parse_lr, positive)
 
 
 # pruning methods: technique name -> its options dataclass or None (filled by model.pruning)
 METHOD_OPTIONS: dict[str, type | None] = {}
-OPTION_PROVIDERS = ("model.pruning",)  # modules that register option groups when imported
+OPTION_PROVIDERS = ("neurcomp.model.pruning",)  # modules that register option groups when imported
 
 
 def register_method_options(names, options_cls) -> None:
@@ -147,6 +147,10 @@ class OptimConfig:
     batch_size: int = option(1024, "batches of sample_size points per step", type=int, check=at_least(1), original=1024)
     sample_size: int = option(16, "points per batch entry; a step sees batch_size x sample_size points", type=int,
                               check=at_least(1), original=16)
+    sample_points: str = option("anywhere", "where training samples the volume: anywhere (uniform positions, "
+                                "trilinear values) or voxels (the voxel centres, where PSNR is measured; the "
+                                "network need not fit the kinks trilinear interpolation puts between them)",
+                                choices=("anywhere", "voxels"))
     grad_lambda: float = option(0.0, "weight of the gradient loss against finite differences (0: off)", type=float,
                                 check=non_negative, original=1e-3,
                                 deviation="all 13 original configs set it (1e-7 .. 1e-3); the term keeps "

@@ -24,10 +24,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.space import overrides
+from neurcomp.search.space import overrides
 
-REPO = Path(__file__).resolve().parents[1]
-TRAINING_SCRIPT = REPO / "NeurcompTraining.py"
+
+def _training_script() -> Path:
+    """NeurcompTraining.py: beside the packages in a checkout, beside ``neurcomp/`` when installed."""
+    here = Path(__file__).resolve()
+    candidates = [folder / "NeurcompTraining.py" for folder in (here.parents[1], here.parents[2])]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
+TRAINING_SCRIPT = _training_script()
 LOG_NAME = "train.log"
 
 

@@ -20,6 +20,7 @@ ALLOWED = {
     "search": {"search", "training", "model", "data", "config"},
 }
 MAX_LINES = 400
+NAMESPACE = "neurcomp"  # every project import goes through it (neurcomp/__init__.py)
 
 
 def _module_name(path: Path) -> str:
@@ -49,6 +50,7 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         for name in names:
+            name = name.removeprefix(NAMESPACE + ".")
             while name and name not in modules:  # the longest prefix that is a project module
                 name = name.rpartition(".")[0]
             if name:
@@ -100,3 +102,21 @@ def test_no_source_file_over_400_lines():
     long = [f"{p.relative_to(ROOT)}: {n}" for p in _source_files().values()
             if (n := len(p.read_text().splitlines())) > MAX_LINES]
     assert not long, "\n".join(long)
+
+
+def test_every_project_import_goes_through_the_namespace():
+    """``from config.options import ...`` would load a second copy of a module, or a notebook's own
+    config.py: the project imports itself only as ``neurcomp.<package>``."""
+    bare = []
+    files = list(_source_files().values()) + sorted((ROOT / "tests").glob("*.py")) \
+        + sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / NAMESPACE).glob("*.py"))
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            bare += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                     if n.split(".")[0] in PACKAGES]
+    assert not bare, "\n".join(bare)

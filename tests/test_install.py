@@ -34,27 +34,45 @@ def pyproject() -> dict:
 def test_pyproject_installs_every_package_and_entry_script():
     project = pyproject()
     setuptools = project["tool"]["setuptools"]
-    assert set(setuptools["packages"]["find"]["include"]) == {f"{p}*" for p in PACKAGES}
+    # every package folder installs inside the one namespace: config/ as neurcomp.config, ...
+    assert setuptools["package-dir"] == {f"neurcomp.{p}": p for p in PACKAGES}
+    folders = {".".join(("neurcomp", *init.parent.relative_to(REPO).parts))
+               for p in PACKAGES for init in (REPO / p).rglob("__init__.py")}
+    assert set(setuptools["packages"]) == folders | {"neurcomp"}
     entry_scripts = {p.stem for p in REPO.glob("Neurcomp*.py")}
-    assert set(setuptools["py-modules"]) == entry_scripts | {"neurcomp_cli"}
+    assert set(setuptools["py-modules"]) == entry_scripts
     assert set(COMMANDS.values()) == entry_scripts
     scripts = project["project"]["scripts"]
     assert set(scripts) == set(COMMANDS)
-    import neurcomp_cli
+    from neurcomp import commands
 
     for command, target in scripts.items():
         module, func = target.split(":")
-        assert module == "neurcomp_cli" and callable(getattr(neurcomp_cli, func)), command
+        assert module == "neurcomp.commands" and callable(getattr(commands, func)), command
     dynamic = setuptools["dynamic"]
     assert dynamic["dependencies"]["file"] == ["requirements.txt"]
     assert "torch>=2.1" in (REPO / "requirements.txt").read_text().split()
 
 
+def test_a_notebooks_own_config_and_datasets_do_not_shadow_ours(tmp_path):
+    """A folder with its own config.py and a `datasets` package (HuggingFace's name) imports both
+    beside ours: the project imports only through the neurcomp namespace."""
+    (tmp_path / "config.py").write_text("MINE = True\n")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "__init__.py").write_text("MINE = True\n")
+    code = ("import config, datasets; import neurcomp.training.run, neurcomp.compressors.api; "
+            "from neurcomp.config.options import build_parser; build_parser(); "
+            "import neurcomp.datasets.marschner_lobb; assert config.MINE and datasets.MINE; print('ok')")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 def test_console_script_errors_are_one_line(monkeypatch, capsys):
-    import neurcomp_cli
+    from neurcomp import commands
 
     monkeypatch.setattr(sys, "argv", ["neurcomp-train", "--max_pass", "0"])
-    assert neurcomp_cli.train() == 2
+    assert commands.train() == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "max_pass" in err
 
@@ -70,9 +88,8 @@ def build_copy(dest: Path) -> Path:
                              *setuptools["dynamic"]["optional-dependencies"].values()) for f in spec["file"]]
     for name in names:
         shutil.copy2(REPO / name, dest / name)
-    for pattern in setuptools["packages"]["find"]["include"]:
-        package = pattern.rstrip("*")
-        shutil.copytree(REPO / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.npy"))
+    for folder in ("neurcomp", *setuptools["package-dir"].values()):
+        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "*.npy"))
     return dest
 
 
@@ -114,9 +131,9 @@ def test_pip_install_gives_working_commands_outside_the_repository(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     # the search starts trials with `python <site-packages>/NeurcompTraining.py` (search.runner)
-    where = run([python, "-c", "import config, datasets, NeurcompTraining; print(config.__file__); "
-                 "print(datasets.__file__); from search.runner import TRAINING_SCRIPT as t; assert t.is_file(); "
-                 "print(t)"], work)
+    where = run([python, "-c", "import neurcomp.config, neurcomp.datasets, NeurcompTraining; "
+                 "print(neurcomp.config.__file__); print(neurcomp.datasets.__file__); "
+                 "from neurcomp.search.runner import TRAINING_SCRIPT as t; assert t.is_file(); print(t)"], work)
     assert where.returncode == 0, where.stderr
     assert all(Path(line).is_relative_to(tmp_path / "venv") for line in where.stdout.split()), where.stdout
     for command in COMMANDS:
@@ -142,7 +159,7 @@ def test_editable_install_runs_the_working_copy(tmp_path):
     pip_install(python, "-e", ".", cwd=source)
     work = tmp_path / "work"
     work.mkdir()
-    where = run([python, "-c", "import config, NeurcompTraining; print(config.__file__); "
+    where = run([python, "-c", "import neurcomp.config, NeurcompTraining; print(neurcomp.config.__file__); "
                  "print(NeurcompTraining.__file__)"], work)
     assert where.returncode == 0, where.stderr
     assert all(Path(line).is_relative_to(source) for line in where.stdout.split()), where.stdout

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.volume import Volume, denormalize, normalize
-from data.volume import VolumeInfo
-from model.inference import grid_coordinates, predict_volume
-from training.sampling import VolumeSampler
+from neurcomp.data.volume import Volume, denormalize, normalize
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.inference import grid_coordinates, predict_volume
+from neurcomp.training.sampling import VolumeSampler
 
 
 def test_trilinear_exact_at_grid_points():
@@ -68,3 +68,28 @@ def test_chunked_inference_matches_one_shot():
     np.testing.assert_allclose(whole, chunked, atol=1e-6)
     np.testing.assert_allclose(whole.reshape(-1), model(grid_coordinates(shape, slice(None), "cpu")).detach()[:, 0],
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("storage,bricks", [("float32", False), ("native", False), ("native", True)])
+def test_voxel_sampling_draws_exact_voxel_values(storage, bricks):
+    """sample_points = voxels: every point is a voxel centre and its target is that voxel's value,
+    for the float32, native and brick-streaming samplers alike."""
+    from neurcomp.config.options import ScalingConfig
+    from neurcomp.training.sampling import make_sampler
+
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 256, (5, 7, 9)).astype(np.uint8)
+    vol = Volume(raw.astype(np.float32), source_dtype="uint8")
+    scaling = ScalingConfig(volume_storage=storage, stream_bricks=bricks, brick_size=4, bricks_resident=64)
+    sampler = make_sampler(vol, "cpu", seed=2, scaling=scaling, at_voxels=True)
+    coords, values, _ = sampler.sample(4000)
+    shape_xyz = torch.tensor([9, 7, 5], dtype=torch.float32)
+    index = (coords + 1) * 0.5 * (shape_xyz - 1)
+    assert torch.allclose(index, index.round(), atol=1e-4), "a point is not on the voxel lattice"
+    ix, iy, iz = index.round().long().unbind(1)
+    expected = normalize(raw[iz.numpy(), iy.numpy(), ix.numpy()].astype(np.float32), float(vol.vmin), float(vol.vmax))
+    np.testing.assert_allclose(values[:, 0].numpy(), expected, atol=1e-5)
+    assert len(set(map(tuple, index.round().long().tolist()))) > 250, "voxels are not spread over the volume"
+    anywhere = make_sampler(vol, "cpu", seed=2, scaling=scaling).sample(4000)[0]
+    off = (anywhere + 1) * 0.5 * (shape_xyz - 1)
+    assert (off - off.round()).abs().max() > 0.1  # the default still samples between voxels

@@ -12,11 +12,11 @@ import pytest
 if importlib.util.find_spec("ax") is None:  # find_spec: the Ax import itself takes ~10 s
     pytest.skip("ax-platform is not installed (pip install -r requirements-search.txt)", allow_module_level=True)
 
-from config.errors import ConfigError  # noqa: E402
-from config.options import parse_config  # noqa: E402
-from search import ax_loop, cli, reports  # noqa: E402
-from search.runner import TrialRunner, failure_reason  # noqa: E402
-from search.space import check_against_config, load_search_space, overrides  # noqa: E402
+from neurcomp.config.errors import ConfigError  # noqa: E402
+from neurcomp.config.options import parse_config  # noqa: E402
+from neurcomp.search import ax_loop, cli, reports  # noqa: E402
+from neurcomp.search.runner import TrialRunner, failure_reason  # noqa: E402
+from neurcomp.search.space import check_against_config, load_search_space, overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = REPO / "experiment-config-files" / "search_spaces"
@@ -143,7 +143,7 @@ def test_values_checked_against_training_options(tmp_path, tiny):
 # ---------------------------------------------------------------- command line, outputs, runner
 
 def test_cli_errors_are_one_line(tmp_path, tiny, capsys):
-    from config.cli import run_cli
+    from neurcomp.config.cli import run_cli
 
     _, base = tiny
     space = SPACES / "baseline.json"
@@ -310,14 +310,14 @@ def test_failed_trials_are_recorded_and_do_not_stop_the_search(tiny):
 
 @pytest.mark.slow
 def test_resume_runs_an_interrupted_trial_again(tiny, monkeypatch):
-    import search.runner
+    from neurcomp.search import runner
     from ax.api.client import Client
 
     tmp_path, base = tiny
     base.write_text(base.read_text().replace("tracking = mlflow", "tracking = none"))
     script = tmp_path / "fake_training.py"
     script.write_text(FAKE_TRAINING)
-    monkeypatch.setattr(search.runner, "TRAINING_SCRIPT", script)  # instant trials
+    monkeypatch.setattr(runner, "TRAINING_SCRIPT", script)  # instant trials
     space = write_json(tmp_path / "space.json", {"parameters": [
         {"name": "features_per_layer", "type": "range", "bounds": [15, 40]}]})
     out = tmp_path / "search"

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from config.errors import ConfigError, InputError
-from config.options import parse_config
+from neurcomp.config.errors import ConfigError, InputError
+from neurcomp.config.options import parse_config
 from tests.conftest import REPO, run_script
-from training import session as session_module
-from training.checkpoint import load_model, read_checkpoint
-from model.inference import predict_volume
-from training.phases import TrainPhase
-from training.recovery import Recovery, TrainingDiverged
-from training.run import train
-from training.sampling import VolumeSampler
-from training.trainer import Interrupted, Trainer
+from neurcomp.training import session as session_module
+from neurcomp.training.checkpoint import load_model, read_checkpoint
+from neurcomp.model.inference import predict_volume
+from neurcomp.training.phases import TrainPhase
+from neurcomp.training.recovery import Recovery, TrainingDiverged
+from neurcomp.training.run import train
+from neurcomp.training.sampling import VolumeSampler
+from neurcomp.training.trainer import Interrupted, Trainer
 
 
 def tiny_config(tmp_path, volume, **extra) -> list[str]:
@@ -332,10 +332,10 @@ def test_gradient_loss_and_plain_siren_train(tmp_path, tiny_volume):
 def test_the_gradient_loss_changes_the_gradient(tiny_volume):
     """grad_lambda > 0 adds d(prediction)/d(coords) against the volume's gradient to the loss: the
     parameter gradient differs from the MSE's alone, by exactly grad_lambda x the term's gradient."""
-    from config.options import OptimConfig
-    from model.architecture import Architecture
-    from model.neurcomp import Neurcomp
-    from training.trainer import Phase
+    from neurcomp.config.options import OptimConfig
+    from neurcomp.model.architecture import Architecture
+    from neurcomp.model.neurcomp import Neurcomp
+    from neurcomp.training.trainer import Phase
 
     values = np.load(tiny_volume)
     normalized = 2 * (values - values.min()) / (values.max() - values.min()) - 1
@@ -391,3 +391,18 @@ def test_stop_signals_wait_for_the_step_while_training_and_stop_at_once_otherwis
             time.sleep(1)
         assert again.value.exit_code == 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_sample_points_option_reaches_the_sampler(tmp_path, tiny_volume, monkeypatch):
+    seen = []
+    real = session_module.make_sampler
+
+    def spy(*args, **kwargs):
+        sampler = real(*args, **kwargs)
+        seen.append(sampler.at_voxels)
+        return sampler
+
+    monkeypatch.setattr(session_module, "make_sampler", spy)
+    info = train(parse_config(tiny_config(tmp_path, tiny_volume, sample_points="voxels", max_pass=1)), progress=False)
+    assert seen == [True] and np.isfinite(info["psnr"])
+    assert "sample_points = voxels" in (tmp_path / "exp" / "tiny" / "config.txt").read_text()

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from model.random_state import generator_state
-from training.sampling.native import NATIVE_DTYPES, GatherSampler
-from training.sampling.trilinear import take, torch_storage, trilinear
+from neurcomp.model.random_state import generator_state
+from neurcomp.training.sampling.native import NATIVE_DTYPES, GatherSampler
+from neurcomp.training.sampling.trilinear import take, torch_storage, trilinear
 
 REPLACE_FRACTION = 0.25  # brick streaming: share of the resident bricks replaced at each refresh
 
@@ -156,6 +156,8 @@ class BrickSampler(GatherSampler):
         r = torch.rand(n, 3, device=self.device, generator=self.generator)
         lo, cells = self.lo.index_select(0, slot), self.cells.index_select(0, slot)
         pos = lo.to(torch.float32) + r * cells.to(torch.float32)  # voxel units, (x, y, z)
+        if self.at_voxels:  # the nearest voxel centre of the brick (sample_points = voxels)
+            pos = pos.round()
         i0 = torch.minimum(pos.floor().long(), lo + cells - 1)
         t = pos - i0.to(pos.dtype)
         nz, ny, nx = self.shape

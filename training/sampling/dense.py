@@ -6,7 +6,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.random_state import generator_state, reseed_value, restore_generator
+from neurcomp.model.random_state import generator_state, reseed_value, restore_generator
+
+
+def snap_to_voxels(coords: torch.Tensor, shape_zyx) -> torch.Tensor:
+    """(N, 3) coordinates (x, y, z) in [-1, 1] moved to the nearest voxel centre (align_corners=True
+    lattice: voxel i of n sits at 2 i / (n - 1) - 1), where trilinear interpolation returns the voxel."""
+    n = torch.tensor([shape_zyx[2], shape_zyx[1], shape_zyx[0]], device=coords.device, dtype=coords.dtype) - 1
+    return torch.round((coords + 1.0) * 0.5 * n) * 2.0 / n.clamp(min=1) - 1.0
 
 
 class VolumeSampler:
@@ -18,6 +25,7 @@ class VolumeSampler:
     """
 
     storage = "float32"
+    at_voxels = False  # True: every point snaps to its nearest voxel centre (``sample_points = voxels``)
 
     def __init__(self, normalized_zyx: np.ndarray | torch.Tensor, device: torch.device | str,
                  seed: int = 0, with_gradients: bool = False):
@@ -49,8 +57,10 @@ class VolumeSampler:
         return out.reshape(self.grid.shape[1], -1).t()
 
     def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n uniform positions and their interpolated values (n, C)."""
+        """n uniform positions (or, ``at_voxels``, their nearest voxel centres) and their values (n, C)."""
         coords = torch.rand(n, 3, device=self.device, generator=self.generator) * 2.0 - 1.0
+        if self.at_voxels:
+            coords = snap_to_voxels(coords, self.shape)
         return coords, self.interpolate(coords)
 
     def resident_bytes(self) -> int:

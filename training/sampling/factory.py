@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.sampling.bricks import BrickSampler
-from training.sampling.dense import VolumeSampler
-from training.sampling.native import NATIVE_DTYPES, NativeVolumeSampler
+from neurcomp.training.sampling.bricks import BrickSampler
+from neurcomp.training.sampling.dense import VolumeSampler
+from neurcomp.training.sampling.native import NATIVE_DTYPES, NativeVolumeSampler
 
 STORAGES = ("auto", "float32", "native")
 
@@ -37,17 +37,23 @@ def stored_values(volume) -> np.ndarray:
     return np.asarray(values).astype(dtype)
 
 
-def make_sampler(volume, device, *, seed: int = 0, with_gradients: bool = False, scaling=None) -> VolumeSampler:
-    """The sampler the ``scaling`` options (``config.options.ScalingConfig``) ask for.
+def make_sampler(volume, device, *, seed: int = 0, with_gradients: bool = False, scaling=None,
+                 at_voxels: bool = False) -> VolumeSampler:
+    """The sampler the ``scaling`` options (``config.options.ScalingConfig``) ask for; ``at_voxels``
+    draws voxel centres instead of uniform positions (``sample_points = voxels``).
 
     ``volume``: a ``data.volume.Volume`` or ``data.lazy.LazyVolume``. Under torch.distributed each
     rank samples with its own seed (``training.distributed.rank_seed``).
     """
-    from config.options import ScalingConfig
-    from training.distributed import rank_seed
+    from neurcomp.config.options import ScalingConfig
+    from neurcomp.training.distributed import rank_seed
 
-    scaling = scaling or ScalingConfig()
-    seed = rank_seed(seed)
+    sampler = _make(volume, device, rank_seed(seed), with_gradients, scaling or ScalingConfig())
+    sampler.at_voxels = bool(at_voxels)
+    return sampler
+
+
+def _make(volume, device, seed: int, with_gradients: bool, scaling) -> VolumeSampler:
     storage = resolve_storage(scaling.volume_storage, volume.source_dtype)
     if scaling.stream_bricks:
         values = getattr(volume, "values")
