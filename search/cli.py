@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_search_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="NeurcompSearch.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _Parser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                 description="Multi-objective hyperparameter search (PSNR and compression ratio) with Ax.")
     p.add_argument("--config", required=True, help="base training config; every trial starts from it")
     p.add_argument("--search_space", required=True, help="search-space JSON file (see search/space.py)")

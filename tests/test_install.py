@@ -140,6 +140,8 @@ def test_pip_install_gives_working_commands_outside_the_repository(tmp_path):
         assert (bindir / command).is_file(), command
     helped = run([bindir / "neurcomp-train", "--help"], work)
     assert helped.returncode == 0 and helped.stdout.startswith("usage: neurcomp-train"), helped.stderr
+    helped = run([bindir / "neurcomp-search", "--help"], work)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: neurcomp-search"), helped.stderr
     refused = run([bindir / "neurcomp-train", "--max_pass", "0"], work)
     assert refused.returncode == 2 and refused.stderr.startswith("error: ") and "Traceback" not in refused.stderr
     z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (12, 14, 16)), indexing="ij")
