@@ -174,7 +174,11 @@ class _Sources:
         return 2 if key in self.cli else 1 if key in self.file else 0
 
     def of(self, key: str) -> str:
-        return "command line" if key in self.cli or not (self.path and key in self.file) else self.path
+        if key in self.cli:
+            return "command line"
+        if self.path and key in self.file:
+            return self.path
+        return f"the default (not set in {self.path})" if self.path else "the default"
 
 
 def _fail(where: str, key: str, value, why: str):
@@ -231,7 +235,8 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
                          network=NetworkConfig(**_fill(NetworkConfig, ns, src)),
                          optim=OptimConfig(**_fill(OptimConfig, ns, src)),
                          pruning=PruningConfig(technique, methods=methods, **shared),
-                         scaling=ScalingConfig(**_fill(ScalingConfig, ns, src)), source=where)
+                         scaling=ScalingConfig(**_fill(ScalingConfig, ns, src)), source=where,
+                         origins={n: src.of(n) for n in ("compression_ratio",)})
     net = cfg.network
     # the original takes a plain network's list as it is; a residual one has n_layers widths
     if net.feature_list is not None and net.residual and len(net.feature_list) != net.n_layers:

@@ -310,6 +310,11 @@ class NeurcompConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     source: str = "command line"  # the config file it came from, for error messages
+    origins: dict = field(default_factory=dict)  # option name -> "command line", the file, or "... (the default)"
+
+    def origin(self, name: str) -> str:
+        """Where option ``name``'s value came from, for an error message about that value."""
+        return self.origins.get(name, self.source)
 
     @property
     def error_bound(self) -> tuple[str, float] | None:

@@ -127,3 +127,23 @@ def test_original_threshold_is_checked_for_the_method_in_use_only(tmp_path):
     # an original name with one meaning is checked whatever the method
     with pytest.raises(ConfigError, match=r"pruning_momentum = 2.0 is invalid: must be in \[0, 1\]"):
         parse_config(["--pruning_momentum", "2"])
+
+
+@pytest.mark.parametrize("where,expected", [("default", "the default (not set in {cfg})"),
+                                            ("file", "{cfg}"), ("command line", "command line")])
+def test_a_ratio_no_network_fits_names_where_it_came_from(tmp_path, where, expected):
+    """compression_ratio too high for a tiny volume: the one-line error names the ratio's source,
+    and says so when the ratio is the default rather than blaming the file or the command line."""
+    import numpy as np
+
+    from neurcomp.training.run import train
+
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).random((6, 6, 6), dtype=np.float32))
+    cfg_file = tmp_path / "c.txt"
+    cfg_file.write_text(f"data = {tmp_path / 't.npy'}\ntracking = none\nbasedir = {tmp_path / 'exp'}\n"
+                        + ("compression_ratio = 60\n" if where == "file" else ""))
+    argv = ["--config", str(cfg_file)] + (["--compression_ratio", "70"] if where == "command line" else [])
+    with pytest.raises(ConfigError) as err:
+        train(parse_config(argv), progress=False)
+    assert str(err.value).startswith(expected.format(cfg=cfg_file) + ": compression_ratio ")
+    assert "no network fits" in str(err.value)

@@ -27,7 +27,7 @@ def file_target_bytes(cfg: NeurcompConfig, num_voxels: int) -> float:
 def initial_architecture(cfg: NeurcompConfig, num_voxels: int) -> Architecture:
     """The network to train: sized for ``target_file_ratio`` when set, else by ``build_architecture``."""
     if cfg.target_file_ratio <= 0:
-        return build_architecture(cfg.network, num_voxels, cfg.source)
+        return build_architecture(cfg.network, num_voxels, cfg.origin("compression_ratio"))
     if cfg.network.feature_list or cfg.network.features_per_layer:
         raise ConfigError(f"{cfg.source}: target_file_ratio sizes the network itself: remove feature_list "
                           f"and features_per_layer")

@@ -285,7 +285,7 @@ def plan(session, prune_residual_width: bool = False) -> list:
                           f"n_layers = {cfg.network.n_layers} with residual blocks has none (use n_layers >= 2)")
     prune_steps, finetune_steps = passes_split(cfg, num_voxels)
     method = build_pruning(cfg.pruning.technique, cfg.pruning, dataset_size=num_voxels)
-    prune = PrunePhase(build_architecture(cfg.network, num_voxels, cfg.source), prune_steps, method,
+    prune = PrunePhase(build_architecture(cfg.network, num_voxels, cfg.origin("compression_ratio")), prune_steps, method,
                        prune_residual_width, prune_steps + finetune_steps)
     shrink = ShrinkPhase(prune)
     return [prune, shrink, FinetunePhase(finetune_steps, shrink)]
