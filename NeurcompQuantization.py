@@ -61,6 +61,9 @@ def quantize_main(argv=None, parser=None) -> dict:
         data, bound = _bounded(cfg, net, info)
     else:
         data = encode_network(net)
+    snapped = _snap(cfg, data, info) if ns.snap_to_integers and not bound else None
+    if snapped:
+        data = snapped
     seconds = time.perf_counter() - t0
 
     atomic_write_bytes(out, data, "--output" if ns.output else "--filename")
@@ -69,7 +72,8 @@ def quantize_main(argv=None, parser=None) -> dict:
                "compression_ratio": num_voxels * 4 / len(data),
                "compression_ratio_vs_source_dtype": num_voxels * itemsize(info.source_dtype) / len(data),
                "source_dtype": info.source_dtype, "seconds": seconds,
-               "entropy_coder": stored_compression(data), "finetune": finetune, "error_bound": bound}
+               "entropy_coder": stored_compression(data), "finetune": finetune, "error_bound": bound,
+               "snap_to_integers": snapped is not None}
     print(f"wrote {out}: {human_bytes(len(data))}, {bits}-bit indices, payload coding {summary['entropy_coder']}")
     print(f"compression ratio {summary['compression_ratio']:.1f} (vs {num_voxels} float32 voxels), "
           f"{summary['compression_ratio_vs_source_dtype']:.1f} vs the original {info.source_dtype} volume")
@@ -79,6 +83,27 @@ def quantize_main(argv=None, parser=None) -> dict:
               f"{bound['max_abs_error_verified']:.6g}")
     print(f"time {seconds:.2f} s")
     return summary
+
+
+def _snap(cfg, data: bytes, info) -> bytes | None:
+    """The file flagged to round decoded voxels to integers, when that lowers the error on --data."""
+    from neurcomp.quantization.cli import _read_volume
+    from neurcomp.quantization.decode import decode_volume
+    from neurcomp.quantization.format import parse
+    from neurcomp.quantization.snap import snap_if_it_helps
+
+    if not cfg.data.path:
+        raise ConfigError(f"{cfg.source}: snap_to_integers needs --data, the volume to measure the error on")
+    volume = _read_volume(cfg.data.path, cfg)
+    if tuple(volume.shape) != tuple(info.shape):
+        raise InputError(f"{cfg.data.path}: volume shape {volume.shape} (Z, Y, X) differs from the "
+                         f"checkpoint's {tuple(info.shape)}")
+    net = parse(data)
+    prediction = decode_volume(net, device=resolve_device(cfg.device))[0]
+    flagged, snapped = snap_if_it_helps(data, prediction, volume.values, net)
+    print("snap_to_integers: " + ("rounding lowers the error, flag set" if snapped else "rounding does not help, "
+                                  "flag not set"))
+    return flagged if snapped else None
 
 
 def _bounded(cfg, net, info):

@@ -46,6 +46,10 @@ def add_quantization_arguments(parser):
                    help="storage of the first/last layers when --quantize_first_last is false")
     g.add_argument("--entropy_coder", default=d.compression, choices=["auto", "lzma", "zstd", "none"],
                    help="payload coding; auto keeps the smallest of lzma, zstd and none")
+    g.add_argument("--snap_to_integers", type=parse_bool, default=False,
+                   help="integer volumes: decode once against --data and set the file's flag to round decoded "
+                   "voxels to integers if that lowers the error (quantization/snap.py; training's "
+                   "target_file_ratio always checks)")
     g.add_argument("--kmeans_seed", type=int, default=0, help="seed of the k-means++ start (k-means is deterministic given it)")
     return parser
 

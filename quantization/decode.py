@@ -17,6 +17,7 @@ from neurcomp.config.errors import InputError
 from neurcomp.data.volume import VolumeInfo
 from neurcomp.model.neurcomp import Neurcomp
 from neurcomp.quantization import bound as error_bound
+from neurcomp.quantization import snap
 from neurcomp.quantization.encode import load_into
 from neurcomp.quantization.format import CompressedNetwork, parse
 from neurcomp.quantization.region import Grid, geometry, make_grid, predict_grid
@@ -39,7 +40,8 @@ def describe(net: CompressedNetwork, file_bytes: int) -> dict:
                        "bias": b.kind, "bias_dtype": b.dtype})
     return {"settings": asdict(net.settings), "architecture": net.arch.to_dict(), "file_bytes": int(file_bytes),
             "num_voxels": net.volume.num_voxels, "compression_ratio": net.volume.num_voxels * 4 / file_bytes,
-            "layers": layers, "error_bound": net.bound.describe() if net.bound else None}
+            "layers": layers, "error_bound": net.bound.describe() if net.bound else None,
+            "snap_to_integers": bool(net.flags & snap.FLAG_SNAP_TO_INTEGERS)}
 
 
 def decode_volume(net: CompressedNetwork, grid: Grid | None = None, device=None, model: Neurcomp | None = None,
@@ -57,6 +59,7 @@ def decode_volume(net: CompressedNetwork, grid: Grid | None = None, device=None,
         values = predict_volume(model, info.shape, info, device=device, progress=progress)
     else:
         values = predict_grid(model, info, grid, device=device)
+    snap.apply(net, values)  # integer sources, when the encoder measured that rounding helps
     if grid.native():
         error_bound.apply(net.bound, values, info.shape, grid.box)
     spacing, origin = geometry(info, grid)

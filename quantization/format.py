@@ -28,6 +28,8 @@ BOUND_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 
 _FIXED = struct.Struct("<8sHHI")  # magic, version, flags, header_size
+FLAG_SNAP_TO_INTEGERS = 2  # decoded voxels are rounded to integers within [vmin, vmax] (quantization.snap)
+KNOWN_FLAGS = FLAG_SNAP_TO_INTEGERS
 _ARCH = struct.Struct("<HHBBHd")  # d_in, d_out, residual, reserved, n_layers, omega_0
 _VOLUME = struct.Struct("<3I3d3d2d")  # shape (Z,Y,X), spacing (x,y,z), origin (x,y,z), vmin, vmax
 _SETTINGS = struct.Struct("<BBBBBBf")  # bits, codebook dtype, bias mode, quantize first/last, raw dtype, compression, finetune passes
@@ -120,6 +122,7 @@ class CompressedNetwork:
     settings: QuantSettings
     tensors: list[tuple[TensorCode, TensorCode]] = field(default_factory=list)  # (weight, bias) per linear
     bound: error_bound.ErrorBound | None = None  # the guaranteed maximum error and its corrections
+    flags: int = 0  # header flags: FLAG_SNAP_TO_INTEGERS (quantization.snap)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def serialize(net: CompressedNetwork, level: int | None = None) -> bytes:
         record, section = error_bound.encode_section(net.bound)
         body, version = body + record, BOUND_VERSION
     header_size = _FIXED.size + len(body) + _CRC.size
-    head = _FIXED.pack(MAGIC, version, 0, header_size) + body
+    head = _FIXED.pack(MAGIC, version, net.flags, header_size) + body
     return head + _CRC.pack(zlib.crc32(head)) + stored + section
 
 
@@ -211,6 +214,7 @@ class FileHeader:
     raw_size: int
     payload_crc: int
     bound: dict | None  # the error-bound record (bound.read_record), version 2
+    flags: int = 0
 
 
 def parse_header(data: bytes, source: str = "<bytes>") -> FileHeader:
@@ -232,8 +236,8 @@ def parse_header(data: bytes, source: str = "<bytes>") -> FileHeader:
     (header_crc,) = _CRC.unpack_from(data, header_size - _CRC.size)
     if zlib.crc32(data[:header_size - _CRC.size]) != header_crc:
         raise _fail(source, "header checksum mismatch (file corrupted)")
-    if flags != 0:
-        raise _fail(source, f"unknown header flags {flags:#x}")
+    if flags & ~KNOWN_FLAGS:
+        raise _fail(source, f"unknown header flags {flags & ~KNOWN_FLAGS:#x}")
 
     r = _Reader(data[_FIXED.size:header_size - _CRC.size], "header")
     try:
@@ -276,7 +280,7 @@ def parse_header(data: bytes, source: str = "<bytes>") -> FileHeader:
         bound, problem = error_bound.read_record(bound_fields, volume.num_voxels)
         if problem:
             raise _fail(source, problem)
-    return FileHeader(arch, volume, settings, version, header_size, stored_size, raw_size, payload_crc, bound)
+    return FileHeader(arch, volume, settings, version, header_size, stored_size, raw_size, payload_crc, bound, flags)
 
 
 def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
@@ -322,7 +326,8 @@ def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
         bound, problem = error_bound.decode_section(h.bound, section, h.volume.num_voxels)
         if problem:
             raise _fail(source, problem)
-    return CompressedNetwork(arch=h.arch, volume=h.volume, settings=settings, tensors=tensors, bound=bound)
+    return CompressedNetwork(arch=h.arch, volume=h.volume, settings=settings, tensors=tensors, bound=bound,
+                             flags=h.flags)
 
 
 def volume_problem(volume: VolumeInfo) -> str | None:

@@ -49,6 +49,7 @@ def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
     from neurcomp.quantization.decode import decode_volume
     from neurcomp.quantization.format import parse
     from neurcomp.quantization.rate_control import encode_to_size
+    from neurcomp.quantization.snap import snap_if_it_helps
 
     target = file_target_bytes(cfg, volume.num_voxels)
     data, report = encode_to_size(model, info, cfg.quant_bits, target,
@@ -62,8 +63,10 @@ def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
         data, bound = encode_bounded(parse(data), volume.values, mode, value, device=device,
                                      option=f"{cfg.source}: max_{mode}_error")
     path = compressed_file_path(cfg)
+    net = parse(data, str(path))
+    prediction = decode_volume(net, device=device)[0]
+    data, snapped = snap_if_it_helps(data, prediction, volume.values, net)  # integer sources (quantization.snap)
     atomic_write_bytes(path, data)
-    prediction = decode_volume(parse(data, str(path)), device=device)[0]
     metrics = volume_metrics(volume.values, prediction)
     ratio = volume.num_voxels * 4 / len(data)
     within = abs(ratio / cfg.target_file_ratio - 1) <= TOLERANCE
@@ -71,5 +74,5 @@ def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
           f"PSNR {metrics['psnr']:.2f} dB")
     return {"file": path.name, "file_bytes": len(data), "file_ratio": ratio,
             "file_target_ratio": cfg.target_file_ratio, "file_ratio_within_5_percent": within,
-            "file_psnr": metrics["psnr"], "file_max_abs_error": metrics["max_abs_error"],
+            "file_psnr": metrics["psnr"], "file_snap_to_integers": snapped, "file_max_abs_error": metrics["max_abs_error"],
             "file_layer_bits": report["layer_bits"], **{f"file_{k}": v for k, v in bound.items()}}
