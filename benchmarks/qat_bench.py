@@ -110,7 +110,7 @@ def file_psnr(volume, data: bytes) -> float:
 
 
 def variant(method: str, model, volume, info, bits: int, target: float, extra: int, lr: float,
-            ft_lr: float, seed: int) -> dict:
+            ft_lr: float, seed: int, latent_lr_scale: float = 1.0) -> dict:
     """One way of writing the file from the trained ``model`` (left unchanged)."""
     work = copy.deepcopy(model)
     sampler = VolumeSampler(volume.normalized(), "cpu", seed=seed + 1)  # the same batches for every method
@@ -132,7 +132,7 @@ def variant(method: str, model, volume, info, bits: int, target: float, extra: i
     elif method == "qat":
         net = parse(data)
         t0, c0 = time.perf_counter(), time.process_time()
-        res = qat_finetune(work, net, sampler, extra, lr=lr, points_per_step=POINTS)
+        res = qat_finetune(work, net, sampler, extra, lr=lr, points_per_step=POINTS, latent_lr_scale=latent_lr_scale)
         t_extra, c_extra = time.perf_counter() - t0, time.process_time() - c0
         data = encode_network(net)
         extra_info = {"reassigned": res["reassigned"]}
@@ -155,7 +155,7 @@ def run_case(volume, fname, ratio, bits, args) -> dict:
             "psnr_unquantized": normalized_psnr(model, volume), "extra_lr": lr, "methods": {}}
     for method in METHODS:
         case["methods"][method] = variant(method, model, volume, info, bits, target, args.extra, lr,
-                                          args.finetune_lr, args.seed)
+                                          args.finetune_lr, args.seed, args.latent_lr_scale)
         r = case["methods"][method]
         print(f"{Path(fname).stem[:22]:<22} {ratio:>4g} {bits:>4} {str(case['widths']):<18} {method:<10} "
               f"{r['bytes']:>7} {r['ratio']:>7.1f} {r['psnr']:>8.3f} {r['extra_cpu_seconds']:>7.1f}", flush=True)
@@ -190,6 +190,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=1500, help="training steps (the cached checkpoint)")
     ap.add_argument("--extra", type=int, default=300, help="extra steps of (b), (c) and (d)")
     ap.add_argument("--lr_scale", type=float, default=1.0, help="(c), (d): the schedule's last lr times this")
+    ap.add_argument("--latent_lr_scale", type=float, default=1.0, help="(c): the latent weights' lr factor")
     ap.add_argument("--finetune_lr", type=float, default=1e-5, help="(b): NeurcompQuantization.py's default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -199,7 +200,7 @@ def main(argv=None):
     if args.quick:
         args.volumes, args.steps, args.extra = VOLUMES[:1], 300, 60
     torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     cases = []
     print(f"{'volume':<22} {'ratio':>4} {'bits':>4} {'widths':<18} {'method':<10} {'bytes':>7} {'ratio':>7} "
           f"{'PSNR dB':>8} {'extra s':>7}")
@@ -222,7 +223,8 @@ def main(argv=None):
               f"{r['gain_vs_high_plain_db']:>+7.3f}")
     out = {"command": "python benchmarks/qat_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
-                       "load_average_at_start": os.getloadavg()[0], "note": "shared 2-core CPU, under load"},
+                       "load_average_at_start": load_start,
+                       "load_average_at_end": os.getloadavg()[0], "note": "shared 2-core CPU, under load"},
            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "cache")},
            "cases": cases, "equal_size": rows, "total_seconds": time.perf_counter() - t_start}
     path = ROOT / args.out if not Path(args.out).is_absolute() else Path(args.out)

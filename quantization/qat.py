@@ -86,12 +86,13 @@ class QuantizedTensor(nn.Module):
 
 
 def qat_finetune(model: Neurcomp, net: CompressedNetwork, sampler, steps: int, *, lr: float,
-                 points_per_step: int = 16384, log=None) -> dict:
+                 points_per_step: int = 16384, latent_lr_scale: float = 1.0, log=None) -> dict:
     """``steps`` Adam steps (learning rate ``lr``) of the MSE on ``sampler`` batches through the
     quantization of ``net`` (a file's network, e.g. ``quantization.format.parse`` of
     ``encode_to_size``'s bytes), starting from ``model``'s latent weights (the network that was
-    quantized). ``net``'s tensors are replaced in place by the trained codes and ``model`` gets
-    their decoded weights; ``encode_network(net)`` then writes the file.
+    quantized; the latent weights learn at ``lr * latent_lr_scale``). ``net``'s tensors are
+    replaced in place by the trained codes and ``model`` gets their decoded weights;
+    ``encode_network(net)`` then writes the file.
 
     Returns {"steps", "seconds", "reassigned"} (weights whose centroid changed)."""
     t0 = time.perf_counter()
@@ -105,7 +106,10 @@ def qat_finetune(model: Neurcomp, net: CompressedNetwork, sampler, steps: int, *
     linears = shadow.linears()
     for lin in linears:  # plain tensors recomputed from the codes at every step
         del lin.weight, lin.bias
-    opt = torch.optim.Adam(coded.parameters(), lr=lr)
+    latent = [t.latent for t in coded if t.latent is not None]
+    stored_values = [t.values for t in coded]
+    opt = torch.optim.Adam([{"params": stored_values, "lr": lr},
+                            {"params": latent, "lr": lr * latent_lr_scale}], lr=lr)
     shadow.train()
     for _ in range(int(steps)):
         for k, lin in enumerate(linears):
