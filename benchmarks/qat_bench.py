@@ -17,7 +17,8 @@ file is written four ways, each with ``--extra`` more steps of 16,384 points exc
       straight through, re-assigned to the nearest centroid at every step);
   (d) control: the same extra steps of ordinary training, then (a)'s encoding.
 
-(c) and (d) use the schedule's last learning rate times ``--lr_scale``. PSNR is measured on the
+(c) and (d) use the schedule's last learning rate times ``--lr_scale`` (the latent weights of (c):
+times ``--latent_lr_scale`` more). PSNR is measured on the
 volume decoded from the file bytes, in physical units (``data.metrics``). A second table compares,
 at each ratio, the 6-bit files (a wider network) with the 8-bit ones (a narrower network): equal
 file size. Timings are single-thread CPU, on a shared machine (under load).
@@ -181,6 +182,16 @@ def equal_size(cases: list) -> list:
     return rows
 
 
+def print_equal_size(rows: list, bits: list) -> None:
+    print(f"\nequal file size: {min(bits)}-bit file of a wider network (method) against the "
+          f"{max(bits)}-bit plain file of a narrower one")
+    print(f"{'volume':<22} {'ratio':>5} {'method':<10} {'low B':>7} {'low dB':>8} {'high B':>7} {'high dB':>8} {'gain':>7}")
+    for r in rows:
+        print(f"{Path(r['volume']).stem[:22]:<22} {r['ratio']:>5g} {r['low_method']:<10} {r['low_bytes']:>7} "
+              f"{r['low_psnr']:>8.3f} {r['high_plain_bytes']:>7} {r['high_plain_psnr']:>8.3f} "
+              f"{r['gain_vs_high_plain_db']:>+7.3f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="nucleon only, 300 + 60 steps (smoke run)")
@@ -214,13 +225,8 @@ def main(argv=None):
             for bits in args.bits:
                 cases.append(run_case(volume, fname, ratio, bits, args))
     rows = equal_size(cases)
-    print(f"\nequal file size: {min(args.bits)}-bit file of a wider network (method) against the "
-          f"{max(args.bits)}-bit plain file of a narrower one")
-    print(f"{'volume':<22} {'ratio':>5} {'method':<10} {'low B':>7} {'low dB':>8} {'high B':>7} {'high dB':>8} {'gain':>7}")
-    for r in rows:
-        print(f"{Path(r['volume']).stem[:22]:<22} {r['ratio']:>5g} {r['low_method']:<10} {r['low_bytes']:>7} "
-              f"{r['low_psnr']:>8.3f} {r['high_plain_bytes']:>7} {r['high_plain_psnr']:>8.3f} "
-              f"{r['gain_vs_high_plain_db']:>+7.3f}")
+    if len(set(args.bits)) > 1:
+        print_equal_size(rows, args.bits)
     out = {"command": "python benchmarks/qat_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
                        "load_average_at_start": load_start,
