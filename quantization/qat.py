@@ -14,12 +14,15 @@ only inference", sec. 3):
     W_q = c[a] + (W - W.detach())                        (value c[a]; dL/dW = dL/dW_q, dL/dc from c[a])
 
 Stored float16 values (centroids, raw first/last layers, biases) are rounded the same way
-(v + (fp16(v) - v).detach()), so the last step's weights are exactly the file's. The codes start
+(v + (fp16(v) - v).detach()), so the weights the trained codes compute are exactly the file's. The codes start
 from the encoder's file (its k-means, its per-layer bits from rate control) and are written back
-into it: nothing is re-clustered. Re-running k-means from scratch every N steps (Stock et al. 2020
-re-cluster between epochs) was tried first and lost the training in between: a fresh k-means of
-the moved latent weights lands on a different codebook than the one the network had adapted to
-(docs/quantization.md, "Quantization-aware fine-tuning").
+into it: nothing is re-clustered. Re-running k-means from scratch every N steps was tried first and
+lost the training in between: a fresh k-means of the moved latent weights lands on a different
+codebook than the one the network had adapted to.
+
+Measured (``benchmarks/qat_bench.py``, docs/quantization.md "Quantization-aware fine-tuning"): at
+equal extra steps and file size it never beats fixed-assignment fine-tuning or plain extra
+training, so the training run does not use it; it is kept as the measured implementation.
 
 ``quantization`` never imports ``training``: the sampler is any object with ``device`` and
 ``sample(n) -> (coords, targets, grads)`` (``training.sampling``).
