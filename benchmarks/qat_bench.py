@@ -41,18 +41,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data.metrics import volume_metrics  # noqa: E402
-from data.readers import read_volume  # noqa: E402
-from data.volume import VolumeInfo, mean_value, normalize  # noqa: E402
-from model.architecture import Architecture, count_parameters  # noqa: E402
-from model.neurcomp import Neurcomp  # noqa: E402
-from quantization.decode import decode_volume  # noqa: E402
-from quantization.encode import encode_network, finetune_codebooks, normalized_psnr  # noqa: E402
-from quantization.format import parse  # noqa: E402
-from quantization.qat import qat_finetune  # noqa: E402
-from quantization.rate_control import encode_to_size, measured_architecture  # noqa: E402
-from training.recipe import auto_learning_rate  # noqa: E402
-from training.sampling import VolumeSampler  # noqa: E402
+from neurcomp.data.metrics import volume_metrics  # noqa: E402
+from neurcomp.data.readers import read_volume  # noqa: E402
+from neurcomp.data.volume import VolumeInfo, mean_value, normalize  # noqa: E402
+from neurcomp.model.architecture import Architecture, count_parameters  # noqa: E402
+from neurcomp.model.neurcomp import Neurcomp  # noqa: E402
+from neurcomp.quantization.decode import decode_volume  # noqa: E402
+from neurcomp.quantization.encode import encode_network, finetune_codebooks, normalized_psnr  # noqa: E402
+from neurcomp.quantization.format import parse  # noqa: E402
+from neurcomp.quantization.qat import qat_finetune  # noqa: E402
+from neurcomp.quantization.rate_control import encode_to_size, measured_architecture  # noqa: E402
+from neurcomp.training.recipe import auto_learning_rate  # noqa: E402
+from neurcomp.training.sampling import VolumeSampler  # noqa: E402
 
 DATASETS = Path("..") / "shared" / "datasets"  # relative to the repository root
 VOLUMES = ["nucleon_41x41x41_uint8.raw", "viscous_fingers_run01_t050_64x64x64_float32.npy",

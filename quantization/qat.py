@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.neurcomp import Neurcomp
-from quantization.encode import frequency_order, load_into
-from quantization.format import CompressedNetwork, TensorCode
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.quantization.encode import frequency_order, load_into
+from neurcomp.quantization.format import CompressedNetwork, TensorCode
 
 
 def stored(values: torch.Tensor, dtype: str) -> torch.Tensor:

@@ -11,14 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from data.volume import VolumeInfo  # noqa: E402
-from model.architecture import Architecture  # noqa: E402
-from model.neurcomp import Neurcomp  # noqa: E402
-from quantization.decode import decode_bytes  # noqa: E402
-from quantization.encode import encode_model, encode_network, normalized_psnr  # noqa: E402
-from quantization.format import TensorCode, parse  # noqa: E402
-from quantization.qat import QuantizedTensor, forward_weights, nearest, qat_finetune, stored  # noqa: E402
-from training.sampling import VolumeSampler  # noqa: E402
+from neurcomp.data.volume import VolumeInfo  # noqa: E402
+from neurcomp.model.architecture import Architecture  # noqa: E402
+from neurcomp.model.neurcomp import Neurcomp  # noqa: E402
+from neurcomp.quantization.decode import decode_bytes  # noqa: E402
+from neurcomp.quantization.encode import encode_model, encode_network, normalized_psnr  # noqa: E402
+from neurcomp.quantization.format import TensorCode, parse  # noqa: E402
+from neurcomp.quantization.qat import QuantizedTensor, forward_weights, nearest, qat_finetune, stored  # noqa: E402
+from neurcomp.training.sampling import VolumeSampler  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
