@@ -15,6 +15,7 @@ import numpy as np
 
 from config.errors import InputError
 from data.volume import VolumeInfo
+from model.fvsrn import build_network
 from model.neurcomp import Neurcomp
 from quantization import bound as error_bound
 from quantization.encode import load_into
@@ -24,7 +25,7 @@ from quantization.region import Grid, geometry, make_grid, predict_grid
 
 def build_model(net: CompressedNetwork) -> Neurcomp:
     """The network with ``net``'s dequantized weights, in eval mode (CPU)."""
-    model = Neurcomp(net.arch)
+    model = build_network(net.arch)
     load_into(model, net)
     model.eval()
     return model

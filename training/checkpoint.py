@@ -22,6 +22,7 @@ from config.errors import ConfigError, InputError
 from data.atomic import atomic_path
 from data.volume import VolumeInfo
 from model.architecture import Architecture
+from model.fvsrn import build_network
 from model.neurcomp import Neurcomp
 
 FORMAT_VERSION = 1
@@ -104,7 +105,7 @@ def load_model(path: str | Path, map_location="cpu") -> tuple[Neurcomp, VolumeIn
     """Rebuild the trained network from a checkpoint alone: (model in eval mode, volume info, raw state)."""
     state = read_checkpoint(path, map_location)
     try:
-        model = Neurcomp(Architecture.from_dict(state["architecture"]))
+        model = build_network(Architecture.from_dict(state["architecture"]))
         model.load_state_dict(state["model_state"])
         info = VolumeInfo.from_dict(state["volume"])
     except Exception as exc:  # a damaged or hand-made file: any of its records can be wrong
