@@ -160,7 +160,7 @@ def fvsrn_architecture(grid: int, channels: int, width: int, hidden: int = FVSRN
 
 
 def fvsrn_for_parameters(budget: float, num_voxels: int, source: str = "config",
-                         activation: str = "sine") -> Architecture:
+                         activation: str = "silu") -> Architecture:
     """The fvsrn network for a budget of ``budget`` parameters on a volume of ``num_voxels`` voxels.
 
     Rule: the MLP (``FVSRN_HIDDEN`` hidden layers) gets ``FVSRN_MLP_FRACTION`` of the budget, as

@@ -9,7 +9,10 @@ the query point, carries most of the volume's detail, and a small MLP decodes it
 Here the grid has C channels of G^3 cells spanning [-1, 1]^3 (cell centres at both ends, as the
 voxels; ``torch.nn.functional.grid_sample`` with ``align_corners=True``) and a bias per channel;
 the MLP has ``arch.widths`` hidden layers with SiLU (or SIREN sine) activations and a linear output.
-The sizes follow from the parameter budget (``model.architecture.fvsrn_for_parameters``).
+The sizes follow from the parameter budget (``model.architecture.fvsrn_for_parameters``): one
+hidden layer, SiLU. Sine trained better at width 34 (nucleon 41^3, 2000 steps: 40.3 dB against
+38.1 dB) but stalled at width 13 (21.5 to 24.9 dB for any grid scale or lr tried, SiLU 29.8 dB),
+so SiLU is the default; ``activation = "sine"`` stays available in the architecture.
 
 The grid is a ``GridLayer``, an ``nn.Linear`` of shape (C, G^3) whose forward samples its weight
 as a grid: the quantizer, the file format and the codebook fine-tuning see it as one more weight
@@ -19,6 +22,9 @@ so the first and last linear layers stay the small ones the encoder stores unqua
 Learning rate: Adam moves a parameter by about lr per step. The grid is stored as ``weight`` and
 used as ``GRID_SCALE * weight``, so its cells move ``GRID_SCALE`` times faster than the MLP's
 weights under one optimizer: the grid's own, higher learning rate without a second parameter group.
+Measured on nucleon 41^3 (1000 steps, SiLU, two hidden layers): GRID_SCALE 10 against 1 gave
+41.08 against 40.41 dB at lr 5e-3 and 40.95 against 40.23 dB at lr 2e-3. ``lr = auto``
+(``auto_learning_rate``): 5e-3 for the MLP, scaled by sqrt(32 / width) above width 32.
 """
 
 from __future__ import annotations
