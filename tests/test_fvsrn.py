@@ -156,3 +156,17 @@ def test_training_to_a_file_ratio_and_decoding(tmp_path, tiny_volume):
     model, vinfo, meta = decode_file(cfg.experiment_dir / info["file"])
     assert isinstance(model, FVSRN) and meta["architecture"]["network"] == "fvsrn"
     assert info["file_psnr"] > 25
+
+
+def test_fvsrn_codec_is_registered_beside_neurcomp():
+    import argparse
+
+    from compressors import CODECS
+
+    parser = argparse.ArgumentParser()
+    for name in ("fvsrn", "neurcomp"):
+        CODECS[name].add_cli_args(parser.add_argument_group(name))
+    args = parser.parse_args(["--fvsrn-bits", "7"])
+    fvsrn, neurcomp = CODECS["fvsrn"].from_args(args), CODECS["neurcomp"].from_args(args)
+    assert fvsrn.name == "fvsrn" and fvsrn.options()["network"] == "fvsrn" and fvsrn.bits == 7
+    assert neurcomp.options()["network"] == "neurcomp"
