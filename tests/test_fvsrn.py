@@ -170,3 +170,13 @@ def test_fvsrn_codec_is_registered_beside_neurcomp():
     fvsrn, neurcomp = CODECS["fvsrn"].from_args(args), CODECS["neurcomp"].from_args(args)
     assert fvsrn.name == "fvsrn" and fvsrn.options()["network"] == "fvsrn" and fvsrn.bits == 7
     assert neurcomp.options()["network"] == "neurcomp"
+
+
+def test_a_checkpoint_of_the_other_network_is_refused_in_one_line():
+    from training.checkpoint import check_compatible
+
+    state = {"architecture": fvsrn_architecture(8, 1, 16).to_dict()}
+    with pytest.raises(ConfigError) as info:
+        check_compatible("run/checkpoint.pt", state, Architecture([16]))
+    assert "\n" not in str(info.value) and "network fvsrn (config: neurcomp)" in str(info.value)
+    check_compatible("run/checkpoint.pt", state, fvsrn_architecture(8, 1, 16))  # the same network: accepted

@@ -138,7 +138,9 @@ def checkpoint_technique(state: dict) -> str:
 
 def architecture_differences(have: Architecture, want: Architecture) -> list[str]:
     pairs = [("n_layers", have.n_layers, want.n_layers), ("widths", list(have.widths), list(want.widths)),
-             ("residual", have.residual, want.residual), ("omega_0", have.omega_0, want.omega_0)]
+             ("residual", have.residual, want.residual), ("omega_0", have.omega_0, want.omega_0),
+             ("network", have.network, want.network), ("grid", have.grid, want.grid),
+             ("channels", have.channels, want.channels), ("activation", have.activation, want.activation)]
     return [f"{name} {a} (config: {b})" for name, a, b in pairs if a != b]
 
 
