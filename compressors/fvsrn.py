@@ -4,9 +4,9 @@ target file ratio (``quantization.rate_control.fvsrn_for_file_bytes``)."""
 
 from __future__ import annotations
 
-from compressors.base import register_codec
-from compressors.neurcomp import NeurcompCodec
-from config.options import parse_lr
+from neurcomp.compressors.base import register_codec
+from neurcomp.compressors.neurcomp import NeurcompCodec
+from neurcomp.config.options import parse_lr
 
 
 @register_codec("fvsrn")

@@ -10,7 +10,7 @@ the residual one has linear maps, and the same parameter count.
 import sys
 from dataclasses import asdict, dataclass
 
-from config.errors import ConfigError
+from neurcomp.config.errors import ConfigError
 
 NEURCOMP, FVSRN = "neurcomp", "fvsrn"
 NETWORKS = (NEURCOMP, FVSRN)

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.architecture import FVSRN as FVSRN_NAME, Architecture
-from model.neurcomp import Neurcomp, siren_uniform_
+from neurcomp.model.architecture import FVSRN as FVSRN_NAME, Architecture
+from neurcomp.model.neurcomp import Neurcomp, siren_uniform_
 
 GRID_SCALE = 10.0  # the grid's effective learning rate is GRID_SCALE x lr (benchmarks: docs/rate_distortion.md)
 GRID_INIT = 0.05  # initial grid values: uniform in [-GRID_INIT, GRID_INIT]

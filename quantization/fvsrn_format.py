@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 
-from model.architecture import FVSRN, NEURCOMP, Architecture
+from neurcomp.model.architecture import FVSRN, NEURCOMP, Architecture
 
 NETWORK_IDS = (NEURCOMP, FVSRN)  # index = id in the header
 FLAG_FVSRN = 0x1

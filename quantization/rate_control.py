@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from model.architecture import FVSRN, MIN_WIDTH, NEURCOMP, Architecture, fvsrn_for_parameters, hidden_layers
-from quantization.bitpack import packed_size
-from quantization.encode import EncoderOptions, encode_network, quantize_network, quantize_tensor
+from neurcomp.model.architecture import FVSRN, MIN_WIDTH, NEURCOMP, Architecture, fvsrn_for_parameters, hidden_layers
+from neurcomp.quantization.bitpack import packed_size
+from neurcomp.quantization.encode import EncoderOptions, encode_network, quantize_network, quantize_tensor
 
 HEADER_BYTES = 160  # fixed header, architecture, volume and settings records, checksums (FORMAT.md)
 TENSOR_RECORD_BYTES = 12
@@ -59,7 +59,7 @@ def architecture_for_file_bytes(target_bytes: float, n_layers: int, bits: int, r
     """The largest network whose predicted file fits ``target_bytes`` (uneven last widths fill the rest).
 
     A plain network has ``2 n_layers - 1`` hidden layers, as one sized by ``compression_ratio``."""
-    from config.errors import ConfigError
+    from neurcomp.config.errors import ConfigError
 
     n_layers = hidden_layers(n_layers, residual)
     def arch(widths):
@@ -94,7 +94,7 @@ def fvsrn_for_file_bytes(target_bytes: float, num_voxels: int, bits: int, option
                          source: str = "config") -> Architecture:
     """The largest fvsrn network (``model.architecture.fvsrn_for_parameters``) whose predicted file
     fits ``target_bytes``: a bisection on the parameter budget."""
-    from config.errors import ConfigError
+    from neurcomp.config.errors import ConfigError
 
     def size(budget: float) -> float:
         return predict_file_bytes(fvsrn_for_parameters(budget, num_voxels, source), bits, options)
@@ -127,9 +127,9 @@ def measured_architecture(target_bytes: float, n_layers: int, bits: int, residua
     ``fvsrn_for_file_bytes`` for a volume of ``num_voxels`` voxels."""
     import torch
 
-    from model.fvsrn import build_network
-    from quantization.encode import encode_model
-    from data.volume import VolumeInfo
+    from neurcomp.model.fvsrn import build_network
+    from neurcomp.quantization.encode import encode_model
+    from neurcomp.data.volume import VolumeInfo
 
     dummy = VolumeInfo(shape=(2, 2, 2), spacing=(1.0, 1.0, 1.0), vmin=0.0, vmax=1.0)
     budget, best = target_bytes, None

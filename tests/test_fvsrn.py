@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from config.errors import ConfigError
-from config.options import parse_config
-from data.volume import VolumeInfo
-from model.architecture import (FVSRN_MAX_WIDTH, FVSRN_MIN_WIDTH, FVSRN_MLP_FRACTION, Architecture,
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.options import parse_config
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.architecture import (FVSRN_MAX_WIDTH, FVSRN_MIN_WIDTH, FVSRN_MLP_FRACTION, Architecture,
                                 build_architecture, count_parameters, fvsrn_architecture, fvsrn_for_parameters)
-from model.fvsrn import FVSRN, GRID_SCALE, GridLayer, build_network
-from model.neurcomp import Neurcomp
-from quantization.decode import decode_bytes
-from quantization.encode import encode_model
-from quantization.format import parse
+from neurcomp.model.fvsrn import FVSRN, GRID_SCALE, GridLayer, build_network
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.quantization.decode import decode_bytes
+from neurcomp.quantization.encode import encode_model
+from neurcomp.quantization.format import parse
 
 INFO = VolumeInfo(shape=(12, 14, 16), spacing=(1.0, 1.0, 1.0), vmin=0.0, vmax=1.0)
 
@@ -106,8 +106,8 @@ def test_neurcomp_files_are_unchanged():
 def test_fvsrn_file_is_refused_by_flag_and_id_mismatch():
     import zlib
 
-    from config.errors import InputError
-    from quantization.format import _CRC
+    from neurcomp.config.errors import InputError
+    from neurcomp.quantization.format import _CRC
 
     data = bytearray(encode_model(FVSRN(fvsrn_architecture(4, 1, 8)), INFO, 4))
     assert data[10] == 1 and data[21] == 1
@@ -136,7 +136,7 @@ def test_what_fvsrn_does_not_do_is_refused_in_one_line(extra, key):
 
 
 def test_lr_auto_for_fvsrn():
-    from training.recipe import auto_learning_rate
+    from neurcomp.training.recipe import auto_learning_rate
 
     narrow, wide = fvsrn_architecture(10, 1, 16), fvsrn_architecture(10, 1, 64)
     assert auto_learning_rate(narrow) == pytest.approx(5e-3)
@@ -144,8 +144,8 @@ def test_lr_auto_for_fvsrn():
 
 
 def test_training_to_a_file_ratio_and_decoding(tmp_path, tiny_volume):
-    from quantization.decode import decode_file
-    from training.run import train
+    from neurcomp.quantization.decode import decode_file
+    from neurcomp.training.run import train
 
     cfg = parse_config(["--data", str(tiny_volume), "--network", "fvsrn", "--target_file_ratio", "4",
                         "--quant_bits", "6", "--basedir", str(tmp_path), "--expname", "f", "--tracking", "none",
@@ -161,7 +161,7 @@ def test_training_to_a_file_ratio_and_decoding(tmp_path, tiny_volume):
 def test_fvsrn_codec_is_registered_beside_neurcomp():
     import argparse
 
-    from compressors import CODECS
+    from neurcomp.compressors import CODECS
 
     parser = argparse.ArgumentParser()
     for name in ("fvsrn", "neurcomp"):
@@ -173,7 +173,7 @@ def test_fvsrn_codec_is_registered_beside_neurcomp():
 
 
 def test_a_checkpoint_of_the_other_network_is_refused_in_one_line():
-    from training.checkpoint import check_compatible
+    from neurcomp.training.checkpoint import check_compatible
 
     state = {"architecture": fvsrn_architecture(8, 1, 16).to_dict()}
     with pytest.raises(ConfigError) as info:

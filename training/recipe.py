@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import math
 
-from config.options import OptimConfig
-from model.architecture import FVSRN, Architecture
-from model.fvsrn import auto_learning_rate as fvsrn_learning_rate
+from neurcomp.config.options import OptimConfig
+from neurcomp.model.architecture import FVSRN, Architecture
+from neurcomp.model.fvsrn import auto_learning_rate as fvsrn_learning_rate
 
 LR_CONSTANT = 1.75  # C above, fitted by benchmarks/lr_sweep.py
 REFERENCE_DEPTH = 4  # n_layers of the original's configs, where C was measured
