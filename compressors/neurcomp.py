@@ -25,6 +25,8 @@ from neurcomp.model.device import resolve_device
 class NeurcompCodec(Codec):
     """Neurcomp (Lu et al. 2021) + k-means quantization + entropy coding, at a target file ratio."""
 
+    network = "neurcomp"  # the training option network (compressors.fvsrn: "fvsrn")
+
     def __init__(self, steps: int = 0, n_layers: int = 4, bits: int = 8, lr: float | None = None,
                  pass_decay: float | None = None, lr_decay: float = 0.2, batch_size: int = 1024,
                  sample_size: int = 16, grad_lambda: float = 0.0, device: str = "auto", seed: int = 0):
@@ -37,7 +39,7 @@ class NeurcompCodec(Codec):
         self.device, self.seed = device, int(seed)
 
     def options(self) -> dict:
-        return {"steps": self.steps or "default", "n_layers": self.n_layers, "bits": self.bits,
+        return {"network": self.network, "steps": self.steps or "default", "n_layers": self.n_layers, "bits": self.bits,
                 "lr": "auto" if self.lr is None else self.lr,
                 "lr_decay": self.lr_decay, "grad_lambda": self.grad_lambda,
                 "points_per_step": self.batch_size * self.sample_size, "device": self.device}
@@ -56,7 +58,7 @@ class NeurcompCodec(Codec):
                         "--lr_decay", str(self.lr_decay), "--min_steps", str(self.steps)]
         cfg = parse_config([
             "--data", str(work / "volume.npy"), "--basedir", str(work), "--expname", "run",
-            "--target_file_ratio", str(target_ratio), "--quant_bits", str(self.bits),
+            "--target_file_ratio", str(target_ratio), "--quant_bits", str(self.bits), "--network", self.network,
             "--n_layers", str(self.n_layers), "--lr", "auto" if self.lr is None else repr(self.lr), *schedule,
             "--batch_size", str(self.batch_size), "--sample_size", str(self.sample_size),
             "--grad_lambda", str(self.grad_lambda),

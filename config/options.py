@@ -242,6 +242,8 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     if net.feature_list is not None and net.residual and len(net.feature_list) != net.n_layers:
         _fail(src.of("feature_list"), "feature_list", net.feature_list,
               f"needs n_layers = {net.n_layers} positive widths (a plain network: any number)")
+    if net.network == "fvsrn":
+        check_fvsrn(cfg, src)
     if cfg.target_file_ratio > 0 and cfg.pruning.enabled:
         _fail(src.of("target_file_ratio"), "target_file_ratio", cfg.target_file_ratio,
               "cannot be combined with a dropout_technique: pruning changes the size after the network is sized")
@@ -254,6 +256,21 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     cfg.basedir = resolve_basedir(cfg.basedir, from_file=src.rank("basedir") == 1)
     check_memory(cfg, src.of)
     return cfg
+
+
+def check_fvsrn(cfg: NeurcompConfig, src) -> None:
+    """What network = fvsrn (model.fvsrn) does not do, refused in one line."""
+    if cfg.pruning.enabled:
+        _fail(src.of("dropout_technique"), "dropout_technique", cfg.pruning.technique,
+              "cannot be combined with network = fvsrn: pruning removes neurons of Neurcomp's sine layers, and "
+              "fvsrn's parameters are mostly its latent grid, which no method prunes")
+    if cfg.optim.grad_lambda > 0:
+        _fail(src.of("grad_lambda"), "grad_lambda", cfg.optim.grad_lambda,
+              "needs the network's input gradient, which network = fvsrn does not implement (use 0)")
+    for key in ("feature_list", "features_per_layer"):
+        if getattr(cfg.network, key):
+            _fail(src.of(key), key, getattr(cfg.network, key),
+                  "sets Neurcomp widths; network = fvsrn is sized from compression_ratio or target_file_ratio")
 
 
 def parse_config(argv: list[str] | None = None, parser=None) -> NeurcompConfig:

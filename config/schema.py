@@ -105,6 +105,9 @@ class DataConfig:
 @dataclass
 class NetworkConfig:
     GROUP = "network"
+    network: str = option("neurcomp", "neurcomp (residual SIREN, Lu et al. 2021) or fvsrn (a trainable latent grid "
+                          "feeding a small SiLU MLP, Weiss et al. 2022: model.fvsrn), sized from compression_ratio "
+                          "or target_file_ratio", choices=("neurcomp", "fvsrn"))
     n_layers: int = option(4, "hidden layers: a sine layer plus n_layers-1 residual blocks", type=int,
                            check=at_least(1), original=8,
                            deviation="issue 16's measurements (lr = auto, rate-distortion) are at 4 layers; 11 of the "

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 from neurcomp.config.errors import ConfigError
 
+NEURCOMP, FVSRN = "neurcomp", "fvsrn"
+NETWORKS = (NEURCOMP, FVSRN)
 MIN_WIDTH = 4  # narrower networks cannot represent anything useful
 ORIGINAL_MIN_WIDTH = 15  # the original never goes below this width, even past the budget
 
@@ -34,6 +36,10 @@ class Architecture:
     d_in: int = 3
     d_out: int = 1
     omega_0: float = 30.0
+    network: str = "neurcomp"  # "neurcomp" | "fvsrn" (model.fvsrn: grid + MLP; ``widths`` are the MLP's)
+    grid: int = 0  # fvsrn: G, the latent grid's cells per axis
+    channels: int = 0  # fvsrn: C, the latent grid's channels
+    activation: str = "sine"  # fvsrn's MLP: "silu" or "sine" (Neurcomp: always sine)
 
     @property
     def n_layers(self) -> int:
@@ -44,8 +50,13 @@ class Architecture:
         return [self.d_in, *self.widths, self.d_out]
 
     def linear_shapes(self) -> list[tuple[int, int]]:
-        """(out, in) of every linear layer, in forward order."""
+        """(out, in) of every linear layer, in forward order; an fvsrn network's latent grid counts
+        as one of shape (C, G^3) (a bias per channel) after its MLP's first layer (model.fvsrn)."""
         w = self.widths
+        if self.network == FVSRN:
+            shapes = [(w[0], self.channels + self.d_in), (self.channels, self.grid ** 3)]
+            shapes += [(cur, prev) for prev, cur in zip(w[:-1], w[1:])]
+            return shapes + [(self.d_out, w[-1])]
         shapes = [(w[0], self.d_in)]
         if self.residual:
             for inner in w[1:]:
@@ -63,7 +74,9 @@ class Architecture:
     @classmethod
     def from_dict(cls, d: dict) -> "Architecture":
         return cls(widths=[int(x) for x in d["widths"]], residual=bool(d["residual"]),
-                   d_in=int(d["d_in"]), d_out=int(d["d_out"]), omega_0=float(d["omega_0"]))
+                   d_in=int(d["d_in"]), d_out=int(d["d_out"]), omega_0=float(d["omega_0"]),
+                   network=str(d.get("network", NEURCOMP)), grid=int(d.get("grid", 0)),
+                   channels=int(d.get("channels", 0)), activation=str(d.get("activation", "sine")))
 
     @classmethod
     def uniform(cls, width: int, n_layers: int, **kwargs) -> "Architecture":
@@ -116,6 +129,8 @@ def build_architecture(net, num_voxels: int, source: str = "config") -> Architec
     ``n_layers`` layers, else the width follows from ``compression_ratio`` (``width_for_ratio``)
     with ``hidden_layers`` layers.
     """
+    if getattr(net, "network", NEURCOMP) == FVSRN:
+        return fvsrn_for_parameters(num_voxels / net.compression_ratio, num_voxels, source=source)
     common = dict(residual=net.residual, d_in=net.d_in, d_out=net.d_out, omega_0=net.omega_0)
     if net.feature_list:
         return Architecture(widths=list(net.feature_list), **common)
@@ -128,3 +143,54 @@ def build_architecture(net, num_voxels: int, source: str = "config") -> Architec
               f"the narrowest network the original builds (width {ORIGINAL_MIN_WIDTH}); training "
               f"{count_parameters(arch)} parameters, ratio {num_voxels / count_parameters(arch):.1f}", file=sys.stderr)
     return arch
+
+
+# -- fvsrn sizing (model.fvsrn) ---------------------------------------------------------------------
+FVSRN_MLP_FRACTION = 0.1  # share of the parameter budget for the MLP; the grid gets the rest
+FVSRN_HIDDEN = 1  # hidden layers of the MLP (one: its first and last layers are stored unquantized, a middle one would cost a codebook)
+FVSRN_MIN_WIDTH, FVSRN_MAX_WIDTH = 8, 64
+FVSRN_MIN_GRID = 4
+FVSRN_MAX_CHANNELS = 8
+
+
+def fvsrn_architecture(grid: int, channels: int, width: int, hidden: int = FVSRN_HIDDEN,
+                       activation: str = "silu") -> Architecture:
+    return Architecture(widths=[width] * hidden, residual=False, network=FVSRN, grid=grid, channels=channels,
+                        activation=activation)
+
+
+def fvsrn_for_parameters(budget: float, num_voxels: int, source: str = "config",
+                         activation: str = "silu") -> Architecture:
+    """The fvsrn network for a budget of ``budget`` parameters on a volume of ``num_voxels`` voxels.
+
+    Rule: the MLP (``FVSRN_HIDDEN`` hidden layers) gets ``FVSRN_MLP_FRACTION`` of the budget, as
+    the widest width in [8, 64] that fits it (8 at least); the grid gets the rest as C channels of
+    G^3 cells. One channel, unless its G would exceed half the volume's resolution (N = voxels^(1/3),
+    a grid that fine stops adding detail per parameter): then channels are added, up to 8, at
+    G <= N / 2. G is at least 4; a budget too small for that is a ConfigError.
+    """
+    n = max(2.0, num_voxels ** (1.0 / 3.0))
+
+    def mlp(width: int, channels: int) -> int:
+        return count_parameters(fvsrn_architecture(1, channels, width)) - 2 * channels  # less the 1-cell grid
+
+    def grid_for(rest: float, channels: int) -> int:
+        g = int(round((max(rest, 0.0) / channels) ** (1.0 / 3.0))) + 1
+        while g > 0 and channels * g ** 3 + channels > rest:
+            g -= 1
+        return g
+
+    channels, width, g = 1, FVSRN_MIN_WIDTH, 0
+    for channels in range(1, FVSRN_MAX_CHANNELS + 1):
+        width = FVSRN_MIN_WIDTH
+        while width < FVSRN_MAX_WIDTH and mlp(width + 1, channels) <= FVSRN_MLP_FRACTION * budget:
+            width += 1
+        g = grid_for(budget - mlp(width, channels), channels)
+        if g <= n / 2 or channels == FVSRN_MAX_CHANNELS:
+            break
+    if g < FVSRN_MIN_GRID:
+        smallest = count_parameters(fvsrn_architecture(FVSRN_MIN_GRID, 1, FVSRN_MIN_WIDTH))
+        raise ConfigError(f"{source}: network fvsrn: a budget of {budget:.0f} parameters is too small for a "
+                          f"{FVSRN_MIN_GRID}^3 grid and a width-{FVSRN_MIN_WIDTH} MLP ({smallest}); "
+                          f"the largest possible ratio is {num_voxels / smallest:.4g}")
+    return fvsrn_architecture(g, channels, width, activation=activation)

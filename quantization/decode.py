@@ -15,6 +15,7 @@ import numpy as np
 
 from neurcomp.config.errors import InputError
 from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.fvsrn import build_network
 from neurcomp.model.neurcomp import Neurcomp
 from neurcomp.quantization import bound as error_bound
 from neurcomp.quantization import snap
@@ -25,7 +26,7 @@ from neurcomp.quantization.region import Grid, geometry, make_grid, predict_grid
 
 def build_model(net: CompressedNetwork) -> Neurcomp:
     """The network with ``net``'s dequantized weights, in eval mode (CPU)."""
-    model = Neurcomp(net.arch)
+    model = build_network(net.arch)
     load_into(model, net)
     model.eval()
     return model

@@ -19,6 +19,7 @@ from torch import nn
 
 from neurcomp.config.errors import InputError
 from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.fvsrn import build_network
 from neurcomp.model.neurcomp import Neurcomp
 from neurcomp.quantization.bitpack import packed_size
 from neurcomp.quantization.format import (BIAS_MODES, COMPRESSIONS, DTYPES, CompressedNetwork, QuantSettings, TensorCode,
@@ -265,7 +266,7 @@ def finetune_codebooks(model: Neurcomp, assignments: CompressedNetwork, sampler,
     num_voxels = int(num_voxels or np.prod(tuple(grid.shape)))
     device = sampler.device
     shapes = assignments.arch.linear_shapes()
-    work = Neurcomp(assignments.arch).to(device)
+    work = build_network(assignments.arch).to(device)
     load_into(work, assignments)
     psnr_before = normalized_psnr(work, grid) if evaluate else float("nan")
 
@@ -275,7 +276,7 @@ def finetune_codebooks(model: Neurcomp, assignments: CompressedNetwork, sampler,
         coded.append(_CodedTensor(b, (o,), device))
     # the network's weights become plain tensors recomputed from the codebooks at every step
     # (cheaper than torch.func.functional_call, whose first use imports the compiler stack)
-    shadow = Neurcomp(assignments.arch).to(device)
+    shadow = build_network(assignments.arch).to(device)
     linears = shadow.linears()
     for lin in linears:
         del lin.weight, lin.bias

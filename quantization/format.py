@@ -19,6 +19,7 @@ from neurcomp.config.limits import machine_memory
 from neurcomp.data.volume import VolumeInfo
 from neurcomp.model.architecture import Architecture
 from neurcomp.quantization import bound as error_bound
+from neurcomp.quantization import fvsrn_format
 from neurcomp.quantization.bitpack import pack_bits, packed_size, unpack_bits
 from neurcomp.quantization.coding import COMPRESSIONS, compress, decompress  # noqa: F401  (re-exported)
 
@@ -29,8 +30,8 @@ SUPPORTED_VERSIONS = (1, 2)
 
 _FIXED = struct.Struct("<8sHHI")  # magic, version, flags, header_size
 FLAG_SNAP_TO_INTEGERS = 2  # decoded voxels are rounded to integers within [vmin, vmax] (quantization.snap)
-KNOWN_FLAGS = FLAG_SNAP_TO_INTEGERS
-_ARCH = struct.Struct("<HHBBHd")  # d_in, d_out, residual, reserved, n_layers, omega_0
+KNOWN_FLAGS = FLAG_SNAP_TO_INTEGERS | fvsrn_format.FLAG_FVSRN
+_ARCH = struct.Struct("<HHBBHd")  # d_in, d_out, residual, network id (fvsrn_format), n_layers, omega_0
 _VOLUME = struct.Struct("<3I3d3d2d")  # shape (Z,Y,X), spacing (x,y,z), origin (x,y,z), vmin, vmax
 _SETTINGS = struct.Struct("<BBBBBBf")  # bits, codebook dtype, bias mode, quantize first/last, raw dtype, compression, finetune passes
 _PAYLOAD = struct.Struct("<IQQI")  # n_tensors, stored size, raw size, payload CRC32
@@ -151,8 +152,8 @@ def serialize(net: CompressedNetwork, level: int | None = None) -> bytes:
     if len(dtype_name) > 255:
         raise ValueError("source dtype name too long")
     body = b"".join([
-        _ARCH.pack(arch.d_in, arch.d_out, int(arch.residual), 0, arch.n_layers, float(arch.omega_0)),
-        struct.pack(f"<{arch.n_layers}I", *arch.widths),
+        _ARCH.pack(arch.d_in, arch.d_out, int(arch.residual), fvsrn_format.network_id(arch), arch.n_layers, float(arch.omega_0)),
+        struct.pack(f"<{arch.n_layers}I", *arch.widths), fvsrn_format.record(arch),
         _VOLUME.pack(*(int(n) for n in vol.shape), *(float(x) for x in vol.spacing),
                      *(float(x) for x in vol.origin), float(vol.vmin), float(vol.vmax)),
         struct.pack("<B", len(dtype_name)), dtype_name,
@@ -166,7 +167,8 @@ def serialize(net: CompressedNetwork, level: int | None = None) -> bytes:
         record, section = error_bound.encode_section(net.bound)
         body, version = body + record, BOUND_VERSION
     header_size = _FIXED.size + len(body) + _CRC.size
-    head = _FIXED.pack(MAGIC, version, net.flags, header_size) + body
+    flags = (net.flags & ~fvsrn_format.FLAG_FVSRN) | fvsrn_format.header_flags(arch)
+    head = _FIXED.pack(MAGIC, version, flags, header_size) + body
     return head + _CRC.pack(zlib.crc32(head)) + stored + section
 
 
@@ -241,12 +243,13 @@ def parse_header(data: bytes, source: str = "<bytes>") -> FileHeader:
 
     r = _Reader(data[_FIXED.size:header_size - _CRC.size], "header")
     try:
-        d_in, d_out, residual, _, n_layers, omega_0 = r.unpack(_ARCH)
+        d_in, d_out, residual, net_id, n_layers, omega_0 = r.unpack(_ARCH)
         if not (1 <= n_layers <= MAX_LAYERS) or residual not in (0, 1) or d_in < 1 or d_out < 1:
             raise _fail(source, f"bad architecture (n_layers {n_layers}, residual {residual}, d_in {d_in}, d_out {d_out})")
         widths = list(struct.unpack(f"<{n_layers}I", r.take(4 * n_layers)))
         if min(widths) < 1 or max(widths) > MAX_DIM:
             raise _fail(source, f"bad layer widths {widths}")
+        network = fvsrn_format.read_record(r.unpack, net_id, flags, lambda problem: _fail(source, problem))
         vol = r.unpack(_VOLUME)
         (name_len,) = struct.unpack("<B", r.take(1))
         dtype_name = bytes(r.take(name_len)).decode("ascii", errors="replace")
@@ -260,7 +263,7 @@ def parse_header(data: bytes, source: str = "<bytes>") -> FileHeader:
     if not (1 <= bits <= 16) or cb_dt >= len(DTYPES) or bias_mode >= len(BIAS_MODES) or raw_dt >= len(DTYPES) \
             or comp >= len(COMPRESSIONS) or q_first_last not in (0, 1):
         raise _fail(source, "bad quantization settings in header")
-    arch = Architecture(widths=widths, residual=bool(residual), d_in=d_in, d_out=d_out, omega_0=omega_0)
+    arch = Architecture(widths=widths, residual=bool(residual), d_in=d_in, d_out=d_out, omega_0=omega_0, **network)
     shapes = arch.linear_shapes()
     if n_tensors != 2 * len(shapes):
         raise _fail(source, f"header/payload mismatch: {n_tensors} tensors stored, the architecture has {2 * len(shapes)}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from neurcomp.model.architecture import MIN_WIDTH, Architecture, hidden_layers
+from neurcomp.model.architecture import FVSRN, MIN_WIDTH, NEURCOMP, Architecture, fvsrn_for_parameters, hidden_layers
 from neurcomp.quantization.bitpack import packed_size
 from neurcomp.quantization.encode import EncoderOptions, encode_network, quantize_network, quantize_tensor
 
@@ -90,15 +90,44 @@ def architecture_for_file_bytes(target_bytes: float, n_layers: int, bits: int, r
     return arch(widths)
 
 
+def fvsrn_for_file_bytes(target_bytes: float, num_voxels: int, bits: int, options: EncoderOptions | None = None,
+                         source: str = "config") -> Architecture:
+    """The largest fvsrn network (``model.architecture.fvsrn_for_parameters``) whose predicted file
+    fits ``target_bytes``: a bisection on the parameter budget."""
+    from neurcomp.config.errors import ConfigError
+
+    def size(budget: float) -> float:
+        return predict_file_bytes(fvsrn_for_parameters(budget, num_voxels, source), bits, options)
+
+    lo, hi = 0.0, max(2.0, 16.0 * target_bytes)  # every parameter costs more than 1/16 byte
+    while hi - lo > 1:
+        mid = (lo + hi) / 2
+        try:
+            fits = size(mid) <= target_bytes
+        except ConfigError:  # below the smallest fvsrn network
+            fits = True
+        lo, hi = (mid, hi) if fits else (lo, mid)
+    try:
+        arch = fvsrn_for_parameters(lo, num_voxels, source)
+    except ConfigError:
+        arch = None
+    if arch is None or predict_file_bytes(arch, bits, options) > target_bytes:
+        raise ConfigError(f"{source}: target_file_ratio needs a file of {target_bytes:.0f} bytes, too small for the "
+                          f"smallest fvsrn network at {bits} bits: lower the ratio or quant_bits")
+    return arch
+
+
 def measured_architecture(target_bytes: float, n_layers: int, bits: int, residual: bool = True,
-                          options: EncoderOptions | None = None, rounds: int = 4, **arch_kwargs) -> Architecture:
+                          options: EncoderOptions | None = None, rounds: int = 4, network: str = NEURCOMP,
+                          num_voxels: int = 0, **arch_kwargs) -> Architecture:
     """``architecture_for_file_bytes`` corrected by measurement: encode a freshly initialised network
     of the predicted shape, compare its real size with the target and re-size with the corrected
     budget (which tensors the encoder stores raw, the header and codebooks are then exact; only the
-    entropy coder's gain on trained weights remains predicted)."""
+    entropy coder's gain on trained weights remains predicted). ``network`` fvsrn: sized by
+    ``fvsrn_for_file_bytes`` for a volume of ``num_voxels`` voxels."""
     import torch
 
-    from neurcomp.model.neurcomp import Neurcomp
+    from neurcomp.model.fvsrn import build_network
     from neurcomp.quantization.encode import encode_model
     from neurcomp.data.volume import VolumeInfo
 
@@ -108,8 +137,11 @@ def measured_architecture(target_bytes: float, n_layers: int, bits: int, residua
     try:
         torch.manual_seed(0)
         for _ in range(rounds):
-            arch = architecture_for_file_bytes(budget, n_layers, bits, residual, options, **arch_kwargs)
-            size = len(encode_model(Neurcomp(arch), dummy, bits, options))
+            if network == FVSRN:
+                arch = fvsrn_for_file_bytes(budget, num_voxels, bits, options, arch_kwargs.get("source", "config"))
+            else:
+                arch = architecture_for_file_bytes(budget, n_layers, bits, residual, options, **arch_kwargs)
+            size = len(encode_model(build_network(arch), dummy, bits, options))
             if best is None or abs(size - target_bytes) < abs(best[1] - target_bytes):
                 best = (arch, size)
             if abs(size / target_bytes - 1) < 0.01:

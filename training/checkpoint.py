@@ -22,6 +22,7 @@ from neurcomp.config.errors import ConfigError, InputError
 from neurcomp.data.atomic import atomic_path
 from neurcomp.data.volume import VolumeInfo
 from neurcomp.model.architecture import Architecture
+from neurcomp.model.fvsrn import build_network
 from neurcomp.model.neurcomp import Neurcomp
 
 FORMAT_VERSION = 1
@@ -104,7 +105,7 @@ def load_model(path: str | Path, map_location="cpu") -> tuple[Neurcomp, VolumeIn
     """Rebuild the trained network from a checkpoint alone: (model in eval mode, volume info, raw state)."""
     state = read_checkpoint(path, map_location)
     try:
-        model = Neurcomp(Architecture.from_dict(state["architecture"]))
+        model = build_network(Architecture.from_dict(state["architecture"]))
         model.load_state_dict(state["model_state"])
         info = VolumeInfo.from_dict(state["volume"])
     except Exception as exc:  # a damaged or hand-made file: any of its records can be wrong
@@ -137,7 +138,9 @@ def checkpoint_technique(state: dict) -> str:
 
 def architecture_differences(have: Architecture, want: Architecture) -> list[str]:
     pairs = [("n_layers", have.n_layers, want.n_layers), ("widths", list(have.widths), list(want.widths)),
-             ("residual", have.residual, want.residual), ("omega_0", have.omega_0, want.omega_0)]
+             ("residual", have.residual, want.residual), ("omega_0", have.omega_0, want.omega_0),
+             ("network", have.network, want.network), ("grid", have.grid, want.grid),
+             ("channels", have.channels, want.channels), ("activation", have.activation, want.activation)]
     return [f"{name} {a} (config: {b})" for name, a, b in pairs if a != b]
 
 

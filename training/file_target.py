@@ -36,7 +36,7 @@ def initial_architecture(cfg: NeurcompConfig, num_voxels: int) -> Architecture:
     net = cfg.network
     return measured_architecture(file_target_bytes(cfg, num_voxels), net.n_layers, cfg.quant_bits,
                                        net.residual, d_in=net.d_in, d_out=net.d_out, omega_0=net.omega_0,
-                                       source=cfg.source)
+                                       source=cfg.source, network=net.network, num_voxels=num_voxels)
 
 
 def compressed_file_path(cfg: NeurcompConfig) -> Path:

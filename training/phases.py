@@ -24,6 +24,7 @@ import torch
 from neurcomp.config.errors import ConfigError
 from neurcomp.data.volume import mean_value, normalize
 from neurcomp.model.architecture import Architecture, build_architecture, count_parameters
+from neurcomp.model.fvsrn import build_network
 from neurcomp.model.neurcomp import Neurcomp
 from neurcomp.model.pruning import PrunableNeurcomp, build_pruning
 from neurcomp.training import distributed
@@ -77,7 +78,7 @@ class TrainPhase:
 
     def enter(self, session, model, resumed: dict | None):
         cfg = session.cfg
-        model = Neurcomp(self.architecture)
+        model = build_network(self.architecture)  # Neurcomp, or fvsrn (model.fvsrn)
         start_at_mean(cfg, model, session.volume, session.info)
         model = model.to(session.device)
         announce_recipe(cfg, self.architecture, self.lr(session, model), self.num_steps)

@@ -35,7 +35,8 @@ from __future__ import annotations
 import math
 
 from neurcomp.config.options import OptimConfig
-from neurcomp.model.architecture import Architecture
+from neurcomp.model.architecture import FVSRN, Architecture
+from neurcomp.model.fvsrn import auto_learning_rate as fvsrn_learning_rate
 
 LR_CONSTANT = 1.75  # C above, fitted by benchmarks/lr_sweep.py
 REFERENCE_DEPTH = 4  # n_layers of the original's configs, where C was measured
@@ -43,7 +44,10 @@ GRADIENT_LOSS_FACTOR = 0.5
 
 
 def auto_learning_rate(arch: Architecture, grad_lambda: float = 0.0) -> float:
-    """The learning rate ``lr = auto`` uses for a network of shape ``arch`` (see the module doc)."""
+    """The learning rate ``lr = auto`` uses for a network of shape ``arch`` (see the module doc;
+    an fvsrn network: ``model.fvsrn.auto_learning_rate``)."""
+    if arch.network == FVSRN:
+        return fvsrn_learning_rate(arch)
     fan_in = max(arch.widths)
     depth = math.sqrt(max(1, arch.n_layers) / REFERENCE_DEPTH)
     lr = LR_CONSTANT / (arch.omega_0 * fan_in * depth)
