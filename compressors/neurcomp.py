@@ -101,12 +101,15 @@ class NeurcompCodec(Codec):
         group.add_argument("--neurcomp-lr", type=parse_lr, default=None, help="Adam learning rate (default: auto)")
         group.add_argument("--neurcomp-grad-lambda", type=float, default=0.0,
                            help="weight of the gradient loss (0: off)")
+        group.add_argument("--neurcomp-batch-size", type=int, default=1024,
+                           help="batch entries of 16 points per step (1024: the training default)")
         group.add_argument("--neurcomp-device", default="auto", help="auto, cpu or cuda")
 
     @classmethod
     def from_args(cls, args):
         return cls(steps=args.neurcomp_steps, n_layers=args.neurcomp_n_layers, bits=args.neurcomp_bits,
-                   lr=args.neurcomp_lr, grad_lambda=args.neurcomp_grad_lambda, device=args.neurcomp_device)
+                   lr=args.neurcomp_lr, grad_lambda=args.neurcomp_grad_lambda, device=args.neurcomp_device,
+                   batch_size=args.neurcomp_batch_size)
 
 
 def _synchronize(device: torch.device) -> None:
