@@ -10,9 +10,13 @@ Trains (once; cached in ``--work``) small networks with the project's own defaul
 (a) today's file: k-means indices (byte planes or bit-packed) + the smallest of none/zstd/lzma;
 (b) the same k-means indices coded with ``constriction``'s ANS under each layer's own index
     histogram, the histogram stored in the file and counted;
-(c) uniform scalar quantization (mid-tread, one step for every quantized matrix, no codebook) of
-    the same matrices, the integers ANS-coded under a stored histogram, the step chosen by
-    bisection so that the decoded volume's PSNR equals (a)'s.
+(c) uniform scalar quantization (mid-tread, one step for every hidden matrix, no codebook), the
+    integers ANS-coded under a stored histogram or a fitted quantized Laplace/Gaussian (8 bytes),
+    the step chosen by bisection so that the decoded volume's PSNR equals (a)'s (within
+    PSNR_TOLERANCE), and again so that the file has (a)'s bytes (PSNR at equal bytes);
+(d) the encoder's default since this measurement (``EncoderOptions.quantizer = "auto"``): per
+    matrix, uniform quantization at the k-means weight error when its record is smaller
+    (``quantization.entropy``, FORMAT.md record kind 2), the real file decoded back.
 
 PSNR is that of the decoded volume in physical units (``data.metrics.psnr`` against the value
 range of the ground truth). Single thread; timings are not the point. Prints tables and writes
@@ -43,7 +47,7 @@ from model.inference import predict_volume  # noqa: E402
 from model.neurcomp import Neurcomp  # noqa: E402
 from quantization.bitpack import packed_size  # noqa: E402
 from quantization.encode import EncoderOptions, encode_network, quantize_network  # noqa: E402
-from quantization.format import DTYPES, index_bytes, parse_header  # noqa: E402
+from quantization.format import DTYPES, index_bytes, parse, parse_header  # noqa: E402
 
 DATASETS = Path("..") / "shared" / "datasets"  # relative to the repository root
 VOLUMES = [  # (short name, file, extra training options)
@@ -54,6 +58,7 @@ VOLUMES = [  # (short name, file, extra training options)
     ("hydrogen", "hydrogen_atom_128x128x128_uint8.raw", ["--max_pass", "12", "--pass_decay", "3.2"]),
 ]
 RATIOS = (100, 200)
+PSNR_TOLERANCE = 0.005  # dB: "equal PSNR" for (c); at 8 bits (a) is within noise of the unquantized network
 
 
 def trained_model(name: str, fname: str, ratio: float, work: Path, min_steps: int, extra=()):
@@ -297,6 +302,36 @@ def bisect_step(fn, lo: float, hi: float, iters: int = 14):
     return lo
 
 
+def curve_point(curve, x_key, y_key, x):
+    """y of the (x, y) curve at ``x``, linear in log x between its neighbours (None outside)."""
+    pts = sorted((math.log(p[x_key]), p[y_key]) for p in curve)
+    lx = math.log(x)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= lx <= x1 and x1 > x0:
+            return y0 + (y1 - y0) * (lx - x0) / (x1 - x0)
+    return None
+
+
+def _bytes_at(curve, psnr_target):
+    """Bytes of the curve at ``psnr_target`` (log-linear between the bracketing points), None outside."""
+    pts = sorted((p["psnr"], math.log(p["bytes"])) for p in curve)
+    for (p0, b0), (p1, b1) in zip(pts, pts[1:]):
+        if p0 <= psnr_target <= p1 and p1 > p0:
+            return math.exp(b0 + (b1 - b0) * (psnr_target - p0) / (p1 - p0))
+    return None
+
+
+def rd_curve(model, vinfo, truth, quantizer: str, bit_range) -> list:
+    """(bits, bytes, PSNR) of the real file at each bit width, decoded back."""
+    out = []
+    for bits in bit_range:
+        data = encode_network(quantize_network(model, vinfo, bits, EncoderOptions(quantizer=quantizer)))
+        back = parse(data)
+        p = physical_psnr([(w.dequantize(), b.dequantize()) for w, b in back.tensors], model.arch, vinfo, truth)
+        out.append({"bits": bits, "bytes": len(data), "psnr": p})
+    return out
+
+
 def run(args, work: Path):
     results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                            "numpy": np.__version__, "threads": 1, "load": os.getloadavg()[0]},
@@ -316,14 +351,26 @@ def run(args, work: Path):
             base = physical_psnr(original, model.arch, vinfo, truth)
             entry = {"volume": name, "target_file_ratio": ratio, "widths": list(model.arch.widths),
                      "parameters": int(sum(p.numel() for p in model.parameters())),
-                     "psnr_unquantized": base, "bits": {}}
+                     "psnr_unquantized": base, "bits": {},
+                     "curve_a": rd_curve(model, vinfo, truth, "kmeans", range(3, 11)),
+                     "curve_d": rd_curve(model, vinfo, truth, "auto", range(3, 11))}
             for bits in args.bits:
-                net = quantize_network(model, vinfo, bits, EncoderOptions())
+                net = quantize_network(model, vinfo, bits, EncoderOptions(quantizer="kmeans"))
                 net.original = [w for w, _ in original]
                 a = coding_a(net)
                 p_a = physical_psnr([(w.dequantize(), b.dequantize()) for w, b in net.tensors], model.arch, vinfo, truth)
                 b = coding_b(net, a["header_bytes"])
                 res = {"a": {**a, "psnr": p_a}, "b": {**b, "psnr": p_a}}
+                data = encode_network(quantize_network(model, vinfo, bits, EncoderOptions()))  # quantizer auto
+                back = parse(data)
+                res["d"] = {"bytes": len(data), "kinds": [w.kind for w, _ in back.tensors],
+                            "psnr": physical_psnr([(w.dequantize(), b.dequantize()) for w, b in back.tensors],
+                                                  model.arch, vinfo, truth)}
+                # (d) against (a)'s rate-distortion curve (bits 3..10): dB at (d)'s bytes, bytes at (d)'s PSNR
+                a_db = curve_point(entry["curve_a"], "bytes", "psnr", res["d"]["bytes"])
+                a_bytes = _bytes_at(entry["curve_a"], res["d"]["psnr"])
+                res["d"]["gain_db_equal_bytes"] = None if a_db is None else res["d"]["psnr"] - a_db
+                res["d"]["bytes_vs_a_equal_psnr"] = None if a_bytes is None else res["d"]["bytes"] / a_bytes
                 if len(net.tensors) > 2:
                     wmax = max(float(np.abs(o).max()) for o in net.original[1:-1])
                     cache = {}
@@ -335,7 +382,7 @@ def run(args, work: Path):
                             cache[step] = (physical_psnr(weights, model.arch, vinfo, truth), size, layers)
                         return cache[step]
 
-                    s_psnr = bisect_step(lambda s: evaluate(s)[0] >= p_a, wmax / 2 ** 16, wmax)
+                    s_psnr = bisect_step(lambda s: evaluate(s)[0] >= p_a - PSNR_TOLERANCE, wmax / 2 ** 16, wmax)
                     s_bytes = bisect_step(lambda s: evaluate(s)[1] > a["bytes"], wmax / 2 ** 16, wmax)
                     s_bytes = min((s for s in cache if cache[s][1] <= a["bytes"]), default=s_bytes)
                     p1, n1, l1 = evaluate(s_psnr)
@@ -372,14 +419,21 @@ def print_row(entry, bits, res):
 
 def print_tables(rows):
     print(f"\n{'volume':<9} {'ratio':>5} {'bits':>4} {'(a) B':>7} {'(a) dB':>8} {'(b) B':>7} {'b/a':>6} "
-          f"{'(c) B @=dB':>10} {'c/a':>6} {'(c) dB @=B':>10} {'gain dB':>7}")
+          f"{'(c) B @=dB':>10} {'c/a':>6} {'(c) dB @=B':>10} {'gain dB':>7} {'(d) B':>7} {'d/a':>6} {'(d) dB':>8} "
+          f"{'d-a dB':>7} {'d@=B dB':>7} {'d@=dB B':>7}")
     for entry, bits, res in rows:
-        a, b = res["a"], res["b"]
+        a, b, d = res["a"], res["b"], res["d"]
         c1, c2 = res.get("c_equal_psnr"), res.get("c_equal_bytes")
         print(f"{entry['volume']:<9} {entry['target_file_ratio']:>5} {bits:>4} {a['bytes']:>7} {a['psnr']:>8.3f} "
               f"{b['bytes']:>7} {b['bytes'] / a['bytes']:>6.3f} "
               + (f"{c1['bytes']:>10} {c1['bytes'] / a['bytes']:>6.3f} {c2['psnr']:>10.3f} {c2['psnr'] - a['psnr']:>+7.3f}"
-                 if c1 else f"{'-':>10} {'-':>6} {'-':>10} {'-':>7}"))
+                 if c1 else f"{'-':>10} {'-':>6} {'-':>10} {'-':>7}")
+              + f" {d['bytes']:>7} {d['bytes'] / a['bytes']:>6.3f} {d['psnr']:>8.3f} {d['psnr'] - a['psnr']:>+7.3f}"
+              + f" {_fmt(d['gain_db_equal_bytes'], '+7.3f')} {_fmt(d['bytes_vs_a_equal_psnr'], '7.3f')}")
+
+
+def _fmt(x, spec):
+    return f"{'-':>{spec.lstrip('+').split('.')[0]}}" if x is None else format(x, spec)
 
 
 def main(argv=None):

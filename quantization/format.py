@@ -19,6 +19,7 @@ from config.limits import machine_memory
 from data.volume import VolumeInfo
 from model.architecture import Architecture
 from quantization import bound as error_bound
+from quantization import entropy
 from quantization.bitpack import pack_bits, packed_size, unpack_bits
 from quantization.coding import COMPRESSIONS, compress, decompress  # noqa: F401  (re-exported)
 
@@ -37,7 +38,8 @@ _TENSOR = struct.Struct("<BBBBII")  # kind, dtype, index bits, index layout, cou
 
 DTYPES = ("float32", "float16")
 BIAS_MODES = ("float32", "float16", "quantized")
-KIND_RAW, KIND_CODEBOOK = 0, 1
+KIND_RAW, KIND_CODEBOOK, KIND_UNIFORM = 0, 1, 2
+FLAG_UNIFORM = 1  # header flag: the payload may hold uniform records (older decoders refuse the file)
 LAYOUTS = ("packed", "planes")  # index layouts, see index_bytes()
 MAX_LAYERS = 4096
 MAX_DIM = 1 << 24
@@ -66,12 +68,13 @@ class TensorCode:
     entries are exactly representable in ``dtype``; ``indices`` is (count,) uint16 for codebooks.
     """
 
-    kind: str  # "raw" | "codebook"
+    kind: str  # "raw" | "codebook" | "uniform" (values: the reconstruction table q * step, quantization.entropy)
     dtype: str  # "float32" | "float16"
     values: np.ndarray
     indices: np.ndarray | None = None
     bits: int = 0
     layout: str = "packed"  # index layout: "packed" (B-bit stream) or "planes" (byte plane + high bits)
+    uniform: tuple[float, int] | None = None  # (step, qmin) of a uniform record
 
     @property
     def count(self) -> int:
@@ -79,12 +82,6 @@ class TensorCode:
 
     def dequantize(self) -> np.ndarray:
         return self.values.copy() if self.kind == "raw" else self.values[self.indices.astype(np.int64)]
-
-    def stored_bytes(self) -> int:
-        item = np.dtype(self.dtype).itemsize
-        if self.kind == "raw":
-            return _TENSOR.size + self.values.size * item
-        return _TENSOR.size + self.values.size * item + index_size(self.count, self.bits, self.layout)
 
 
 def index_size(count: int, bits: int, layout: str) -> int:
@@ -128,6 +125,9 @@ class CompressedNetwork:
 def _encode_tensor(t: TensorCode) -> bytes:
     kind = KIND_RAW if t.kind == "raw" else KIND_CODEBOOK
     dt = np.dtype(t.dtype).newbyteorder("<")
+    if t.kind == "uniform":
+        model, data = entropy.encode_record(t)
+        return _TENSOR.pack(KIND_UNIFORM, 0, 0, model, t.indices.size, t.values.size) + data
     if kind == KIND_RAW:
         head = _TENSOR.pack(kind, DTYPES.index(t.dtype), 0, 0, t.values.size, 0)
         return head + t.values.astype(dt).tobytes()
@@ -163,7 +163,8 @@ def serialize(net: CompressedNetwork, level: int | None = None) -> bytes:
         record, section = error_bound.encode_section(net.bound)
         body, version = body + record, BOUND_VERSION
     header_size = _FIXED.size + len(body) + _CRC.size
-    head = _FIXED.pack(MAGIC, version, 0, header_size) + body
+    flags = FLAG_UNIFORM if any(t.kind == "uniform" for pair in net.tensors for t in pair) else 0
+    head = _FIXED.pack(MAGIC, version, flags, header_size) + body
     return head + _CRC.pack(zlib.crc32(head)) + stored + section
 
 
@@ -232,7 +233,7 @@ def parse_header(data: bytes, source: str = "<bytes>") -> FileHeader:
     (header_crc,) = _CRC.unpack_from(data, header_size - _CRC.size)
     if zlib.crc32(data[:header_size - _CRC.size]) != header_crc:
         raise _fail(source, "header checksum mismatch (file corrupted)")
-    if flags != 0:
+    if flags not in (0, FLAG_UNIFORM):
         raise _fail(source, f"unknown header flags {flags:#x}")
 
     r = _Reader(data[_FIXED.size:header_size - _CRC.size], "header")
@@ -353,7 +354,7 @@ def _check_sizes(source: str, shapes, volume: VolumeInfo, raw_size: int) -> None
     params = sum(counts)
     # smallest record: one float16 centroid and 1-bit indices; largest: raw float32 or a full
     # 16-bit codebook of float32 with 16-bit indices
-    least = sum(_TENSOR.size + 2 + (n + 7) // 8 for n in counts)
+    least = sum(_TENSOR.size + min(2 + (n + 7) // 8, entropy.HEAD_SIZE) for n in counts)
     most = sum(_TENSOR.size + max(4 * n, 4 * MAX_CODEBOOK + 2 * n) for n in counts)
     if not least <= raw_size <= most:
         raise _fail(source, f"header/payload mismatch: a raw payload of {raw_size} bytes is impossible for "
@@ -369,6 +370,11 @@ def _decode_tensor(p: _Reader, expected_count: int, what: str, source: str) -> T
     kind, dt, bits, layout, count, k = p.unpack(_TENSOR)
     if count != expected_count:
         raise _fail(source, f"header/payload mismatch: {what} holds {count} values, the architecture needs {expected_count}")
+    if kind == KIND_UNIFORM and not dt and not bits:
+        got = entropy.decode_record(p.take, count, k, layout, source)
+        if isinstance(got, str):
+            raise _fail(source, f"{what}: {got}")
+        return TensorCode("uniform", "float32", got[1], got[2], uniform=got[0])
     if dt >= len(DTYPES) or layout >= len(LAYOUTS) or kind not in (KIND_RAW, KIND_CODEBOOK):
         raise _fail(source, f"bad record for {what}")
     dtype = DTYPES[dt]
