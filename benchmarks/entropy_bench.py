@@ -294,7 +294,7 @@ def coding_c_bytes(net, ints: dict, header_bytes: int) -> tuple[int, list]:
     return header_bytes + rest + streams, layers
 
 
-def bisect_step(fn, lo: float, hi: float, iters: int = 14):
+def bisect_step(fn, lo: float, hi: float, iters: int):
     """Largest step in [lo, hi] (log scale) with fn(step) true, fn monotone (true at lo)."""
     for _ in range(iters):
         mid = math.sqrt(lo * hi)
@@ -335,7 +335,8 @@ def rd_curve(model, vinfo, truth, quantizer: str, bit_range) -> list:
 def run(args, work: Path):
     results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                            "numpy": np.__version__, "threads": 1, "load": os.getloadavg()[0]},
-               "command": "OMP_NUM_THREADS=1 python benchmarks/entropy_bench.py", "networks": []}
+               "command": "OMP_NUM_THREADS=1 python benchmarks/entropy_bench.py " + " ".join(sys.argv[1:]),
+               "networks": []}
     t_start = time.perf_counter()
     rows = []
     for name, fname, extra in VOLUMES:
@@ -344,7 +345,7 @@ def run(args, work: Path):
             continue
         volume = read_volume(path)
         truth = volume.values
-        for ratio in RATIOS:
+        for ratio in args.ratios:
             model, vinfo = trained_model(name, fname, ratio, work, args.min_steps, extra)
             original = [(lin.weight.detach().numpy().reshape(-1).astype(np.float32),
                          lin.bias.detach().numpy().reshape(-1).astype(np.float32)) for lin in model.linears()]
@@ -382,8 +383,9 @@ def run(args, work: Path):
                             cache[step] = (physical_psnr(weights, model.arch, vinfo, truth), size, layers)
                         return cache[step]
 
-                    s_psnr = bisect_step(lambda s: evaluate(s)[0] >= p_a - PSNR_TOLERANCE, wmax / 2 ** 16, wmax)
-                    s_bytes = bisect_step(lambda s: evaluate(s)[1] > a["bytes"], wmax / 2 ** 16, wmax)
+                    s_psnr = bisect_step(lambda s: evaluate(s)[0] >= p_a - PSNR_TOLERANCE, wmax / 2 ** 16, wmax,
+                                         args.iters)
+                    s_bytes = bisect_step(lambda s: evaluate(s)[1] > a["bytes"], wmax / 2 ** 16, wmax, args.iters)
                     s_bytes = min((s for s in cache if cache[s][1] <= a["bytes"]), default=s_bytes)
                     p1, n1, l1 = evaluate(s_psnr)
                     p2, n2, l2 = evaluate(s_bytes)
@@ -393,13 +395,17 @@ def run(args, work: Path):
                 rows.append((entry, bits, res))
                 print_row(entry, bits, res)
             results["networks"].append(entry)
-    results["total_seconds"] = time.perf_counter() - t_start
+            results["total_seconds"] = time.perf_counter() - t_start
+            write_json(results, args.out)  # after every network: a long run keeps what it measured
     print_tables(rows)
-    out = Path(args.out)
+    print(f"wrote {args.out}")
+
+
+def write_json(results, path):
+    out = Path(path)
     out = out if out.is_absolute() else ROOT / out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=float) + "\n")
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
 def print_row(entry, bits, res):
@@ -443,6 +449,8 @@ def main(argv=None):
     ap.add_argument("--bits", type=int, nargs="+", default=[6, 8])
     ap.add_argument("--min_steps", type=int, default=1500)
     ap.add_argument("--train_only", action="store_true")
+    ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="target_file_ratio values")
+    ap.add_argument("--iters", type=int, default=14, help="bisection steps of (c)'s step (log scale)")
     ap.add_argument("--volumes", nargs="+", default=[v[0] for v in VOLUMES], help="short names to run")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -454,7 +462,7 @@ def main(argv=None):
         if not (ROOT / DATASETS / fname).is_file():
             print(f"skipping {DATASETS / fname}: not found")
             continue
-        for ratio in RATIOS:
+        for ratio in args.ratios:
             trained_model(name, fname, ratio, work, args.min_steps, extra)
     if args.train_only:
         return
