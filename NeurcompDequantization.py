@@ -13,9 +13,9 @@ corrections; with ``--volume`` the bound is reported and whether it held. Option
 
 import sys
 
-from config.cli import run_cli
-from config.options import build_parser
-from quantization.cli import add_dequantization_arguments, dequantize_main
+from neurcomp.config.cli import run_cli
+from neurcomp.config.options import build_parser
+from neurcomp.quantization.cli import add_dequantization_arguments, dequantize_main
 
 
 def main(argv=None):

@@ -17,19 +17,19 @@ from pathlib import Path
 
 import torch
 
-from config.cli import run_cli
-from config.errors import ConfigError, InputError
-from config.options import build_parser, config_from_namespace, parse_namespace
-from model.device import resolve_device
-from quantization.cli import (CHECKPOINT_NAME, DEFAULT_SUFFIX, add_quantization_arguments, atomic_write_bytes,
+from neurcomp.config.cli import run_cli
+from neurcomp.config.errors import ConfigError, InputError
+from neurcomp.config.options import build_parser, config_from_namespace, parse_namespace
+from neurcomp.model.device import resolve_device
+from neurcomp.quantization.cli import (CHECKPOINT_NAME, DEFAULT_SUFFIX, add_quantization_arguments, atomic_write_bytes,
                               human_bytes, itemsize, stored_compression)
-from data.atomic import check_output_file
+from neurcomp.data.atomic import check_output_file
 
 
 def quantize_main(argv=None, parser=None) -> dict:
     """Quantize ``<experiment_dir>/checkpoint.pt`` into a compressed file; returns a summary dict."""
-    from quantization.encode import EncoderOptions, encode_network, finetune_codebooks, quantize_network
-    from training.checkpoint import load_model
+    from neurcomp.quantization.encode import EncoderOptions, encode_network, finetune_codebooks, quantize_network
+    from neurcomp.training.checkpoint import load_model
 
     if parser is None:
         parser = add_quantization_arguments(build_parser("Quantize a trained Neurcomp network into a compressed file"))
@@ -83,8 +83,8 @@ def quantize_main(argv=None, parser=None) -> dict:
 
 def _bounded(cfg, net, info):
     """The file with corrections for ``max_abs_error`` / ``max_rel_error``, against --data."""
-    from quantization.bounded import encode_bounded
-    from quantization.cli import _read_volume
+    from neurcomp.quantization.bounded import encode_bounded
+    from neurcomp.quantization.cli import _read_volume
 
     mode, value = cfg.error_bound
     option = "max_abs_error" if mode == "abs" else "max_rel_error"
@@ -100,8 +100,8 @@ def _bounded(cfg, net, info):
 def _finetune(cfg, ns, model, net, info, finetune_codebooks) -> dict:
     """Quantization-aware fine-tuning on the volume, held as training holds it (volume_storage and
     stream_bricks decide what goes on the device)."""
-    from training.session import load_training_volume
-    from training.sampling import make_sampler
+    from neurcomp.training.session import load_training_volume
+    from neurcomp.training.sampling import make_sampler
 
     volume = load_training_volume(cfg)
     if tuple(volume.shape) != tuple(info.shape):

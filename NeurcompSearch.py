@@ -7,11 +7,11 @@ python NeurcompSearch.py --config experiment-config-files/quickstart.txt \
 
 import sys
 
-from config.cli import run_cli
+from neurcomp.config.cli import run_cli
 
 
 def main(argv=None):
-    from search.cli import main as search_main
+    from neurcomp.search.cli import main as search_main
 
     search_main(argv)
 

@@ -7,12 +7,12 @@ continues that run exactly, ``--checkpoint_path <checkpoint>`` starts a new run 
 
 import sys
 
-from config.cli import run_cli
-from config.options import build_parser, parse_config
+from neurcomp.config.cli import run_cli
+from neurcomp.config.options import build_parser, parse_config
 
 
 def main(argv=None):
-    from training.run import train
+    from neurcomp.training.run import train
 
     train(parse_config(argv, build_parser("Train a Neurcomp network on a volume.")))
 

@@ -3,11 +3,11 @@
 
 import sys
 
-from config.cli import run_cli
+from neurcomp.config.cli import run_cli
 
 
 def main(argv=None):
-    from training.visualize import visualize_main
+    from neurcomp.training.visualize import visualize_main
 
     visualize_main(argv)
 

@@ -4,7 +4,7 @@ entry script's ``main`` through ``config.cli.run_cli``, so an installed command 
 imported only when its command runs.
 """
 
-from config.cli import run_cli
+from neurcomp.config.cli import run_cli
 
 
 def train() -> int:

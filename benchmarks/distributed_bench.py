@@ -77,13 +77,13 @@ def rss_kib() -> dict:
 # -- workers (run in their own processes) -------------------------------------------------------------
 def worker_throughput(args) -> None:
     """Under torchrun: time the training step; rank 0 writes the result."""
-    from config.options import OptimConfig, ScalingConfig
-    from data.readers import read_volume
-    from model.architecture import Architecture, width_for_ratio
-    from model.neurcomp import Neurcomp
-    from training import distributed
-    from training.sampling import make_sampler
-    from training.trainer import Phase, Trainer
+    from neurcomp.config.options import OptimConfig, ScalingConfig
+    from neurcomp.data.readers import read_volume
+    from neurcomp.model.architecture import Architecture, width_for_ratio
+    from neurcomp.model.neurcomp import Neurcomp
+    from neurcomp.training import distributed
+    from neurcomp.training.sampling import make_sampler
+    from neurcomp.training.trainer import Phase, Trainer
 
     device = distributed.device_for_rank(torch.device(args.device))
     distributed.init_from_env(device)
@@ -126,10 +126,10 @@ def worker_throughput(args) -> None:
 
 def worker_memory(args) -> None:
     """One mode: build the sampler, draw 20 batches, report its memory."""
-    from config.options import ScalingConfig
-    from data.readers import open_volume_lazily
-    from data.readers import read_volume
-    from training.sampling import make_sampler
+    from neurcomp.config.options import ScalingConfig
+    from neurcomp.data.readers import open_volume_lazily
+    from neurcomp.data.readers import read_volume
+    from neurcomp.training.sampling import make_sampler
 
     device = torch.device(args.device)
     stream = args.mode == "bricks"
@@ -170,12 +170,12 @@ def worker_memory(args) -> None:
 
 def worker_largest(args) -> None:
     """CUDA: train with brick streaming on an N^3 memory-mapped volume; peak device memory."""
-    from config.options import OptimConfig, ScalingConfig
-    from data.readers import open_volume_lazily
-    from model.architecture import Architecture
-    from model.neurcomp import Neurcomp
-    from training.sampling import make_sampler
-    from training.trainer import Phase, Trainer
+    from neurcomp.config.options import OptimConfig, ScalingConfig
+    from neurcomp.data.readers import open_volume_lazily
+    from neurcomp.model.architecture import Architecture
+    from neurcomp.model.neurcomp import Neurcomp
+    from neurcomp.training.sampling import make_sampler
+    from neurcomp.training.trainer import Phase, Trainer
 
     device = torch.device(args.device)
     volume = open_volume_lazily(args.volume)

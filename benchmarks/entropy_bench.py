@@ -41,13 +41,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data.metrics import psnr  # noqa: E402
-from data.readers import read_volume  # noqa: E402
-from model.inference import predict_volume  # noqa: E402
-from model.neurcomp import Neurcomp  # noqa: E402
-from quantization.bitpack import packed_size  # noqa: E402
-from quantization.encode import EncoderOptions, encode_network, quantize_network  # noqa: E402
-from quantization.format import DTYPES, index_bytes, parse, parse_header  # noqa: E402
+from neurcomp.data.metrics import psnr  # noqa: E402
+from neurcomp.data.readers import read_volume  # noqa: E402
+from neurcomp.model.inference import predict_volume  # noqa: E402
+from neurcomp.model.neurcomp import Neurcomp  # noqa: E402
+from neurcomp.quantization.bitpack import packed_size  # noqa: E402
+from neurcomp.quantization.encode import EncoderOptions, encode_network, quantize_network  # noqa: E402
+from neurcomp.quantization.format import DTYPES, index_bytes, parse, parse_header  # noqa: E402
 
 DATASETS = Path("..") / "shared" / "datasets"  # relative to the repository root
 VOLUMES = [  # (short name, file, extra training options)
@@ -64,13 +64,13 @@ PSNR_TOLERANCE = 0.005  # dB: "equal PSNR" for (c); at 8 bits (a) is within nois
 def trained_model(name: str, fname: str, ratio: float, work: Path, min_steps: int, extra=()):
     """The network trained by the project's defaults for ``target_file_ratio = ratio`` (8 bits),
     trained once and cached in ``work/<name>_r<ratio>/checkpoint.pt``."""
-    from config.options import parse_config
-    from training.checkpoint import load_model
+    from neurcomp.config.options import parse_config
+    from neurcomp.training.checkpoint import load_model
 
     exp = f"{name}_r{int(ratio)}"
     ckpt = work / exp / "checkpoint.pt"
     if not ckpt.is_file():
-        from training.run import train
+        from neurcomp.training.run import train
 
         cfg = parse_config(["--data", str(ROOT / DATASETS / fname), "--basedir", str(work), "--expname", exp,
                             "--target_file_ratio", str(ratio), "--quant_bits", "8", "--min_steps", str(min_steps),
@@ -213,7 +213,7 @@ def code_symbols(symbols: np.ndarray, k: int, offset: int | None = None, codeboo
 
 
 def best_general(raw: bytes) -> tuple[int, str]:
-    from quantization.coding import COMPRESSIONS, compress
+    from neurcomp.quantization.coding import COMPRESSIONS, compress
 
     sizes = {m: len(compress(raw, m)) for m in COMPRESSIONS}
     m = min(sizes, key=sizes.get)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compressors.sperr import SPERRCodec
-from compressors.sz3 import SZ3Codec
-from compressors.zfp import ZFPCodec
+from neurcomp.compressors.sperr import SPERRCodec
+from neurcomp.compressors.sz3 import SZ3Codec
+from neurcomp.compressors.zfp import ZFPCodec
 
 BOUNDS = (1e-1, 1e-2, 1e-3)
 DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
@@ -57,14 +57,14 @@ def ours(values: np.ndarray, args) -> tuple[dict, float]:
     """rel bound -> (payload, decoded, encode s, decode s), and the training seconds."""
     import tempfile
 
-    from config.options import parse_config
-    from data.writers import write_vti
-    from quantization.bounded import encode_bounded
-    from quantization.decode import decode_volume
-    from quantization.encode import quantize_network
-    from quantization.format import parse
-    from training.checkpoint import load_model
-    from training.run import train
+    from neurcomp.config.options import parse_config
+    from neurcomp.data.writers import write_vti
+    from neurcomp.quantization.bounded import encode_bounded
+    from neurcomp.quantization.decode import decode_volume
+    from neurcomp.quantization.encode import quantize_network
+    from neurcomp.quantization.format import parse
+    from neurcomp.training.checkpoint import load_model
+    from neurcomp.training.run import train
 
     passes = args.steps * 1024 * 16 / values.size
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +89,7 @@ def ours(values: np.ndarray, args) -> tuple[dict, float]:
 
 def region_timing(payload: bytes, shape) -> tuple[float, float]:
     """(full decode s, 32^3 box decode s), each from the bytes."""
-    from compressors import api
+    from neurcomp.compressors import api
 
     t0 = time.perf_counter()
     api.decompress(payload)
@@ -100,7 +100,7 @@ def region_timing(payload: bytes, shape) -> tuple[float, float]:
 
 
 def main(argv=None):
-    from data.readers import read_volume
+    from neurcomp.data.readers import read_volume
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--volumes", nargs="+", required=True, help="names in ../shared/datasets")
@@ -127,7 +127,7 @@ def main(argv=None):
     text = "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
     print(text)
     if args.output:
-        from data.atomic import atomic_write_bytes
+        from neurcomp.data.atomic import atomic_write_bytes
 
         atomic_write_bytes(Path(args.output), text.encode())
 

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from config.cli import run_cli
+from neurcomp.config.cli import run_cli
 
 DEFAULT_LRS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3)
 
@@ -47,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_one(path: str, name: str, ratio: float, lr: str, args, work: Path, mean_start: bool = True) -> dict:
-    from config.options import parse_config
-    from data.readers import read_volume
-    from training import recipe
-    from training import run as run_module
+    from neurcomp.config.options import parse_config
+    from neurcomp.data.readers import read_volume
+    from neurcomp.training import recipe
+    from neurcomp.training import run as run_module
 
     fixed_lr = None
     if lr != "auto" and not args.original_recipe:  # the auto recipe with this lr

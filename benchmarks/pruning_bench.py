@@ -88,8 +88,8 @@ def common_options(path: Path, passes: float, workdir: Path, expname: str) -> li
 def run_one(argv: list[str], prune_residual_width: bool) -> dict:
     import torch
 
-    from config.options import parse_config
-    from training.run import train
+    from neurcomp.config.options import parse_config
+    from neurcomp.training.run import train
 
     torch.set_num_threads(1)
     cfg = parse_config(argv)

@@ -34,16 +34,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data.readers import read_volume  # noqa: E402
-from model.architecture import Architecture, count_parameters  # noqa: E402
-from model.neurcomp import Neurcomp  # noqa: E402
-from quantization.bitpack import packed_size  # noqa: E402
-from quantization.decode import build_model, decode_bytes  # noqa: E402
-from quantization.encode import (EncoderOptions, encode_network, finetune_codebooks,  # noqa: E402
+from neurcomp.data.readers import read_volume  # noqa: E402
+from neurcomp.model.architecture import Architecture, count_parameters  # noqa: E402
+from neurcomp.model.neurcomp import Neurcomp  # noqa: E402
+from neurcomp.quantization.bitpack import packed_size  # noqa: E402
+from neurcomp.quantization.decode import build_model, decode_bytes  # noqa: E402
+from neurcomp.quantization.encode import (EncoderOptions, encode_network, finetune_codebooks,  # noqa: E402
                                  normalized_psnr, quantize_network)
-from quantization.format import CompressedNetwork, TensorCode  # noqa: E402
-from data.volume import VolumeInfo  # noqa: E402
-from training.sampling import VolumeSampler  # noqa: E402
+from neurcomp.quantization.format import CompressedNetwork, TensorCode  # noqa: E402
+from neurcomp.data.volume import VolumeInfo  # noqa: E402
+from neurcomp.training.sampling import VolumeSampler  # noqa: E402
 
 DATASETS = Path("..") / "shared" / "datasets"  # relative to the repository root
 VOLUMES = [  # file, width of the 4-layer residual network, training steps, points per step, bit widths

@@ -21,10 +21,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from compressors import CODECS
+from neurcomp.compressors import CODECS
 from benchmarks.rd_eval import evaluate, gap_table, markdown_table, plot_rd_per_volume, safe_name, write_results
-from config.cli import run_cli
-from config.errors import ConfigError, InputError, NeurcompError
+from neurcomp.config.cli import run_cli
+from neurcomp.config.errors import ConfigError, InputError, NeurcompError
 
 DEFAULT_RATIOS = (50.0, 100.0, 200.0, 400.0, 800.0)
 
@@ -66,7 +66,7 @@ def main(argv=None) -> list[dict]:
 
     from tqdm import tqdm
 
-    from data.readers import read_volume
+    from neurcomp.data.readers import read_volume
 
     records: list[dict] = []
     skipped: list[str] = []

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.metrics import psnr, volume_metrics
+from neurcomp.data.metrics import psnr, volume_metrics
 
 # The markdown table's columns: (header, record key, format).
 TABLE_COLUMNS = (

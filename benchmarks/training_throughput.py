@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config.options import OptimConfig
-from data.readers import read_volume
-from model.architecture import Architecture, width_for_ratio
-from model.neurcomp import Neurcomp
-from data.volume import VolumeInfo
-from training.recipe import steps_for
-from training.session import evaluate
-from training.sampling import VolumeSampler
-from training.trainer import Phase, Trainer
+from neurcomp.config.options import OptimConfig
+from neurcomp.data.readers import read_volume
+from neurcomp.model.architecture import Architecture, width_for_ratio
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.training.recipe import steps_for
+from neurcomp.training.session import evaluate
+from neurcomp.training.sampling import VolumeSampler
+from neurcomp.training.trainer import Phase, Trainer
 
 DATA = Path("..") / "shared" / "datasets"
 # the original research code on this 2-core CPU, batch 1024 x 16, 4 layers, ratio 50 (issue 2)

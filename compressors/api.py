@@ -4,7 +4,7 @@ with ``target_file_ratio`` writing the file), ``quantization.bounded`` for an er
 ``quantization.decode.decode_volume`` for whole volumes, boxes and other resolutions.
 
     import numpy as np
-    from compressors import api
+    from neurcomp.compressors import api
     data = api.compress(values, spacing=(1, 1, 2), ratio=50, max_rel_error=1e-2)
     box = api.decompress(data, region=(0, 32, 0, 32, 0, 32))
     api.read_header(data)["error_bound"]
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from config.errors import InputError
-from data import atomic
-from quantization.decode import decode_volume
-from quantization.format import parse, parse_header
-from quantization.region import make_grid
+from neurcomp.config.errors import InputError
+from neurcomp.data import atomic
+from neurcomp.quantization.decode import decode_volume
+from neurcomp.quantization.format import parse, parse_header
+from neurcomp.quantization.region import make_grid
 
 
 def _bytes(source, what: str = "source") -> tuple[bytes, str]:
@@ -45,9 +45,9 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
     every voxel decodes within that error (corrections are added to the file, which grows).
     ``steps`` > 0 trains that many steps instead of the training defaults (quick trials).
     """
-    from config.options import parse_config
-    from data.writers import write_vti
-    from training.run import train
+    from neurcomp.config.options import parse_config
+    from neurcomp.data.writers import write_vti
+    from neurcomp.training.run import train
 
     values = np.ascontiguousarray(values, dtype=np.float32)
     if values.ndim != 3:
@@ -74,9 +74,9 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
 
 def _quantize(cfg, values: np.ndarray) -> bytes:
     """The trained checkpoint as a file, as NeurcompQuantization.py writes it (plus the bound, if any)."""
-    from quantization.bounded import encode_bounded
-    from quantization.encode import encode_network, quantize_network
-    from training.checkpoint import load_model
+    from neurcomp.quantization.bounded import encode_bounded
+    from neurcomp.quantization.encode import encode_network, quantize_network
+    from neurcomp.training.checkpoint import load_model
 
     model, info, _ = load_model(cfg.experiment_dir / "checkpoint.pt")
     net = quantize_network(model, info, cfg.quant_bits, seed=cfg.seed)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compressors.base import Codec, CodecResult, register_codec
-from config.options import parse_lr
-from model.device import resolve_device
+from neurcomp.compressors.base import Codec, CodecResult, register_codec
+from neurcomp.config.options import parse_lr
+from neurcomp.model.device import resolve_device
 
 
 @register_codec("neurcomp")
@@ -43,8 +43,8 @@ class NeurcompCodec(Codec):
                 "points_per_step": self.batch_size * self.sample_size, "device": self.device}
 
     def _compress_to_ratio(self, values, target_ratio, *, work_dir):
-        from config.options import parse_config
-        from training.run import train
+        from neurcomp.config.options import parse_config
+        from neurcomp.training.run import train
 
         work = Path(work_dir or "benchmarks/results/tmp/neurcomp")
         work.mkdir(parents=True, exist_ok=True)
@@ -83,8 +83,8 @@ class NeurcompCodec(Codec):
         return resolve_device(self.device)
 
     def decompress(self, payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
-        from quantization.decode import decode_bytes
-        from model.inference import predict_volume
+        from neurcomp.quantization.decode import decode_bytes
+        from neurcomp.model.inference import predict_volume
 
         device = self.torch_device()
         model, info, _ = decode_bytes(payload, "<neurcomp payload>")

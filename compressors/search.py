@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from compressors.base import compression_ratio
+from neurcomp.compressors.base import compression_ratio
 
 
 @dataclass

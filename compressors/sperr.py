@@ -45,8 +45,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from compressors.base import Codec, CodecResult, compression_ratio, register_codec
-from compressors.search import Trial, library_version, select_trial, timed
+from neurcomp.compressors.base import Codec, CodecResult, compression_ratio, register_codec
+from neurcomp.compressors.search import Trial, library_version, select_trial, timed
 
 FLOAT32_BITS = 32
 # hdf5plugin packs the rate as round(rate * 2**16) (16 fractional bits) and accepts 0 < rate < 64.

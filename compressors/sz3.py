@@ -17,9 +17,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from compressors.base import Codec, CodecResult, register_codec
-from compressors.search import bound_scale, finite_or_none, library_version, search_log_scale, select_trial, timed
-from data.metrics import volume_metrics
+from neurcomp.compressors.base import Codec, CodecResult, register_codec
+from neurcomp.compressors.search import bound_scale, finite_or_none, library_version, search_log_scale, select_trial, timed
+from neurcomp.data.metrics import volume_metrics
 
 
 @register_codec("sz3")

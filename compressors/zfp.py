@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from compressors.base import Codec, CodecResult, compression_ratio, register_codec
-from compressors.search import bound_scale, library_version, timed
+from neurcomp.compressors.base import Codec, CodecResult, compression_ratio, register_codec
+from neurcomp.compressors.search import bound_scale, library_version, timed
 
 
 @register_codec("zfp")

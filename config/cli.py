@@ -2,7 +2,7 @@
 
 import sys
 
-from config.errors import NeurcompError
+from neurcomp.config.errors import NeurcompError
 
 
 def run_cli(main, argv=None) -> int:

@@ -5,9 +5,9 @@ from the code.
 
 from __future__ import annotations
 
-from config.fields import NOT_IN_ORIGINAL, options_of
-from config.options import NEGATIONS
-from config.schema import sections
+from neurcomp.config.fields import NOT_IN_ORIGINAL, options_of
+from neurcomp.config.options import NEGATIONS
+from neurcomp.config.schema import sections
 
 
 def _cell(value) -> str:

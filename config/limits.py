@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from config.errors import ConfigError
+from neurcomp.config.errors import ConfigError
 
 BYTES = 4  # float32 everywhere in training
 ACTIVATION_COPIES = 3  # forward values, their gradients, and the sine's saved input

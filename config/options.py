@@ -18,10 +18,10 @@ from pathlib import Path
 
 import configargparse
 
-from config.errors import ConfigError
-from config.fields import options_of, parse_bool, parse_lr  # noqa: F401  (public: parse_bool, parse_lr)
-from config.limits import check_memory, resolve_basedir
-from config.schema import (METHOD_OPTIONS, DataConfig, NetworkConfig, NeurcompConfig, OptimConfig,  # noqa: F401
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.fields import options_of, parse_bool, parse_lr  # noqa: F401  (public: parse_bool, parse_lr)
+from neurcomp.config.limits import check_memory, resolve_basedir
+from neurcomp.config.schema import (METHOD_OPTIONS, DataConfig, NetworkConfig, NeurcompConfig, OptimConfig,  # noqa: F401
                            PruningConfig, PruningShared, ScalingConfig, method_option_groups,
                            register_method_options, sections)
 

@@ -43,13 +43,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config.fields import (at_least, between, exactly, non_negative, option, options_of,
+from neurcomp.config.fields import (at_least, between, exactly, non_negative, option, options_of,
                            parse_bool, parse_lr, positive)
 
 
 # pruning methods: technique name -> its options dataclass or None (filled by model.pruning)
 METHOD_OPTIONS: dict[str, type | None] = {}
-OPTION_PROVIDERS = ("model.pruning",)  # modules that register option groups when imported
+OPTION_PROVIDERS = ("neurcomp.model.pruning",)  # modules that register option groups when imported
 
 
 def register_method_options(names, options_cls) -> None:

@@ -14,7 +14,7 @@ import re
 import secrets
 from pathlib import Path
 
-from config.errors import InputError
+from neurcomp.config.errors import InputError
 
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp(\.\w+)?$")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.volume import normalize
+from neurcomp.data.volume import normalize
 
 
 class LazyVolume:

@@ -12,8 +12,8 @@ from xml.sax.saxutils import quoteattr
 import lz4.block
 import numpy as np
 
-from config.errors import NeurcompError
-from data.atomic import atomic_path
+from neurcomp.config.errors import NeurcompError
+from neurcomp.data.atomic import atomic_path
 
 _CVOL_TYPES = {np.dtype("uint8"): 0, np.dtype("uint16"): 1, np.dtype("float32"): 2}
 _LZ4_CHUNK = 65536  # fV-SRN's MAX_CHUNK_SIZE; also LZ4's back-reference window

@@ -6,7 +6,7 @@ from pathlib import Path
 def _marschner_lobb(f_m):
     def generate(shape):
         # Imported on use: `python -m datasets.marschner_lobb` must not find the module pre-imported.
-        from datasets.marschner_lobb import marschner_lobb
+        from neurcomp.datasets.marschner_lobb import marschner_lobb
 
         return marschner_lobb(shape, f_m=f_m)
 
@@ -33,7 +33,7 @@ def ensure_default_volume(path) -> bool:
     entry = GENERATED_VOLUMES.get(path.name)
     if entry is None or path.exists():
         return False
-    from data.writers import write_npy  # late import: data.readers imports this package
+    from neurcomp.data.writers import write_npy  # late import: data.readers imports this package
 
     generator, shape = entry
     write_npy(path, generator(shape))

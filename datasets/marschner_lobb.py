@@ -43,13 +43,13 @@ def main(argv=None) -> None:
         parser.error("--size must be at least 2")
     suffix = "" if args.f_m == F_M else f"f{args.f_m:g}_"
     output = args.output or Path(__file__).resolve().parent / f"marschner_lobb_{suffix}{args.size}.npy"
-    from data.writers import write_volume
+    from neurcomp.data.writers import write_volume
 
     write_volume(output, marschner_lobb(args.size, f_m=args.f_m))
     print(f"wrote {output} ({args.size}^3 float32, f_M = {args.f_m:g})")
 
 
 if __name__ == "__main__":
-    from config.cli import run_cli
+    from neurcomp.config.cli import run_cli
 
     raise SystemExit(run_cli(main))

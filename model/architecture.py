@@ -10,7 +10,7 @@ the residual one has linear maps, and the same parameter count.
 import sys
 from dataclasses import asdict, dataclass
 
-from config.errors import ConfigError
+from neurcomp.config.errors import ConfigError
 
 MIN_WIDTH = 4  # narrower networks cannot represent anything useful
 ORIGINAL_MIN_WIDTH = 15  # the original never goes below this width, even past the budget

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from config.errors import ConfigError
+from neurcomp.config.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.volume import VolumeInfo
+from neurcomp.data.volume import VolumeInfo
 
 CHUNK_POINTS = 1 << 18  # 262k points: one activation of a width-512 network is 512 MB
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.architecture import Architecture
+from neurcomp.model.architecture import Architecture
 
 
 def siren_uniform_(linear: nn.Linear, omega_0: float, is_first: bool) -> None:

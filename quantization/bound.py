@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quantization.coding import COMPRESSIONS, compress, decompress
+from neurcomp.quantization.coding import COMPRESSIONS, compress, decompress
 
 SECTION_LEVEL = 9  # zstd level: measured on 2M corrections, 1 % above lzma at 1/65 of its time
 MARGIN = 0.9  # corrections bring every voxel within MARGIN x the bound

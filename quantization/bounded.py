@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from config.errors import InputError
-from quantization.bound import absolute_bound, corrections_for
-from quantization.decode import decode_volume
-from quantization.encode import encode_network
-from quantization.format import CompressedNetwork, parse, serialize
+from neurcomp.config.errors import InputError
+from neurcomp.quantization.bound import absolute_bound, corrections_for
+from neurcomp.quantization.decode import decode_volume
+from neurcomp.quantization.encode import encode_network
+from neurcomp.quantization.format import CompressedNetwork, parse, serialize
 
 
 def check_bound_option(mode: str, requested: float, option: str) -> None:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from config.errors import ConfigError, InputError
-from config.options import build_parser, config_from_namespace, parse_bool, parse_namespace
-from data import atomic
-from model.device import resolve_device
+from neurcomp.config.errors import ConfigError, InputError
+from neurcomp.config.options import build_parser, config_from_namespace, parse_bool, parse_namespace
+from neurcomp.data import atomic
+from neurcomp.model.device import resolve_device
 
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_SUFFIX = ".ncq"
@@ -28,7 +28,7 @@ DEFAULT_SUFFIX = ".ncq"
 
 def add_quantization_arguments(parser):
     """NeurcompQuantization.py's own options (``--quant_bits`` is in the shared parser)."""
-    from quantization.encode import EncoderOptions
+    from neurcomp.quantization.encode import EncoderOptions
 
     d = EncoderOptions()
     g = parser.add_argument_group("compressed file")
@@ -67,7 +67,7 @@ def add_dequantization_arguments(parser):
 
 
 def _read_volume(path, cfg):
-    from data.readers import read_volume
+    from neurcomp.data.readers import read_volume
 
     d = cfg.data
     return read_volume(path, data_key=d.data_key or None, raw_shape=d.raw_shape, raw_dtype=d.raw_dtype or None,
@@ -96,17 +96,17 @@ def itemsize(dtype_name: str) -> int:
 
 
 def stored_compression(data: bytes) -> str:
-    from quantization.format import parse
+    from neurcomp.quantization.format import parse
 
     return parse(data).settings.compression
 
 
 def dequantize_main(argv=None, parser=None) -> dict:
     """Decode a compressed file, reconstruct the volume, write it, and compare with ground truth."""
-    from data.metrics import volume_metrics
-    from data.writers import write_volume, write_vti
-    from quantization.decode import decode_volume, read_file
-    from quantization.region import make_grid
+    from neurcomp.data.metrics import volume_metrics
+    from neurcomp.data.writers import write_volume, write_vti
+    from neurcomp.quantization.decode import decode_volume, read_file
+    from neurcomp.quantization.region import make_grid
 
     if parser is None:
         parser = add_dequantization_arguments(build_parser("Decode a compressed Neurcomp file into a volume"))

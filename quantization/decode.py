@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from config.errors import InputError
-from data.volume import VolumeInfo
-from model.neurcomp import Neurcomp
-from quantization import bound as error_bound
-from quantization.encode import load_into
-from quantization.format import CompressedNetwork, parse
-from quantization.region import Grid, geometry, make_grid, predict_grid
+from neurcomp.config.errors import InputError
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.quantization import bound as error_bound
+from neurcomp.quantization.encode import load_into
+from neurcomp.quantization.format import CompressedNetwork, parse
+from neurcomp.quantization.region import Grid, geometry, make_grid, predict_grid
 
 
 def build_model(net: CompressedNetwork) -> Neurcomp:
@@ -46,7 +46,7 @@ def decode_volume(net: CompressedNetwork, grid: Grid | None = None, device=None,
                   progress: bool = False) -> tuple[np.ndarray, tuple, tuple]:
     """(values (Z, Y, X) float32 in physical units, spacing, origin) of ``grid`` (default: the whole
     volume); corrections are applied on the file's own grid (native resolution), so the bound holds."""
-    from model.inference import predict_volume
+    from neurcomp.model.inference import predict_volume
 
     info = net.volume
     grid = grid or make_grid(info.shape)

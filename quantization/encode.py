@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from config.errors import InputError
-from data.volume import VolumeInfo
-from model.neurcomp import Neurcomp
-from quantization import entropy
-from quantization.bitpack import packed_size
-from quantization.format import (BIAS_MODES, COMPRESSIONS, DTYPES, CompressedNetwork, QuantSettings, TensorCode,
+from neurcomp.config.errors import InputError
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.quantization import entropy
+from neurcomp.quantization.bitpack import packed_size
+from neurcomp.quantization.format import (BIAS_MODES, COMPRESSIONS, DTYPES, CompressedNetwork, QuantSettings, TensorCode,
                                  compress, raw_payload, serialize, volume_problem)
-from quantization.kmeans import MAX_ITERS, assign, kmeans_1d
+from neurcomp.quantization.kmeans import MAX_ITERS, assign, kmeans_1d
 
 FLOAT16_MAX = 65504.0
 QUANTIZERS = ("kmeans", "uniform", "auto")
@@ -251,9 +251,9 @@ def normalized_psnr(model: nn.Module, reference) -> float:
     comes to the host and the error is summed there in float64, one slab at a time: no float64
     copy of the volume, and nothing but the network on the device.
     """
-    from data.metrics import psnr
-    from data.volume import normalize, z_slabs
-    from model.inference import predict_volume
+    from neurcomp.data.metrics import psnr
+    from neurcomp.data.volume import normalize, z_slabs
+    from neurcomp.model.inference import predict_volume
 
     if hasattr(reference, "vmin"):  # a volume in physical units
         lo, hi = reference.vmin, reference.vmax

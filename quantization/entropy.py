@@ -26,7 +26,7 @@ import struct
 
 import numpy as np
 
-from config.errors import InputError
+from neurcomp.config.errors import InputError
 
 _DATA = struct.Struct("<fiIdI")  # step, qmin, centre c, theta, number of 32-bit ANS words
 MODELS = ("geometric", "gaussian")

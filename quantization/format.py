@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from config.errors import InputError
-from config.limits import machine_memory
-from data.volume import VolumeInfo
-from model.architecture import Architecture
-from quantization import bound as error_bound
-from quantization import entropy
-from quantization.bitpack import pack_bits, packed_size, unpack_bits
-from quantization.coding import COMPRESSIONS, compress, decompress  # noqa: F401  (re-exported)
+from neurcomp.config.errors import InputError
+from neurcomp.config.limits import machine_memory
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.architecture import Architecture
+from neurcomp.quantization import bound as error_bound
+from neurcomp.quantization import entropy
+from neurcomp.quantization.bitpack import pack_bits, packed_size, unpack_bits
+from neurcomp.quantization.coding import COMPRESSIONS, compress, decompress  # noqa: F401  (re-exported)
 
 MAGIC = b"\x89NCQ\r\n\x1a\n"
 FORMAT_VERSION = 1  # files without an error bound; 2 adds the bound record and correction section

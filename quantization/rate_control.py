@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from model.architecture import MIN_WIDTH, Architecture, hidden_layers
-from quantization.bitpack import packed_size
-from quantization.encode import EncoderOptions, encode_network, quantize_network, quantize_tensor
+from neurcomp.model.architecture import MIN_WIDTH, Architecture, hidden_layers
+from neurcomp.quantization.bitpack import packed_size
+from neurcomp.quantization.encode import EncoderOptions, encode_network, quantize_network, quantize_tensor
 
 HEADER_BYTES = 160  # fixed header, architecture, volume and settings records, checksums (FORMAT.md)
 TENSOR_RECORD_BYTES = 12
@@ -59,7 +59,7 @@ def architecture_for_file_bytes(target_bytes: float, n_layers: int, bits: int, r
     """The largest network whose predicted file fits ``target_bytes`` (uneven last widths fill the rest).
 
     A plain network has ``2 n_layers - 1`` hidden layers, as one sized by ``compression_ratio``."""
-    from config.errors import ConfigError
+    from neurcomp.config.errors import ConfigError
 
     n_layers = hidden_layers(n_layers, residual)
     def arch(widths):
@@ -98,9 +98,9 @@ def measured_architecture(target_bytes: float, n_layers: int, bits: int, residua
     entropy coder's gain on trained weights remains predicted)."""
     import torch
 
-    from model.neurcomp import Neurcomp
-    from quantization.encode import encode_model
-    from data.volume import VolumeInfo
+    from neurcomp.model.neurcomp import Neurcomp
+    from neurcomp.quantization.encode import encode_model
+    from neurcomp.data.volume import VolumeInfo
 
     dummy = VolumeInfo(shape=(2, 2, 2), spacing=(1.0, 1.0, 1.0), vmin=0.0, vmax=1.0)
     budget, best = target_bytes, None

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from config.errors import InputError
-from config.limits import machine_memory
-from data.volume import VolumeInfo
-from model.inference import CHUNK_POINTS, axis, flat_coordinates, use_full_float32
+from neurcomp.config.errors import InputError
+from neurcomp.config.limits import machine_memory
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.inference import CHUNK_POINTS, axis, flat_coordinates, use_full_float32
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (x0, x1), (y0, y1), (z0, z1), half-open
 

@@ -13,12 +13,12 @@ import os
 import sys
 from pathlib import Path
 
-from config.errors import ConfigError, NeurcompError
-from search.reports import write_outputs
-from search.runner import TrialResult, TrialRunner, sharing_note, visible_gpus
-from search.space import SearchSpace, check_against_config, format_value, load_search_space
-from search.state import AX_STATE, SEARCH_STATE, SearchState, save, sha256
-from search.tracking import start_tracking
+from neurcomp.config.errors import ConfigError, NeurcompError
+from neurcomp.search.reports import write_outputs
+from neurcomp.search.runner import TrialResult, TrialRunner, sharing_note, visible_gpus
+from neurcomp.search.space import SearchSpace, check_against_config, format_value, load_search_space
+from neurcomp.search.state import AX_STATE, SEARCH_STATE, SearchState, save, sha256
+from neurcomp.search.tracking import start_tracking
 
 OBJECTIVES = ("psnr", "compression_ratio")
 INSTALL_HINT = "pip install -r requirements-search.txt"
@@ -142,7 +142,7 @@ def describe(result: TrialResult) -> str:
 
 def run_search(args, buckets: list[float]) -> dict:
     """The search ``args`` (checked by ``search.cli``) ask for; resumes one found in ``--output_dir``."""
-    from config.options import parse_config
+    from neurcomp.config.options import parse_config
 
     space = load_search_space(args.search_space)
     check_against_config(space, args.config)

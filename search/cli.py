@@ -24,8 +24,8 @@ import math
 import signal
 from pathlib import Path
 
-from config.errors import ConfigError
-from search.ax_loop import run_search
+from neurcomp.config.errors import ConfigError
+from neurcomp.search.ax_loop import run_search
 
 DEFAULT_BUCKETS = (10, 20, 50, 100, 200, 500, 1000)
 

@@ -8,8 +8,8 @@ import json
 import math
 from pathlib import Path
 
-from search.space import SearchSpace, overrides
-from search.state import SearchState, atomic_path, atomic_write
+from neurcomp.search.space import SearchSpace, overrides
+from neurcomp.search.state import SearchState, atomic_path, atomic_write
 
 
 def pareto_front(records: dict[int, dict], thresholds: dict) -> list[int]:
@@ -91,7 +91,7 @@ def write_pareto_png(path: Path, records: dict[int, dict], front: list[int], thr
 
 def best_config_text(base_config: str, fixed: dict, parameters: dict, expname: str, header: str) -> str:
     """A complete config file: the base config with the trial's settings, for NeurcompTraining.py."""
-    from config.options import build_parser, config_from_namespace, format_config_file, parse_namespace
+    from neurcomp.config.options import build_parser, config_from_namespace, format_config_file, parse_namespace
 
     cfg = config_from_namespace(parse_namespace(build_parser(), ["--config", base_config, *overrides(fixed),
                                                                  *overrides(parameters)]))

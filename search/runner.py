@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.space import overrides
+from neurcomp.search.space import overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_SCRIPT = REPO / "NeurcompTraining.py"

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config.errors import ConfigError
-from config.options import parse_bool, parse_lr
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.options import parse_bool, parse_lr
 
 PARAMETER_TYPES = ("range", "choice", "fixed")
 VALUE_TYPES = ("int", "float", "str", "bool")
@@ -162,7 +162,7 @@ def _reject_constant(name):
 def load_search_space(path, parser=None) -> SearchSpace:
     """Read and validate a search-space file; every problem is a one-line ConfigError naming the file."""
     if parser is None:
-        from config.options import build_parser
+        from neurcomp.config.options import build_parser
 
         parser = build_parser()
     path = str(path)
@@ -305,7 +305,7 @@ def check_against_config(space: SearchSpace, base_config: str, parser_factory=No
     Catches values the training options reject (a momentum of 2, a negative rate...) before any trial
     runs. Combinations are not tried: the extremes of each parameter are checked one at a time.
     """
-    from config.options import build_parser, parse_config
+    from neurcomp.config.options import build_parser, parse_config
 
     parser_factory = parser_factory or build_parser
     base = ["--config", str(base_config)]

@@ -11,9 +11,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from data.atomic import atomic_path
-from data.atomic import atomic_write_text as atomic_write
-from search.runner import TrialResult
+from neurcomp.data.atomic import atomic_path
+from neurcomp.data.atomic import atomic_write_text as atomic_write
+from neurcomp.search.runner import TrialResult
 
 AX_STATE = "ax_state.json"
 SEARCH_STATE = "search.json"

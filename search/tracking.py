@@ -7,8 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from search.runner import TrialResult
-from training.tracking import mlflow_target
+from neurcomp.search.runner import TrialResult
+from neurcomp.training.tracking import mlflow_target
 
 
 class SearchTracking:

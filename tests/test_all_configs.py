@@ -16,11 +16,11 @@ import configargparse
 import numpy as np
 import pytest
 
-from config.options import parse_config
-from model.architecture import build_architecture, count_parameters
-from model.pruning import build_pruning
+from neurcomp.config.options import parse_config
+from neurcomp.model.architecture import build_architecture, count_parameters
+from neurcomp.model.pruning import build_pruning
 from tests.conftest import REPO
-from training.run import train
+from neurcomp.training.run import train
 
 SHIPPED_DIR = REPO / "experiment-config-files"
 ORIGINAL_DIR = REPO / ".." / "shared" / "original" / "experiment-config-files"

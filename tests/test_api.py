@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compressors import api
-from config.errors import InputError
+from neurcomp.compressors import api
+from neurcomp.config.errors import InputError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -28,11 +28,11 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
 def test_header_and_decoding_from_bytes_and_files(tmp_path):
     import torch
 
-    from data.volume import VolumeInfo
-    from model.architecture import Architecture
-    from model.neurcomp import Neurcomp
-    from quantization.bounded import encode_bounded
-    from quantization.encode import EncoderOptions, quantize_network
+    from neurcomp.data.volume import VolumeInfo
+    from neurcomp.model.architecture import Architecture
+    from neurcomp.model.neurcomp import Neurcomp
+    from neurcomp.quantization.bounded import encode_bounded
+    from neurcomp.quantization.encode import EncoderOptions, quantize_network
 
     values = np.random.default_rng(0).normal(size=(5, 6, 7)).astype(np.float32)
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from data import atomic
-from data.atomic import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from neurcomp.data import atomic
+from neurcomp.data.atomic import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 
 
 def test_write_replaces_and_leaves_only_the_file(tmp_path):

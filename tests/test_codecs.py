@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compressors import CODECS, Codec, CodecResult, get_codec, register_codec
-from compressors import base as codecs_module
-from compressors.sz3 import SZ3Codec
-from compressors.zfp import ZFPCodec
+from neurcomp.compressors import CODECS, Codec, CodecResult, get_codec, register_codec
+from neurcomp.compressors import base as codecs_module
+from neurcomp.compressors.sz3 import SZ3Codec
+from neurcomp.compressors.zfp import ZFPCodec
 from benchmarks.rd_eval import evaluate, markdown_table, plot_rd, plot_rd_per_volume, write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def _load_nucleon() -> np.ndarray:
     if not NUCLEON.exists():
         pytest.skip(f"{NUCLEON} is absent (the shared datasets folder is not next to the repository)")
     try:
-        from data.readers import read_volume
+        from neurcomp.data.readers import read_volume
     except ImportError:  # the reader module is optional for these tests
         return np.fromfile(NUCLEON, dtype=np.uint8).reshape(41, 41, 41).astype(np.float32)
     return read_volume(NUCLEON).values
@@ -191,7 +191,7 @@ def test_writers(tmp_path):
 def test_cli_writes_json_md_png(tmp_path, capsys):
     if not NUCLEON.exists():
         pytest.skip(f"{NUCLEON} is absent")
-    pytest.importorskip("data.readers", reason="data/readers.py (read_volume) is not in this checkout yet")
+    pytest.importorskip("neurcomp.data.readers", reason="data/readers.py (read_volume) is not in this checkout yet")
     from benchmarks.rate_distortion import main
 
     out = tmp_path / "rd"

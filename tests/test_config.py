@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import ConfigError
-from config.options import build_parser, format_config_file, parse_config
-from model.pruning.smallify import SmallifyOptions
-from model.pruning.variational import VariationalOptions
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.options import build_parser, format_config_file, parse_config
+from neurcomp.model.pruning.smallify import SmallifyOptions
+from neurcomp.model.pruning.variational import VariationalOptions
 from tests.conftest import run_script
 
 ORIGINAL_CONFIG = """\
@@ -130,8 +130,8 @@ DOCUMENTED_DEVIATIONS = {"expname", "data", "basedir", "lr", "binary_threshold",
 
 
 def all_options():
-    from config.fields import options_of
-    from config.schema import sections
+    from neurcomp.config.fields import options_of
+    from neurcomp.config.schema import sections
 
     return {opt.name: opt for cls, _ in sections() for _, opt in options_of(cls)}
 
@@ -174,7 +174,7 @@ def original_config(name):
 
 
 def test_variational_original_config_without_variational_keys_gets_the_originals_defaults(tiny_volume):
-    from model.pruning import build_pruning
+    from neurcomp.model.pruning import build_pruning
 
     cfg = parse_config(["--config", str(original_config("mhd_p_basic.txt")), "--data", str(tiny_volume)])
     assert cfg.pruning.technique == "variational" and cfg.basedir == "experiments/Tests/mhd_p"
@@ -192,8 +192,8 @@ def test_every_original_config_parses(tiny_volume):
 
 
 def test_pruning_threshold_sets_the_chosen_methods_threshold(tmp_path):
-    from model.pruning import build_pruning
-    from model.pruning.binary import BinaryOptions
+    from neurcomp.model.pruning import build_pruning
+    from neurcomp.model.pruning.binary import BinaryOptions
 
     assert parse_config(["--dropout_technique", "binary"]).pruning.options(BinaryOptions).threshold == 0.5
     cfg = parse_config(["--config", str(write(tmp_path, "dropout_technique = binary\npruning_threshold = 0.7\n"))])
@@ -210,10 +210,10 @@ def test_pruning_threshold_sets_the_chosen_methods_threshold(tmp_path):
 def test_a_new_pruning_method_brings_its_options():
     from dataclasses import dataclass
 
-    from config.fields import option
-    from config.schema import METHOD_OPTIONS
-    from model.pruning import PRUNING_METHODS, build_pruning, register_pruning
-    from model.pruning.base import PruningMethod
+    from neurcomp.config.fields import option
+    from neurcomp.config.schema import METHOD_OPTIONS
+    from neurcomp.model.pruning import PRUNING_METHODS, build_pruning, register_pruning
+    from neurcomp.model.pruning.base import PruningMethod
 
     @dataclass
     class MagnitudeOptions:
@@ -277,8 +277,8 @@ def test_config_txt_reads_in_the_original_helper_and_back(tmp_path):
 def test_help_shows_the_scripts_own_options_first_and_each_default_once():
     import re
 
-    from quantization.cli import add_quantization_arguments
-    from training.visualize import build_visualization_parser
+    from neurcomp.quantization.cli import add_quantization_arguments
+    from neurcomp.training.visualize import build_visualization_parser
 
     for parser, own in ((add_quantization_arguments(build_parser("q")), "--filename"),
                         (build_visualization_parser(), "--resolution")):
@@ -291,7 +291,7 @@ def test_help_shows_the_scripts_own_options_first_and_each_default_once():
 
 
 def test_readme_option_table_is_generated_from_the_code():
-    from config.docs import options_markdown, readme_block
+    from neurcomp.config.docs import options_markdown, readme_block
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert readme_block(readme) == options_markdown(), "regenerate: python -m config.docs"

@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from config.errors import InputError, NeurcompError
-from data.readers import read_volume
-from data.writers import write_cvol, write_npy, write_raw
+from neurcomp.config.errors import InputError, NeurcompError
+from neurcomp.data.readers import read_volume
+from neurcomp.data.writers import write_cvol, write_npy, write_raw
 
 
 def expect_error(path, match, **kwargs) -> str:
@@ -109,7 +109,7 @@ def test_not_a_cvol(tmp_path):
 
 
 def test_vti_unknown_array(tmp_path):
-    from data.writers import write_vti
+    from neurcomp.data.writers import write_vti
 
     write_vti(tmp_path / "v.vti", ramp((2, 3, 4)), spacing=(1, 1, 1))
     expect_error(tmp_path / "v.vti", "no point data array 'rho'; arrays: value", data_key="rho")
@@ -122,7 +122,7 @@ def test_writer_refuses_values_outside_the_dtype(tmp_path):
 
 
 def test_truncated_vti(tmp_path):
-    from data.writers import write_vti
+    from neurcomp.data.writers import write_vti
 
     path = tmp_path / "cut.vti"
     write_vti(path, ramp((4, 5, 6)), spacing=(1, 1, 1))

@@ -9,10 +9,10 @@ import lz4.block
 import numpy as np
 import pytest
 
-from config.errors import InputError
-from data.readers import open_volume_lazily, read_volume
-from data.volume import Volume, denormalize, normalize
-from data.writers import write_cvol, write_npy, write_raw, write_volume, write_vti
+from neurcomp.config.errors import InputError
+from neurcomp.data.readers import open_volume_lazily, read_volume
+from neurcomp.data.volume import Volume, denormalize, normalize
+from neurcomp.data.writers import write_cvol, write_npy, write_raw, write_volume, write_vti
 
 DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 
@@ -391,7 +391,7 @@ def test_denormalize_rounds_once_from_float64():
     """One denormalize (data.volume) for arrays, tensors and VolumeInfo: float64 math, one rounding."""
     import torch
 
-    from data.volume import VolumeInfo
+    from neurcomp.data.volume import VolumeInfo
 
     x = np.random.default_rng(13).uniform(-1, 1, 10000).astype(np.float32)
     lo, hi = 1000.1, 1003.7

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.readers import read_volume
-from datasets import DEFAULT_VOLUME, GENERATED_VOLUMES, ensure_default_volume
-from datasets.marschner_lobb import marschner_lobb
+from neurcomp.data.readers import read_volume
+from neurcomp.datasets import DEFAULT_VOLUME, GENERATED_VOLUMES, ensure_default_volume
+from neurcomp.datasets.marschner_lobb import marschner_lobb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,8 +50,8 @@ def test_ensure_generates_once(tmp_path):
 
 
 def test_training_loader_generates_missing_default(tmp_path):
-    from config.options import parse_config
-    from training.session import load_training_volume
+    from neurcomp.config.options import parse_config
+    from neurcomp.training.session import load_training_volume
 
     volume = load_training_volume(parse_config(["--data", str(tmp_path / "sub" / "marschner_lobb_64.npy")]))
     assert volume.shape == (64, 64, 64) and volume.source_dtype == "float32"
@@ -61,7 +61,7 @@ def test_training_loader_generates_missing_default(tmp_path):
 def test_cli(tmp_path):
     output = tmp_path / "ml_8.npy"
     result = subprocess.run(
-        [sys.executable, "-m", "datasets.marschner_lobb", "--size", "8", "--output", str(output)],
+        [sys.executable, "-m", "neurcomp.datasets.marschner_lobb", "--size", "8", "--output", str(output)],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from config.options import parse_config
+from neurcomp.config.options import parse_config
 from tests.conftest import REPO, run_two_gloo_ranks
-from training.checkpoint import load_model, read_checkpoint
-from training.distributed import DEBUG_DIR_ENV, local_points, rank_seed, state_hash
-from training.run import train
+from neurcomp.training.checkpoint import load_model, read_checkpoint
+from neurcomp.training.distributed import DEBUG_DIR_ENV, local_points, rank_seed, state_hash
+from neurcomp.training.run import train
 
 OUTPUT_FILES = {"checkpoint.pt", "config.txt", "info.json", "info.txt", "ground_truth.vti", "prediction.vti",
                 "error.vti", "slices.png"}
@@ -132,13 +132,13 @@ def _worker(rank: int, store: str, results: str) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    from config.options import OptimConfig, PruningConfig
-    from model.architecture import Architecture
-    from model.neurcomp import Neurcomp
-    from model.pruning import PrunableNeurcomp, build_pruning
-    from training import distributed
-    from model.inference import predict_volume
-    from training.trainer import Phase, Trainer
+    from neurcomp.config.options import OptimConfig, PruningConfig
+    from neurcomp.model.architecture import Architecture
+    from neurcomp.model.neurcomp import Neurcomp
+    from neurcomp.model.pruning import PrunableNeurcomp, build_pruning
+    from neurcomp.training import distributed
+    from neurcomp.model.inference import predict_volume
+    from neurcomp.training.trainer import Phase, Trainer
 
     out = {}
     out["objects"] = [distributed.broadcast_object({"rank": rank})["rank"], distributed.all_gather_object(rank)]

@@ -19,14 +19,14 @@ sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("constriction")
 
-from config.errors import InputError  # noqa: E402
-from data.volume import VolumeInfo  # noqa: E402
-from model.architecture import Architecture  # noqa: E402
-from model.neurcomp import Neurcomp  # noqa: E402
-from quantization import entropy  # noqa: E402
-from quantization.decode import decode_bytes  # noqa: E402
-from quantization.encode import EncoderOptions, encode_model, encode_network, quantize_network  # noqa: E402
-from quantization.format import _TENSOR, FLAG_UNIFORM, parse  # noqa: E402
+from neurcomp.config.errors import InputError  # noqa: E402
+from neurcomp.data.volume import VolumeInfo  # noqa: E402
+from neurcomp.model.architecture import Architecture  # noqa: E402
+from neurcomp.model.neurcomp import Neurcomp  # noqa: E402
+from neurcomp.quantization import entropy  # noqa: E402
+from neurcomp.quantization.decode import decode_bytes  # noqa: E402
+from neurcomp.quantization.encode import EncoderOptions, encode_model, encode_network, quantize_network  # noqa: E402
+from neurcomp.quantization.format import _TENSOR, FLAG_UNIFORM, parse  # noqa: E402
 
 INFO = VolumeInfo(shape=(5, 6, 7), spacing=(1.0, 1.0, 2.0), vmin=-3.0, vmax=4.5)
 
@@ -168,7 +168,7 @@ def test_unknown_flags_and_bad_uniform_fields_are_refused():
 
 
 def test_trained_network_file_is_smaller_with_the_default_quantizer():
-    from datasets.marschner_lobb import marschner_lobb
+    from neurcomp.datasets.marschner_lobb import marschner_lobb
 
     torch.manual_seed(0)
     values = torch.from_numpy(marschner_lobb((24, 24, 24)).astype(np.float32))

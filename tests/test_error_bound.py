@@ -11,19 +11,19 @@ import pytest
 import torch
 
 from conftest import shared_volume
-from config.cli import run_cli
-from config.errors import InputError
-from data.readers import read_volume
-from data.volume import VolumeInfo
-from model.architecture import Architecture
-from model.neurcomp import Neurcomp
-from quantization import bound as error_bound
-from quantization.bounded import encode_bounded, max_error
-from quantization.decode import decode_volume
-from quantization.encode import EncoderOptions, quantize_network
-from quantization.format import parse, serialize
-from quantization.region import make_grid, predict_grid
-from training.checkpoint import save_checkpoint
+from neurcomp.config.cli import run_cli
+from neurcomp.config.errors import InputError
+from neurcomp.data.readers import read_volume
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.architecture import Architecture
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.quantization import bound as error_bound
+from neurcomp.quantization.bounded import encode_bounded, max_error
+from neurcomp.quantization.decode import decode_volume
+from neurcomp.quantization.encode import EncoderOptions, quantize_network
+from neurcomp.quantization.format import parse, serialize
+from neurcomp.quantization.region import make_grid, predict_grid
+from neurcomp.training.checkpoint import save_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,7 +78,7 @@ def test_bound_survives_different_inference_chunking():
     data, _ = encode_bounded(net, values, "rel", 1e-3)
     f = parse(data)
     grid = make_grid(values.shape)
-    from quantization.decode import build_model
+    from neurcomp.quantization.decode import build_model
 
     other = predict_grid(build_model(f), f.volume, grid, chunk_points=777)
     error_bound.apply(f.bound, other, values.shape)

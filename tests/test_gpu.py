@@ -24,19 +24,19 @@ import numpy as np
 import pytest
 import torch
 
-from config.options import OptimConfig, PruningConfig, parse_config
-from data.volume import Volume
-from model.architecture import Architecture
-from model.neurcomp import Neurcomp
+from neurcomp.config.options import OptimConfig, PruningConfig, parse_config
+from neurcomp.data.volume import Volume
+from neurcomp.model.architecture import Architecture
+from neurcomp.model.neurcomp import Neurcomp
 from tests.conftest import REPO
-from training import distributed, precision
-from data.volume import VolumeInfo
-from training.checkpoint import read_checkpoint
-from model.inference import predict_volume
-from training.run import train
-from training.session import evaluate
-from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler
-from training.trainer import Phase, Trainer
+from neurcomp.training import distributed, precision
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.training.checkpoint import read_checkpoint
+from neurcomp.model.inference import predict_volume
+from neurcomp.training.run import train
+from neurcomp.training.session import evaluate
+from neurcomp.training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler
+from neurcomp.training.trainer import Phase, Trainer
 
 DEVICE = torch.device(os.environ.get("NEURCOMP_GPU_CHECK_DEVICE", "cuda"))
 DRY = DEVICE.type == "cpu"  # a dry run of the test code on the CPU
@@ -220,8 +220,8 @@ def step_milliseconds(trainer: Trainer, steps: int) -> float:
 
 
 def test_pruning_runs_on_the_device_without_host_syncs(tmp_path, volume_file):
-    from model.pruning import PrunableNeurcomp, build_pruning
-    from training.phases import PruningTrainer
+    from neurcomp.model.pruning import PrunableNeurcomp, build_pruning
+    from neurcomp.training.phases import PruningTrainer
 
     values = Volume(smooth(32)).normalized()
     arch = Architecture.uniform(128, 4)
@@ -266,7 +266,7 @@ def test_pruning_runs_on_the_device_without_host_syncs(tmp_path, volume_file):
 # -- quantization --------------------------------------------------------------------------------------
 def test_quantization_with_fine_tuning_and_decoding_on_the_device(tmp_path, volume_file, capsys):
     from NeurcompQuantization import quantize_main
-    from quantization.cli import dequantize_main
+    from neurcomp.quantization.cli import dequantize_main
 
     train(parse_config(write_config(tmp_path, volume_file, "quant")), progress=False)
     config = tmp_path / "exp" / "quant" / "config.txt"
@@ -377,7 +377,7 @@ def torchrun(args: list[str], nproc: int = 2, timeout: int = 300, debug_dir=None
 @two_gpus
 @pytest.mark.parametrize("backend", ["nccl", "gloo"])
 def test_two_gpus_stay_in_sync_and_split_the_evaluation(tmp_path, volume_file, backend):
-    from training.checkpoint import load_model
+    from neurcomp.training.checkpoint import load_model
 
     args = write_config(tmp_path, volume_file, backend, dist_backend=backend, compile="on")
     proc = torchrun(args, debug_dir=tmp_path / "debug")

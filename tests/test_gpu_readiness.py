@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from config.errors import ConfigError
-from config.options import OptimConfig, PruningConfig, parse_config
-from model.architecture import Architecture
-from model.neurcomp import Neurcomp
-from training import distributed, precision, speed
-from data.volume import VolumeInfo
-from training.checkpoint import atomic_torch_save, read_checkpoint
-from model.inference import grid_coordinates, predict_volume
-from model.random_state import RESEED_STRIDE
-from training.portable_state import load_optimizer_state
-from training.run import train
-from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler
-from training.trainer import Phase, Trainer
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.options import OptimConfig, PruningConfig, parse_config
+from neurcomp.model.architecture import Architecture
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.training import distributed, precision, speed
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.training.checkpoint import atomic_torch_save, read_checkpoint
+from neurcomp.model.inference import grid_coordinates, predict_volume
+from neurcomp.model.random_state import RESEED_STRIDE
+from neurcomp.training.portable_state import load_optimizer_state
+from neurcomp.training.run import train
+from neurcomp.training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler
+from neurcomp.training.trainer import Phase, Trainer
 from tests.conftest import run_two_gloo_ranks
 
 CUDA_STATE = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state: Philox seed and offset
@@ -214,7 +214,7 @@ class HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
 
 @pytest.mark.parametrize("technique", ["binary", "smallify", "variational_dynamic"])
 def test_a_pruning_step_never_reads_a_value_on_the_host(technique):
-    from model.pruning import PrunableNeurcomp, build_pruning
+    from neurcomp.model.pruning import PrunableNeurcomp, build_pruning
 
     cfg = PruningConfig(technique=technique, lambda_betas=1e-3, threshold=0.5 if technique == "binary" else 0.9)
     gated = PrunableNeurcomp(Architecture.uniform(8, 3), build_pruning(technique, cfg, dataset_size=1000))
@@ -281,8 +281,8 @@ def test_codebook_finetuning_uses_the_configured_sampler(tmp_path):
 
 
 def test_normalized_psnr_is_the_same_from_a_volume_or_its_normalised_grid():
-    from data.volume import Volume
-    from quantization.encode import normalized_psnr
+    from neurcomp.data.volume import Volume
+    from neurcomp.quantization.encode import normalized_psnr
 
     torch.manual_seed(0)
     model = Neurcomp(Architecture.uniform(8, 2))
@@ -318,8 +318,8 @@ def _ranks_worker(rank: int, store: str, results: str) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    from model.pruning import PrunableNeurcomp, build_pruning
-    from training.phases import noise_states
+    from neurcomp.model.pruning import PrunableNeurcomp, build_pruning
+    from neurcomp.training.phases import noise_states
 
     out = {"gather_device": str(distributed.collective_device(torch.device("cuda", 0)))}
 
@@ -381,9 +381,9 @@ def test_two_ranks_stop_together_keep_their_own_noise_and_gather_on_the_cpu(tmp_
 
 # -- 11. the rate-distortion benchmark decodes on the codec's device ------------------------------------
 def test_the_codec_decodes_on_its_own_device(monkeypatch):
-    import model.inference as inference
-    from compressors.neurcomp import NeurcompCodec
-    from quantization.encode import encode_model
+    import neurcomp.model.inference as inference
+    from neurcomp.compressors.neurcomp import NeurcompCodec
+    from neurcomp.quantization.encode import encode_model
 
     torch.manual_seed(0)
     model = Neurcomp(Architecture.uniform(8, 2))
@@ -405,7 +405,7 @@ def test_the_codec_decodes_on_its_own_device(monkeypatch):
 
 # -- 14. parallel trials on fewer GPUs -----------------------------------------------------------------
 def test_parallel_trials_sharing_a_gpu_are_announced_and_labelled(monkeypatch):
-    from search.runner import device_label, sharing_note, visible_gpus
+    from neurcomp.search.runner import device_label, sharing_note, visible_gpus
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

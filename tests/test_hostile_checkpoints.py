@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from config.cli import run_cli
-from config.options import parse_config
-from training.run import train
+from neurcomp.config.cli import run_cli
+from neurcomp.config.options import parse_config
+from neurcomp.training.run import train
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import h5py
 import numpy as np
 import pytest
 
-from config.errors import InputError
-from data.readers import open_volume_lazily, read_volume
-from data.writers import write_cvol, write_npy, write_raw, write_vti
+from neurcomp.config.errors import InputError
+from neurcomp.data.readers import open_volume_lazily, read_volume
+from neurcomp.data.writers import write_cvol, write_npy, write_raw, write_vti
 
 SHAPE = (6, 7, 8)  # (Z, Y, X)
 SPACING = b'Spacing="1.0 1.0 1.0 "'  # as data.writers.write_vti writes it
@@ -206,7 +206,7 @@ def training_argv(tmp_path, volume, expname="hostile") -> list:
 
 def test_training_entry_script_reports_one_line(tmp_path, capsys):
     """Through config.cli.run_cli, exactly what `python NeurcompTraining.py` runs (in-process: fast)."""
-    from config.cli import run_cli
+    from neurcomp.config.cli import run_cli
     from NeurcompTraining import main
 
     cases = crafted(tmp_path)

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from data import metrics
-from data.metrics import volume_metrics
+from neurcomp.data import metrics
+from neurcomp.data.metrics import volume_metrics
 
 
 def test_metrics_match_direct_computation(monkeypatch):
@@ -30,7 +30,7 @@ def test_identical_volumes_have_infinite_psnr():
 
 def test_psnr_is_the_one_formula():
     """data.metrics.psnr is what volume_metrics, the trainer and the codebook fine-tuning report."""
-    from training.trainer import psnr_from_normalised_mse
+    from neurcomp.training.trainer import psnr_from_normalised_mse
 
     assert metrics.psnr(0.01, 2.0) == pytest.approx(20 * math.log10(2.0) + 20.0)
     assert metrics.psnr(0.0, 5.0) == math.inf and metrics.psnr(1.0, 0.0) == -math.inf

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from config.errors import ConfigError
-from config.options import NetworkConfig
-from model import Architecture, Neurcomp, build_architecture, count_parameters, width_for_ratio
-from model.architecture import MIN_WIDTH
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.options import NetworkConfig
+from neurcomp.model import Architecture, Neurcomp, build_architecture, count_parameters, width_for_ratio
+from neurcomp.model.architecture import MIN_WIDTH
 
 
 @pytest.mark.parametrize("arch", [
@@ -68,7 +68,7 @@ def test_plain_network_is_the_originals(voxels, ratio, n_layers, params):
 
 
 def test_original_plain_config_with_its_feature_list(tmp_path):
-    from config.options import parse_config
+    from neurcomp.config.options import parse_config
 
     config = tmp_path / "config.txt"  # what the original writes for a plain run: 2 n_layers - 1 widths
     config.write_text("expname = plain\ndata = vol.npy\nn_layers = 4\ndont_use_resnet\n"
@@ -85,7 +85,7 @@ def test_original_plain_config_with_its_feature_list(tmp_path):
 def test_original_hyperparameter_search_config_builds_the_originals_network():
     from pathlib import Path
 
-    from config.options import parse_config
+    from neurcomp.config.options import parse_config
 
     path = Path(__file__).resolve().parents[1] / ".." / "shared" / "original" / "experiment-config-files" / \
         "mhd_p_HyperParamSearch.txt"
@@ -139,7 +139,7 @@ def test_architecture_dict_round_trip():
 
 
 def test_resolve_device():
-    from model.device import resolve_device
+    from neurcomp.model.device import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -152,8 +152,8 @@ def test_resolve_device():
 
 def test_width_floor_past_the_budget_warns(capsys):
     """The original's floor of 15 may exceed the requested ratio: say so, with the ratio trained."""
-    from config.options import NetworkConfig
-    from model.architecture import build_architecture
+    from neurcomp.config.options import NetworkConfig
+    from neurcomp.model.architecture import build_architecture
 
     arch = build_architecture(NetworkConfig(n_layers=4, compression_ratio=100), 41 ** 3, "c.txt")
     assert arch.widths == [15] * 4

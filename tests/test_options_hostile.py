@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from config.errors import ConfigError
-from config.limits import machine_memory, resolve_basedir
-from config.options import parse_config
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.limits import machine_memory, resolve_basedir
+from neurcomp.config.options import parse_config
 from tests.conftest import run_script
 
 
@@ -116,7 +116,7 @@ def test_new_options_of_other_helpers(tmp_path):
 
 
 def test_original_threshold_is_checked_for_the_method_in_use_only(tmp_path):
-    from model.pruning.smallify import SmallifyOptions
+    from neurcomp.model.pruning.smallify import SmallifyOptions
 
     cfg = parse_config(["--dropout_technique", "smallify", "--pruning_threshold", "1.5"])
     assert cfg.pruning.options(SmallifyOptions).threshold == 1.5  # a sign variance may exceed 1 in principle

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from config.errors import InputError
-from config.options import parse_config
-from data.lazy import LazyVolume
-from data.readers import open_volume_lazily, read_volume
-from data.readers.base import value_range
-from data.readers.hdf5 import H5Array
-from data.volume import Volume
-from model.inference import grid_coordinates
-from training.run import train
-from training.session import load_training_volume
-from training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler, make_sampler, resolve_storage
+from neurcomp.config.errors import InputError
+from neurcomp.config.options import parse_config
+from neurcomp.data.lazy import LazyVolume
+from neurcomp.data.readers import open_volume_lazily, read_volume
+from neurcomp.data.readers.base import value_range
+from neurcomp.data.readers.hdf5 import H5Array
+from neurcomp.data.volume import Volume
+from neurcomp.model.inference import grid_coordinates
+from neurcomp.training.run import train
+from neurcomp.training.session import load_training_volume
+from neurcomp.training.sampling import BrickSampler, NativeVolumeSampler, VolumeSampler, make_sampler, resolve_storage
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +74,7 @@ def test_storage_policy_and_bytes_per_voxel():
     assert VolumeSampler(vol.normalized(), "cpu").resident_bytes() == 4 * n
     assert VolumeSampler(vol.normalized(), "cpu", with_gradients=True).resident_bytes() == 16 * n
     assert NativeVolumeSampler(raw, vol.vmin, vol.vmax, "cpu", with_gradients=True).resident_bytes() == n
-    from config.options import ScalingConfig
+    from neurcomp.config.options import ScalingConfig
 
     assert isinstance(make_sampler(vol, "cpu"), NativeVolumeSampler)  # auto: uint8 stays uint8
     assert type(make_sampler(vol, "cpu", scaling=ScalingConfig(volume_storage="float32"))) is VolumeSampler
@@ -172,7 +172,7 @@ def test_open_volume_lazily_npy_raw_hdf5(tmp_path):
     np.testing.assert_array_equal(h5.reshape(-1), values.reshape(-1))
     np.testing.assert_array_equal(np.asarray(h5)[:, 3], values[:, 3])
     # formats that cannot be mapped (.vti, .cvol) are read whole and still work
-    from data.writers import write_vti
+    from neurcomp.data.writers import write_vti
 
     write_vti(tmp_path / "v.vti", values.astype(np.float32), (1.0, 1.0, 1.0))
     whole = open_volume_lazily(tmp_path / "v.vti")

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from config.options import parse_config
-from data.readers import read_volume
-from data.volume import Volume, VolumeInfo
-from data.writers import write_vti
-from model.inference import predict_volume
-from training import session as session_module
-from training.outputs import info_text, slices_figure, write_volumes
-from training.run import train
+from neurcomp.config.options import parse_config
+from neurcomp.data.readers import read_volume
+from neurcomp.data.volume import Volume, VolumeInfo
+from neurcomp.data.writers import write_vti
+from neurcomp.model.inference import predict_volume
+from neurcomp.training import session as session_module
+from neurcomp.training.outputs import info_text, slices_figure, write_volumes
+from neurcomp.training.run import train
 
 SPACING = (0.5, 1.0, 2.0)  # (x, y, z)
 ORIGIN = (1.0, -2.0, 3.0)

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from config.errors import ConfigError
-from config.options import OptimConfig, PruningConfig, parse_config
-from model import Architecture, Neurcomp, count_parameters
-from model.pruning import PRUNING_METHODS, PrunableNeurcomp, build_pruning
-from model.pruning.variational import VariationalDynamic, VariationalStatic, drop_entropy, kl_approx
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.options import OptimConfig, PruningConfig, parse_config
+from neurcomp.model import Architecture, Neurcomp, count_parameters
+from neurcomp.model.pruning import PRUNING_METHODS, PrunableNeurcomp, build_pruning
+from neurcomp.model.pruning.variational import VariationalDynamic, VariationalStatic, drop_entropy, kl_approx
 from tests.conftest import run_script
-from training.checkpoint import load_model, read_checkpoint
-from model.inference import predict_volume
-from training.phases import PruningTrainer, passes_split
-from training.sampling import VolumeSampler
-from training.trainer import Phase
+from neurcomp.training.checkpoint import load_model, read_checkpoint
+from neurcomp.model.inference import predict_volume
+from neurcomp.training.phases import PruningTrainer, passes_split
+from neurcomp.training.sampling import VolumeSampler
+from neurcomp.training.trainer import Phase
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -127,9 +127,9 @@ def test_folding_exact_with_random_gates(technique, residual, stream):
 
 
 def test_quantization_round_trip_of_a_pruned_network():
-    encode = pytest.importorskip("quantization.encode")
-    decode = pytest.importorskip("quantization.decode")
-    from data.volume import VolumeInfo
+    encode = pytest.importorskip("neurcomp.quantization.encode")
+    decode = pytest.importorskip("neurcomp.quantization.decode")
+    from neurcomp.data.volume import VolumeInfo
 
     method = build_pruning("smallify", PruningConfig(technique="smallify"))
     gated = PrunableNeurcomp(Architecture([12, 10, 9, 8]), method)
@@ -314,8 +314,8 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_volume, mon
     import random
 
     from tests.test_training import interrupt_after
-    from training import run as run_module
-    from training.trainer import Interrupted
+    from neurcomp.training import run as run_module
+    from neurcomp.training.trainer import Interrupted
 
     extra = dict(dropout_technique=technique, variational_sigma=-1, variational_lambda_dkl=100,
                  variational_init_droprate=0.3)
@@ -347,9 +347,9 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_volume, mon
 
 
 def test_resume_rejects_a_checkpoint_without_pruning(tmp_path, tiny_volume):
-    from data.volume import VolumeInfo
-    from training.checkpoint import save_checkpoint
-    from training.run import train
+    from neurcomp.data.volume import VolumeInfo
+    from neurcomp.training.checkpoint import save_checkpoint
+    from neurcomp.training.run import train
 
     ckpt = tmp_path / "plain.pt"
     save_checkpoint(ckpt, Neurcomp(Architecture.uniform(12, 3)),
@@ -375,7 +375,7 @@ def test_resume_refuses_another_technique_in_one_line(tmp_path, tiny_volume):
 @pytest.mark.parametrize("technique", ["smallify", "variational_dynamic"])
 def test_pruning_with_the_gradient_loss(tmp_path, tiny_volume, technique):
     """grad_lambda > 0 on a gated network: autograd's double backward through the gates."""
-    from training.run import train
+    from neurcomp.training.run import train
 
     extra = dict(dropout_technique=technique, variational_sigma=-1, variational_init_droprate=0.3)
     info = train(parse_config(pruning_config(tmp_path, tiny_volume, max_pass=2, grad_lambda=0.1, **extra)),

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from config.errors import ConfigError
-from config.options import OptimConfig, PruningConfig, format_config_file, parse_config
-from model import Architecture
-from model.pruning import PRUNING_METHODS, PrunableNeurcomp, build_pruning
-from model.pruning.sbp import SBPLogNormal, SBPOptions, sample_truncated_normal, sbp_kl, sbp_moments
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.options import OptimConfig, PruningConfig, format_config_file, parse_config
+from neurcomp.model import Architecture
+from neurcomp.model.pruning import PRUNING_METHODS, PrunableNeurcomp, build_pruning
+from neurcomp.model.pruning.sbp import SBPLogNormal, SBPOptions, sample_truncated_normal, sbp_kl, sbp_moments
 from tests.test_config import original_config
 from tests.test_pruning import assert_same_function, pruning_config, smooth_volume
-from training.checkpoint import load_model, read_checkpoint
-from training.phases import PruningTrainer, passes_split
-from training.sampling import VolumeSampler
-from training.trainer import Phase
+from neurcomp.training.checkpoint import load_model, read_checkpoint
+from neurcomp.training.phases import PruningTrainer, passes_split
+from neurcomp.training.sampling import VolumeSampler
+from neurcomp.training.trainer import Phase
 
 A, B = -20.0, 0.0
 F64 = torch.float64
@@ -225,7 +225,7 @@ def original_sbp_configs():
 
 @pytest.mark.slow
 def test_the_originals_sbp_configs_parse_and_train_one_pass(tmp_path):
-    from training.run import train
+    from neurcomp.training.run import train
 
     paths = original_sbp_configs()
     assert paths
@@ -250,8 +250,8 @@ def test_the_originals_sbp_configs_parse_and_train_one_pass(tmp_path):
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_volume, monkeypatch, phase):
     """Ctrl-C mid-phase: the resumed run draws the same noise and ends bit for bit the same."""
     from tests.test_training import interrupt_after
-    from training import run as run_module
-    from training.trainer import Interrupted
+    from neurcomp.training import run as run_module
+    from neurcomp.training.trainer import Interrupted
 
     extra = dict(dropout_technique="sbp_log_normal", sbp_sigma=-1, sbp_lambda_dkl=1e4)
     full = run_module.train(parse_config(pruning_config(tmp_path, tiny_volume, "full", **extra)), progress=False)

@@ -17,17 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from config.errors import InputError  # noqa: E402
-from model.architecture import Architecture  # noqa: E402
-from model.neurcomp import Neurcomp  # noqa: E402
-from quantization.bitpack import pack_bits, packed_size, unpack_bits  # noqa: E402
-from quantization.decode import build_model, decode_bytes  # noqa: E402
-from quantization.encode import (EncoderOptions, encode_model, encode_network, finetune_codebooks,  # noqa: E402
+from neurcomp.config.errors import InputError  # noqa: E402
+from neurcomp.model.architecture import Architecture  # noqa: E402
+from neurcomp.model.neurcomp import Neurcomp  # noqa: E402
+from neurcomp.quantization.bitpack import pack_bits, packed_size, unpack_bits  # noqa: E402
+from neurcomp.quantization.decode import build_model, decode_bytes  # noqa: E402
+from neurcomp.quantization.encode import (EncoderOptions, encode_model, encode_network, finetune_codebooks,  # noqa: E402
                                  quantize_network)
-from quantization.format import MAGIC, parse  # noqa: E402
-from quantization.kmeans import kmeans_1d  # noqa: E402
-from data.volume import VolumeInfo  # noqa: E402
-from training.checkpoint import save_checkpoint  # noqa: E402
+from neurcomp.quantization.format import MAGIC, parse  # noqa: E402
+from neurcomp.quantization.kmeans import kmeans_1d  # noqa: E402
+from neurcomp.data.volume import VolumeInfo  # noqa: E402
+from neurcomp.training.checkpoint import save_checkpoint  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -183,7 +183,7 @@ def test_specific_refusals_have_clear_messages():
 
 
 def _finetune_case(lr, keep_best):
-    from training.sampling import VolumeSampler
+    from neurcomp.training.sampling import VolumeSampler
 
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, 12)] * 3, indexing="ij")
     vol = np.sin(3 * x) * np.cos(2 * y) * z
@@ -230,8 +230,8 @@ def _run(script, *args, cwd=ROOT):
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     """A tiny network fitted for a few hundred steps to a synthetic 16^3 volume, saved like training does."""
-    from data.volume import Volume
-    from training.sampling import VolumeSampler
+    from neurcomp.data.volume import Volume
+    from neurcomp.training.sampling import VolumeSampler
 
     tmp = tmp_path_factory.mktemp("quant")
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, 16)] * 3, indexing="ij")
@@ -262,9 +262,9 @@ def test_cli_end_to_end_with_vtk_reader(experiment):
     from vtkmodules.util.numpy_support import vtk_to_numpy
     from vtkmodules.vtkIOXML import vtkXMLImageDataReader
 
-    from data.metrics import volume_metrics
-    from quantization.decode import decode_file
-    from model.inference import predict_volume
+    from neurcomp.data.metrics import volume_metrics
+    from neurcomp.quantization.decode import decode_file
+    from neurcomp.model.inference import predict_volume
 
     tmp, exp_dir, model, volume = experiment
     r = _run("NeurcompQuantization.py", "--config", exp_dir / "config.txt", "--filename", "tiny.ncq",
@@ -309,7 +309,7 @@ def test_cli_bad_inputs_fail_in_one_line(experiment, capsys):
     assert r.stderr.strip().count("\n") == 0 and "bad.ncq" in r.stderr and "truncated" in r.stderr
 
     from NeurcompQuantization import main as quantize  # in-process: same run_cli path, no torch start-up
-    from config.cli import run_cli
+    from neurcomp.config.cli import run_cli
 
     code = run_cli(quantize, ["--config", str(exp_dir / "config.txt"), "--expname", "missing"])
     err = capsys.readouterr().err
@@ -323,7 +323,7 @@ def test_cli_bad_inputs_fail_in_one_line(experiment, capsys):
 
 def _crafted(**changes) -> bytes:
     """A file whose header (or tensors) say what ``changes`` say, with valid checksums throughout."""
-    from quantization.format import serialize
+    from neurcomp.quantization.format import serialize
 
     net = quantize_network(_model([6, 5]), INFO, 3, EncoderOptions(compression="none", bias="float32"))
     arch, volume, settings = net.arch, net.volume, net.settings
@@ -355,7 +355,7 @@ def _crafted(**changes) -> bytes:
 ])
 def test_crafted_headers_are_refused_in_one_line(tmp_path, capsys, changes, message):
     from NeurcompDequantization import main as dequantize
-    from config.cli import run_cli
+    from neurcomp.config.cli import run_cli
 
     path = tmp_path / "crafted.ncq"
     path.write_bytes(_crafted(**changes))
@@ -370,7 +370,7 @@ def test_crafted_headers_are_refused_in_one_line(tmp_path, capsys, changes, mess
 
 def _with_payload(data: bytes, stored: bytes, raw_size: int) -> bytes:
     """``data`` with its payload replaced (sizes and both checksums updated)."""
-    from quantization.format import _PAYLOAD
+    from neurcomp.quantization.format import _PAYLOAD
 
     header_size = struct.unpack_from("<I", data, 12)[0]
     at = header_size - 4 - _PAYLOAD.size
@@ -382,7 +382,7 @@ def _with_payload(data: bytes, stored: bytes, raw_size: int) -> bytes:
 
 @pytest.mark.parametrize("method", ["lzma", "zstd"])
 def test_decompression_bombs_are_cut_at_the_announced_size(method):
-    from quantization.format import compress, decompress
+    from neurcomp.quantization.format import compress, decompress
 
     data = _small_file(method)
     net = parse(data, "mem")
@@ -418,7 +418,7 @@ def test_nan_weights_at_encode_time_are_an_input_error():
 ])
 def test_quantization_options_fail_in_one_line(experiment, capsys, args, message):
     from NeurcompQuantization import main as quantize
-    from config.cli import run_cli
+    from neurcomp.config.cli import run_cli
 
     tmp, exp_dir, _, _ = experiment
     before = sorted(p.name for p in exp_dir.iterdir())
@@ -430,7 +430,7 @@ def test_quantization_options_fail_in_one_line(experiment, capsys, args, message
 
 def test_quantization_refuses_a_checkpoint_with_nan_weights(experiment, tmp_path, capsys):
     from NeurcompQuantization import main as quantize
-    from config.cli import run_cli
+    from neurcomp.config.cli import run_cli
 
     _, exp_dir, model, volume = experiment
     broken = Neurcomp(model.arch)
@@ -458,7 +458,7 @@ def test_quantization_refuses_a_checkpoint_with_nan_weights(experiment, tmp_path
 def test_dequantization_outputs_that_cannot_be_files_fail_in_one_line(experiment, tmp_path, capsys, option, target,
                                                                       message):
     from NeurcompDequantization import main as dequantize
-    from config.cli import run_cli
+    from neurcomp.config.cli import run_cli
 
     tmp, _, model, volume = experiment
     compressed = tmp_path / "q.ncq"

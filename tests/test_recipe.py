@@ -7,20 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from config.options import OptimConfig, parse_config
-from data.readers import read_volume
-from model.architecture import Architecture
-from model.neurcomp import Neurcomp
-from training import phases as phases_module
-from training import session as session_module
-from data.volume import VolumeInfo
-from training.checkpoint import read_checkpoint
-from model.inference import predict_volume
-from training.recipe import auto_learning_rate, learning_rate, schedule_steps
-from training.run import train
-from training.trainer import Trainer
-from data.volume import mean_value
-from training.validation import ValidationSet, gather_voxels
+from neurcomp.config.options import OptimConfig, parse_config
+from neurcomp.data.readers import read_volume
+from neurcomp.model.architecture import Architecture
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.training import phases as phases_module
+from neurcomp.training import session as session_module
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.training.checkpoint import read_checkpoint
+from neurcomp.model.inference import predict_volume
+from neurcomp.training.recipe import auto_learning_rate, learning_rate, schedule_steps
+from neurcomp.training.run import train
+from neurcomp.training.trainer import Trainer
+from neurcomp.data.volume import mean_value
+from neurcomp.training.validation import ValidationSet, gather_voxels
 
 
 def config(tmp_path, volume, **extra) -> list[str]:
@@ -48,7 +48,7 @@ def test_config_lr_auto_is_default_and_explicit_lr_kept(tmp_path):
     assert parse_config(["--data", "x.npy"]).optim.auto
     assert parse_config(["--data", "x.npy", "--lr", "auto"]).optim.lr is None
     assert parse_config(["--data", "x.npy", "--lr", "2e-4"]).optim.lr == 2e-4
-    from config.errors import ConfigError
+    from neurcomp.config.errors import ConfigError
     for bad in ("inf", "nan", "-1"):
         with pytest.raises(ConfigError, match="lr"):
             parse_config(["--data", "x.npy", "--lr", bad])
@@ -89,7 +89,7 @@ def test_validation_sample_is_fixed_and_matches_the_grid(tiny_volume):
     b = ValidationSet(volume.values, volume.vmin, volume.vmax, "cpu", seed=3, num_points=500)
     assert torch.equal(a.coords, b.coords) and len(a) == 500
     # exactly the coordinates full-volume inference gives the same voxels
-    from model.inference import grid_coordinates
+    from neurcomp.model.inference import grid_coordinates
     full = ValidationSet(volume.values, volume.vmin, volume.vmax, "cpu", num_points=10 ** 6)  # every voxel
     assert torch.equal(full.coords, grid_coordinates(volume.shape, slice(None), "cpu"))
     # a voxel's coordinate maps back to the value stored there

@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from config.cli import run_cli
-from data.readers import read_volume
-from data.volume import VolumeInfo
-from model.architecture import Architecture
-from model.neurcomp import Neurcomp
-from quantization.bounded import encode_bounded
-from quantization.decode import build_model, decode_volume
-from quantization.encode import encode_network, quantize_network
-from quantization.format import parse
-from quantization.region import make_grid
+from neurcomp.config.cli import run_cli
+from neurcomp.data.readers import read_volume
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.architecture import Architecture
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.quantization.bounded import encode_bounded
+from neurcomp.quantization.decode import build_model, decode_volume
+from neurcomp.quantization.encode import encode_network, quantize_network
+from neurcomp.quantization.format import parse
+from neurcomp.quantization.region import make_grid
 
 SHAPE = (10, 12, 14)  # (Z, Y, X)
 SPACING = (0.5, 1.0, 2.0)  # (x, y, z)

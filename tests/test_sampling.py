@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.volume import Volume, denormalize, normalize
-from data.volume import VolumeInfo
-from model.inference import grid_coordinates, predict_volume
-from training.sampling import VolumeSampler
+from neurcomp.data.volume import Volume, denormalize, normalize
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.inference import grid_coordinates, predict_volume
+from neurcomp.training.sampling import VolumeSampler
 
 
 def test_trilinear_exact_at_grid_points():

@@ -12,11 +12,11 @@ import pytest
 if importlib.util.find_spec("ax") is None:  # find_spec: the Ax import itself takes ~10 s
     pytest.skip("ax-platform is not installed (pip install -r requirements-search.txt)", allow_module_level=True)
 
-from config.errors import ConfigError  # noqa: E402
-from config.options import parse_config  # noqa: E402
-from search import ax_loop, cli, reports  # noqa: E402
-from search.runner import TrialRunner, failure_reason  # noqa: E402
-from search.space import check_against_config, load_search_space, overrides  # noqa: E402
+from neurcomp.config.errors import ConfigError  # noqa: E402
+from neurcomp.config.options import parse_config  # noqa: E402
+from neurcomp.search import ax_loop, cli, reports  # noqa: E402
+from neurcomp.search.runner import TrialRunner, failure_reason  # noqa: E402
+from neurcomp.search.space import check_against_config, load_search_space, overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = REPO / "experiment-config-files" / "search_spaces"
@@ -143,7 +143,7 @@ def test_values_checked_against_training_options(tmp_path, tiny):
 # ---------------------------------------------------------------- command line, outputs, runner
 
 def test_cli_errors_are_one_line(tmp_path, tiny, capsys):
-    from config.cli import run_cli
+    from neurcomp.config.cli import run_cli
 
     _, base = tiny
     space = SPACES / "baseline.json"

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from config.options import parse_config
+from neurcomp.config.options import parse_config
 from tests.conftest import run_script
 from tests.test_training import tiny_config
-from training.run import train
+from neurcomp.training.run import train
 
 
 def test_log_lines_instead_of_a_bar_when_not_a_terminal(tmp_path, tiny_volume, capsys):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from config.options import OptimConfig
-from model.architecture import Architecture
-from model.neurcomp import Neurcomp
-from training.sampling import VolumeSampler
-from training.speed import COMPILE_MIN_STEPS, micro_batch_size, should_compile
-from training.trainer import Phase, Trainer
+from neurcomp.config.options import OptimConfig
+from neurcomp.model.architecture import Architecture
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.training.sampling import VolumeSampler
+from neurcomp.training.speed import COMPILE_MIN_STEPS, micro_batch_size, should_compile
+from neurcomp.training.trainer import Phase, Trainer
 
 
 @pytest.mark.parametrize("residual", [True, False])

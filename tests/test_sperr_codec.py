@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from compressors import CODECS, get_codec
+from neurcomp.compressors import CODECS, get_codec
 from benchmarks.rd_eval import evaluate, gap_rows, gap_table, mean_predictor_psnr, plot_rd, write_results
 
 h5py = pytest.importorskip("h5py", reason="h5py is needed for the SPERR codec (pip install -r requirements-dev.txt)")
@@ -21,7 +21,7 @@ hdf5plugin = pytest.importorskip("hdf5plugin", reason="hdf5plugin (SPERR's HDF5 
 if not hasattr(hdf5plugin, "Sperr"):
     pytest.skip(f"hdf5plugin {hdf5plugin.version} has no SPERR filter (needs >= 5.1)", allow_module_level=True)
 
-from compressors.sperr import RATE_QUANTUM, SPERRCodec  # noqa: E402
+from neurcomp.compressors.sperr import RATE_QUANTUM, SPERRCodec  # noqa: E402
 
 RATIOS = (20, 50, 100)
 

@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from config.errors import ConfigError
-from config.options import parse_config
-from quantization.decode import decode_file
-from quantization.rate_control import architecture_for_file_bytes, predict_file_bytes
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.options import parse_config
+from neurcomp.quantization.decode import decode_file
+from neurcomp.quantization.rate_control import architecture_for_file_bytes, predict_file_bytes
 from tests.conftest import shared_volume
-from model.inference import predict_volume
-from training.run import train
+from neurcomp.model.inference import predict_volume
+from neurcomp.training.run import train
 
 
 def target_config(tmp_path, data, ratio, **extra):
@@ -36,7 +36,7 @@ def test_training_lands_within_5_percent_of_the_file_ratio(tmp_path, name, ratio
     assert saved["file_psnr"] == pytest.approx(info["file_psnr"])
     # the file alone decodes to the volume whose PSNR info.json reports, a little below the network's
     model, vinfo, _ = decode_file(path)
-    from data.readers import read_volume
+    from neurcomp.data.readers import read_volume
 
     gt = read_volume(shared_volume(name)).values.astype(np.float64)
     pred = predict_volume(model, vinfo.shape, vinfo)
@@ -64,7 +64,7 @@ def test_unreachable_ratio_is_a_clear_error(tmp_path, tiny_volume):
 
 
 def test_neurcomp_codec_interface(tmp_path):
-    from compressors import get_codec
+    from neurcomp.compressors import get_codec
 
     values = np.load(shared_volume("viscous_fingers_run01_t050_64x64x64_float32.npy"))
     codec = get_codec("neurcomp", steps=40, batch_size=256)

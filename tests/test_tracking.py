@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from config.options import parse_config
-from data.readers import read_volume
-from data.volume import VolumeInfo
-from model import Architecture, Neurcomp
-from model.inference import predict_volume
-from training.run import train
-from training.tracking import DEFAULT_EXPERIMENT, middle_slices, mlflow_target, slice_image
+from neurcomp.config.options import parse_config
+from neurcomp.data.readers import read_volume
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model import Architecture, Neurcomp
+from neurcomp.model.inference import predict_volume
+from neurcomp.training.run import train
+from neurcomp.training.tracking import DEFAULT_EXPERIMENT, middle_slices, mlflow_target, slice_image
 
 
 def config(tmp_path, volume, **extra):

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from config.errors import ConfigError, InputError
-from config.options import parse_config
+from neurcomp.config.errors import ConfigError, InputError
+from neurcomp.config.options import parse_config
 from tests.conftest import REPO, run_script
-from training import session as session_module
-from training.checkpoint import load_model, read_checkpoint
-from model.inference import predict_volume
-from training.phases import TrainPhase
-from training.recovery import Recovery, TrainingDiverged
-from training.run import train
-from training.sampling import VolumeSampler
-from training.trainer import Interrupted, Trainer
+from neurcomp.training import session as session_module
+from neurcomp.training.checkpoint import load_model, read_checkpoint
+from neurcomp.model.inference import predict_volume
+from neurcomp.training.phases import TrainPhase
+from neurcomp.training.recovery import Recovery, TrainingDiverged
+from neurcomp.training.run import train
+from neurcomp.training.sampling import VolumeSampler
+from neurcomp.training.trainer import Interrupted, Trainer
 
 
 def tiny_config(tmp_path, volume, **extra) -> list[str]:
@@ -332,10 +332,10 @@ def test_gradient_loss_and_plain_siren_train(tmp_path, tiny_volume):
 def test_the_gradient_loss_changes_the_gradient(tiny_volume):
     """grad_lambda > 0 adds d(prediction)/d(coords) against the volume's gradient to the loss: the
     parameter gradient differs from the MSE's alone, by exactly grad_lambda x the term's gradient."""
-    from config.options import OptimConfig
-    from model.architecture import Architecture
-    from model.neurcomp import Neurcomp
-    from training.trainer import Phase
+    from neurcomp.config.options import OptimConfig
+    from neurcomp.model.architecture import Architecture
+    from neurcomp.model.neurcomp import Neurcomp
+    from neurcomp.training.trainer import Phase
 
     values = np.load(tiny_volume)
     normalized = 2 * (values - values.min()) / (values.max() - values.min()) - 1

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from config.cli import run_cli
-from config.errors import ConfigError, InputError
-from model.architecture import Architecture
-from model.neurcomp import Neurcomp
-from training import visualize
-from data.volume import VolumeInfo
-from training.checkpoint import save_checkpoint
-from training.visualize import visualize_main
+from neurcomp.config.cli import run_cli
+from neurcomp.config.errors import ConfigError, InputError
+from neurcomp.model.architecture import Architecture
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.training import visualize
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.training.checkpoint import save_checkpoint
+from neurcomp.training.visualize import visualize_main
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config.errors import ConfigError, InputError
-from data.atomic import atomic_path
-from data.volume import VolumeInfo
-from model.architecture import Architecture
-from model.neurcomp import Neurcomp
+from neurcomp.config.errors import ConfigError, InputError
+from neurcomp.data.atomic import atomic_path
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.model.architecture import Architecture
+from neurcomp.model.neurcomp import Neurcomp
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -38,7 +38,7 @@ def save_checkpoint(path: Path, model: Neurcomp, volume: VolumeInfo, **extra) ->
 
     Under torch.distributed only rank 0 writes (the ranks hold the same network); the others return.
     """
-    from training.distributed import is_main_process
+    from neurcomp.training.distributed import is_main_process
 
     if not is_main_process():
         return

@@ -95,7 +95,7 @@ def device_for_rank(device: torch.device) -> torch.device:
     """
     if device.type != "cuda" or env_world_size() <= 1:
         return device
-    from config.errors import ConfigError
+    from neurcomp.config.errors import ConfigError
 
     per_node, gpus = local_world_size(), torch.cuda.device_count()
     if device.index is not None and per_node > 1:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config.errors import ConfigError
-from config.options import NeurcompConfig
-from data.atomic import atomic_write_bytes
-from data.metrics import volume_metrics
-from model.architecture import Architecture, build_architecture
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.options import NeurcompConfig
+from neurcomp.data.atomic import atomic_write_bytes
+from neurcomp.data.metrics import volume_metrics
+from neurcomp.model.architecture import Architecture, build_architecture
 
 TOLERANCE = 0.05
 
@@ -31,7 +31,7 @@ def initial_architecture(cfg: NeurcompConfig, num_voxels: int) -> Architecture:
     if cfg.network.feature_list or cfg.network.features_per_layer:
         raise ConfigError(f"{cfg.source}: target_file_ratio sizes the network itself: remove feature_list "
                           f"and features_per_layer")
-    from quantization.rate_control import measured_architecture
+    from neurcomp.quantization.rate_control import measured_architecture
 
     net = cfg.network
     return measured_architecture(file_target_bytes(cfg, num_voxels), net.n_layers, cfg.quant_bits,
@@ -46,9 +46,9 @@ def compressed_file_path(cfg: NeurcompConfig) -> Path:
 def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
     """Encode the trained network to the target size (plus the error bound's corrections), write it,
     and measure the decoded volume."""
-    from quantization.decode import decode_volume
-    from quantization.format import parse
-    from quantization.rate_control import encode_to_size
+    from neurcomp.quantization.decode import decode_volume
+    from neurcomp.quantization.format import parse
+    from neurcomp.quantization.rate_control import encode_to_size
 
     target = file_target_bytes(cfg, volume.num_voxels)
     data, report = encode_to_size(model, info, cfg.quant_bits, target,
@@ -56,7 +56,7 @@ def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
     device = next(model.parameters()).device
     bound = {}
     if cfg.error_bound:
-        from quantization.bounded import encode_bounded
+        from neurcomp.quantization.bounded import encode_bounded
 
         mode, value = cfg.error_bound
         data, bound = encode_bounded(parse(data), volume.values, mode, value, device=device,

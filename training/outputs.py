@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import atomic_path, atomic_write_text
+from neurcomp.data.atomic import atomic_path, atomic_write_text
 
 
 def versions() -> dict:
@@ -23,8 +23,8 @@ def final_info(cfg, volume, info, model, metrics: dict, totals: dict, steps_per_
     """What info.json holds about a finished run (the original's keys, then ours)."""
     import torch
 
-    from model.architecture import count_parameters
-    from training import distributed, precision
+    from neurcomp.model.architecture import count_parameters
+    from neurcomp.training import distributed, precision
 
     num_parameters = count_parameters(model.arch)
     seconds = totals["train_seconds"]
@@ -94,7 +94,7 @@ def write_volumes(out_dir: Path, volume, prediction: np.ndarray, dtype: str = "s
     """ground_truth.vti and prediction.vti under the volume's array name, in its source dtype
     (``dtype = source``, the prediction rounded and clipped to it) or float32, and error.vti:
     prediction minus ground truth as written, exact (float32, float64 beyond 16-bit integers)."""
-    from data.writers import vti_dtype, write_vti
+    from neurcomp.data.writers import vti_dtype, write_vti
 
     target = vti_dtype(volume.source_dtype) if dtype == "source" else np.dtype(np.float32)
     truth, pred = _in_dtype(volume.values, target), _in_dtype(prediction, target)

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import torch
 
-from config.errors import ConfigError
-from data.volume import mean_value, normalize
-from model.architecture import Architecture, build_architecture, count_parameters
-from model.neurcomp import Neurcomp
-from model.pruning import PrunableNeurcomp, build_pruning
-from training import distributed
-from training.file_target import initial_architecture
-from training.recipe import learning_rate, schedule_steps
-from training.session import evaluate
-from training.trainer import Trainer
+from neurcomp.config.errors import ConfigError
+from neurcomp.data.volume import mean_value, normalize
+from neurcomp.model.architecture import Architecture, build_architecture, count_parameters
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.model.pruning import PrunableNeurcomp, build_pruning
+from neurcomp.training import distributed
+from neurcomp.training.file_target import initial_architecture
+from neurcomp.training.recipe import learning_rate, schedule_steps
+from neurcomp.training.session import evaluate
+from neurcomp.training.trainer import Trainer
 
 FINETUNE_LR_FACTOR = 0.01
 PRUNE_PHASE, FINETUNE_PHASE = "prune", "finetune"

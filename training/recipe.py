@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import math
 
-from config.options import OptimConfig
-from model.architecture import Architecture
+from neurcomp.config.options import OptimConfig
+from neurcomp.model.architecture import Architecture
 
 LR_CONSTANT = 1.75  # C above, fitted by benchmarks/lr_sweep.py
 REFERENCE_DEPTH = 4  # n_layers of the original's configs, where C was measured

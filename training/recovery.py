@@ -15,9 +15,9 @@ import sys
 
 import torch
 
-from config.errors import NeurcompError
-from data.metrics import psnr
-from training.portable_state import load_optimizer_state
+from neurcomp.config.errors import NeurcompError
+from neurcomp.data.metrics import psnr
+from neurcomp.training.portable_state import load_optimizer_state
 
 DIVERGENCE_FACTOR = 4.0  # validation MSE this many times the best (6 dB worse) counts as a blow-up
 MAX_RECOVERIES = 8  # restores (each halving the lr) before giving up

@@ -6,10 +6,10 @@ outputs) running the phases the config asks for (``training.phases``).
 
 from __future__ import annotations
 
-from config.options import NeurcompConfig
-from training import distributed, precision
-from training.phases import plan
-from training.session import Session, resolve_device
+from neurcomp.config.options import NeurcompConfig
+from neurcomp.training import distributed, precision
+from neurcomp.training.phases import plan
+from neurcomp.training.session import Session, resolve_device
 
 
 def train(cfg: NeurcompConfig, progress: bool = True, prune_residual_width: bool = False) -> dict:

@@ -31,25 +31,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config.errors import ConfigError
-from config.options import NeurcompConfig, format_config_file
-from data.metrics import volume_metrics
-from model.architecture import count_parameters
-from model.device import resolve_device as model_device
-from training import distributed
-from data.atomic import check_output_folder, make_output_folder, remove_stale_temporaries
-from data.volume import VolumeInfo
-from training.checkpoint import CHECKPOINT_NAME, check_compatible, read_checkpoint, save_checkpoint, tensors_finite
-from training.file_target import write_compressed_file
-from model.inference import predict_volume
-from training.outputs import atomic_write_text, final_info, save_slices_png, write_info, write_volumes
-from training.progress import phase_progress
-from training.recipe import schedule_steps
-from training.recovery import TrainingDiverged, weights_finite
-from training.sampling import make_sampler
-from training.tracking import FINAL_METRICS, Tracker, tracked
-from training.trainer import Interrupted, Phase
-from training.validation import ValidationSet
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.options import NeurcompConfig, format_config_file
+from neurcomp.data.metrics import volume_metrics
+from neurcomp.model.architecture import count_parameters
+from neurcomp.model.device import resolve_device as model_device
+from neurcomp.training import distributed
+from neurcomp.data.atomic import check_output_folder, make_output_folder, remove_stale_temporaries
+from neurcomp.data.volume import VolumeInfo
+from neurcomp.training.checkpoint import CHECKPOINT_NAME, check_compatible, read_checkpoint, save_checkpoint, tensors_finite
+from neurcomp.training.file_target import write_compressed_file
+from neurcomp.model.inference import predict_volume
+from neurcomp.training.outputs import atomic_write_text, final_info, save_slices_png, write_info, write_volumes
+from neurcomp.training.progress import phase_progress
+from neurcomp.training.recipe import schedule_steps
+from neurcomp.training.recovery import TrainingDiverged, weights_finite
+from neurcomp.training.sampling import make_sampler
+from neurcomp.training.tracking import FINAL_METRICS, Tracker, tracked
+from neurcomp.training.trainer import Interrupted, Phase
+from neurcomp.training.validation import ValidationSet
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,8 +61,8 @@ def resolve_device(name: str) -> torch.device:
 def load_training_volume(cfg: NeurcompConfig):
     """The volume ``cfg.data`` names: in memory, or memory-mapped when bricks are streamed
     (``training.sampling``). The bundled default volume is generated on first use (``datasets``)."""
-    from data.readers import open_volume_lazily, read_volume
-    from datasets import ensure_default_volume
+    from neurcomp.data.readers import open_volume_lazily, read_volume
+    from neurcomp.datasets import ensure_default_volume
 
     d = cfg.data
     ensure_default_volume(d.path)

@@ -41,7 +41,7 @@ def mlflow_target(uri: str, experiment: str, basedir: str | Path) -> tuple[str, 
 
 def _slice_coordinates(shape_zyx, dim: int, device) -> torch.Tensor:
     """(x, y, z) coordinates in [-1, 1] of the middle slice across axis ``dim`` (0 = z, 1 = y, 2 = x)."""
-    from model.inference import axis
+    from neurcomp.model.inference import axis
 
     axes = [axis(n, device) for n in shape_zyx]
     mid = shape_zyx[dim] // 2
@@ -55,7 +55,7 @@ def middle_slices(model: torch.nn.Module, volume, info) -> dict[str, tuple[np.nd
     """(ground truth, prediction) in physical units of the middle XY, XZ and YZ slices.
 
     Only the slices' voxels go through the network, so this stays cheap at every checkpoint."""
-    from model.inference import CHUNK_POINTS
+    from neurcomp.model.inference import CHUNK_POINTS
 
     shape = tuple(int(s) for s in volume.shape)
     device = next(model.parameters()).device
@@ -103,7 +103,7 @@ class Tracker:
         self.run_id = None
         self.resumed = bool(resume_run_id)
         self.params: dict = {}
-        from training.distributed import is_main_process
+        from neurcomp.training.distributed import is_main_process
 
         if not is_main_process():  # under torch.distributed only rank 0 logs
             trackers = ()

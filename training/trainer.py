@@ -28,13 +28,13 @@ from typing import Callable, Protocol
 
 import torch
 
-from config.options import OptimConfig
-from training import distributed
-from training.portable_state import load_optimizer_state
-from training.progress import phase_progress
-from training.recovery import Recovery, psnr_from_normalised_mse
-from training.sampling import VolumeSampler
-from training.speed import (compile_step, graphs_compiled, is_device_failure, micro_batch_size, should_compile,
+from neurcomp.config.options import OptimConfig
+from neurcomp.training import distributed
+from neurcomp.training.portable_state import load_optimizer_state
+from neurcomp.training.progress import phase_progress
+from neurcomp.training.recovery import Recovery, psnr_from_normalised_mse
+from neurcomp.training.sampling import VolumeSampler
+from neurcomp.training.speed import (compile_step, graphs_compiled, is_device_failure, micro_batch_size, should_compile,
                             strict_recompiles)
 
 NAN_CHECK_EVERY = 16  # steps between loss checks (each check synchronises with the device)

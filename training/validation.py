@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.volume import normalize, z_slabs
-from model.inference import axis
+from neurcomp.data.volume import normalize, z_slabs
+from neurcomp.model.inference import axis
 
 # 32k voxels. On a sparse field the estimate is rough (hydrogen 128^3: 62.72 dB on the sample,
 # 61.16 dB on the whole volume, same network), but it ranks the states of one run, which is its job.

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config.errors import ConfigError, InputError
-from config.limits import machine_memory
-from data.atomic import check_output_folder, make_output_folder
-from config.options import build_parser, config_from_namespace, parse_namespace
-from data.metrics import volume_metrics
-from training.checkpoint import load_model
-from model.inference import predict_volume
-from training.session import CHECKPOINT_NAME, load_training_volume, resolve_device
+from neurcomp.config.errors import ConfigError, InputError
+from neurcomp.config.limits import machine_memory
+from neurcomp.data.atomic import check_output_folder, make_output_folder
+from neurcomp.config.options import build_parser, config_from_namespace, parse_namespace
+from neurcomp.data.metrics import volume_metrics
+from neurcomp.training.checkpoint import load_model
+from neurcomp.model.inference import predict_volume
+from neurcomp.training.session import CHECKPOINT_NAME, load_training_volume, resolve_device
 
 # Bytes per output voxel at the peak of writing: the float32 prediction and the copy that
 # data.writers.write_vti reorders for VTK (X fastest).
@@ -61,7 +61,7 @@ def visualize_main(argv=None) -> dict:
             raise InputError(f"{cfg.data.path}: shape {tuple(volume.shape)} differs from the network's volume "
                              f"{tuple(info.shape)} ({ckpt}); nothing written")
     make_output_folder(out_dir, out_option)
-    from data.writers import write_vti
+    from neurcomp.data.writers import write_vti
 
     if ns.resolution:
         shape = tuple(ns.resolution[::-1])  # X Y Z -> (Z, Y, X)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from config.errors import InputError
-from data.lazy import LazyVolume
-from data.readers import cvol, hdf5, npy, raw, vti
-from data.readers.base import Request, Source, check_geometry, check_grid, select_channel, value_range
-from data.volume import Volume
+from neurcomp.config.errors import InputError
+from neurcomp.data.lazy import LazyVolume
+from neurcomp.data.readers import cvol, hdf5, npy, raw, vti
+from neurcomp.data.readers.base import Request, Source, check_geometry, check_grid, select_channel, value_range
+from neurcomp.data.volume import Volume
 
 _FORMATS = (npy, raw, hdf5, cvol, vti)
 READERS = {ext: module.open_array for module in _FORMATS for ext in module.EXTENSIONS}

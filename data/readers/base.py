@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from config.errors import InputError
-from data.volume import SLAB_VOXELS, z_slabs
+from neurcomp.config.errors import InputError
+from neurcomp.data.volume import SLAB_VOXELS, z_slabs
 
 @dataclass(frozen=True)
 class Request:

@@ -12,8 +12,8 @@ import math
 import h5py
 import numpy as np
 
-from config.errors import InputError
-from data.readers.base import Request, Source, file_size, need_bytes
+from neurcomp.config.errors import InputError
+from neurcomp.data.readers.base import Request, Source, file_size, need_bytes
 
 EXTENSIONS = (".h5", ".hdf5")
 _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, MemoryError, OverflowError)
@@ -66,12 +66,12 @@ class H5Array:
 
     # what the end-of-training metrics and writers use (data.metrics, training.outputs)
     def min(self) -> float:
-        from data.volume import z_slabs
+        from neurcomp.data.volume import z_slabs
 
         return min(float(slab.min()) for _, slab in z_slabs(self))
 
     def max(self) -> float:
-        from data.volume import z_slabs
+        from neurcomp.data.volume import z_slabs
 
         return max(float(slab.max()) for _, slab in z_slabs(self))
 

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from config.errors import InputError
-from data.readers.base import Request, Source, file_size, need_bytes
+from neurcomp.config.errors import InputError
+from neurcomp.data.readers.base import Request, Source, file_size, need_bytes
 
 EXTENSIONS = (".npy",)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from config.errors import InputError
-from data.readers.base import Request, Source, file_size, numeric_dtype
+from neurcomp.config.errors import InputError
+from neurcomp.data.readers.base import Request, Source, file_size, numeric_dtype
 
 EXTENSIONS = (".raw",)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import lz4.block
 import numpy as np
 
-from config.errors import InputError
-from data.readers.base import Request, Source, need_bytes
+from neurcomp.config.errors import InputError
+from neurcomp.data.readers.base import Request, Source, need_bytes
 
 EXTENSIONS = (".vti",)
 

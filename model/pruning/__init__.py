@@ -18,7 +18,7 @@ the smaller plain ``Neurcomp``.
 
 from __future__ import annotations
 
-from config.schema import register_method_options
+from neurcomp.config.schema import register_method_options
 
 PRUNING_METHODS: dict[str, type] = {}
 
@@ -43,7 +43,7 @@ def build_pruning(name: str, cfg, dataset_size: int = 1, **kwargs):
     number of voxels (the variational methods divide their prior terms by it)."""
     key = (name or "").strip().lower()
     if key not in PRUNING_METHODS:
-        from config.errors import ConfigError
+        from neurcomp.config.errors import ConfigError
 
         raise ConfigError(f"dropout_technique = {name!r} is not a pruning method; "
                           f"choose one of {', '.join(sorted(PRUNING_METHODS))}")
@@ -51,7 +51,7 @@ def build_pruning(name: str, cfg, dataset_size: int = 1, **kwargs):
 
 
 # registration side effects
-from model.pruning import binary, sbp, smallify, variational  # noqa: E402,F401
-from model.pruning.prunable import PrunableNeurcomp, PruningReport  # noqa: E402
+from neurcomp.model.pruning import binary, sbp, smallify, variational  # noqa: E402,F401
+from neurcomp.model.pruning.prunable import PrunableNeurcomp, PruningReport  # noqa: E402
 
 __all__ = ["PRUNING_METHODS", "PrunableNeurcomp", "PruningReport", "build_pruning", "register_pruning"]

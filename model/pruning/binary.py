@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from config.fields import between, option
-from model.pruning import register_pruning
-from model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, weight_l1
+from neurcomp.config.fields import between, option
+from neurcomp.model.pruning import register_pruning
+from neurcomp.model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, weight_l1
 
 INIT_MARGIN = 2.0  # initial score: logit(threshold) + INIT_MARGIN
 

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from model.architecture import Architecture, count_parameters
-from model.neurcomp import Neurcomp
-from model.random_state import generator_state, reseed_value, restore_generator
+from neurcomp.model.architecture import Architecture, count_parameters
+from neurcomp.model.neurcomp import Neurcomp
+from neurcomp.model.random_state import generator_state, reseed_value, restore_generator
 
 
 @dataclass

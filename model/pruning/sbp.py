@@ -54,10 +54,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from config.errors import ConfigError
-from config.fields import finite, non_negative, option, positive
-from model.pruning import register_pruning
-from model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, weight_l1
+from neurcomp.config.errors import ConfigError
+from neurcomp.config.fields import finite, non_negative, option, positive
+from neurcomp.model.pruning import register_pruning
+from neurcomp.model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, weight_l1
 
 MU_ABOVE_B = 5.0  # mu is kept in [a, b + 5] (the original: [-20, 5] with b = 0)
 LOG_SIGMA_RANGE = (-10.0, 5.0)

@@ -44,9 +44,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from config.fields import between, non_negative, option
-from model.pruning import register_pruning
-from model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, keep_or_strongest, weight_l1
+from neurcomp.config.fields import between, non_negative, option
+from neurcomp.model.pruning import register_pruning
+from neurcomp.model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, keep_or_strongest, weight_l1
 
 
 class SmallifyGate(Gate):

@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from config.fields import between, finite, non_negative, option
-from model.pruning import register_pruning
-from model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, weight_l1
+from neurcomp.config.fields import between, finite, non_negative, option
+from neurcomp.model.pruning import register_pruning
+from neurcomp.model.pruning.base import GATE_PARAM_SCALE, Gate, PruningMethod, weight_l1
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 LOG_ALPHA_CLAMP = 10.0

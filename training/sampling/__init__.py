@@ -25,11 +25,11 @@ Modules: ``trilinear`` (the gather kernel), ``dense``, ``native``, ``bricks`` (o
 bricks with their background prefetch) and ``factory`` (``make_sampler``).
 """
 
-from training.sampling.bricks import BrickSampler
-from training.sampling.dense import VolumeSampler
-from training.sampling.factory import STORAGES, make_sampler, resolve_storage, stored_values
-from training.sampling.native import NATIVE_DTYPES, NativeVolumeSampler
-from training.sampling.trilinear import trilinear
+from neurcomp.training.sampling.bricks import BrickSampler
+from neurcomp.training.sampling.dense import VolumeSampler
+from neurcomp.training.sampling.factory import STORAGES, make_sampler, resolve_storage, stored_values
+from neurcomp.training.sampling.native import NATIVE_DTYPES, NativeVolumeSampler
+from neurcomp.training.sampling.trilinear import trilinear
 
 __all__ = ["BrickSampler", "NATIVE_DTYPES", "NativeVolumeSampler", "STORAGES", "VolumeSampler", "make_sampler",
            "resolve_storage", "stored_values", "trilinear"]

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from model.random_state import generator_state
-from training.sampling.native import NATIVE_DTYPES, GatherSampler
-from training.sampling.trilinear import take, torch_storage, trilinear
+from neurcomp.model.random_state import generator_state
+from neurcomp.training.sampling.native import NATIVE_DTYPES, GatherSampler
+from neurcomp.training.sampling.trilinear import take, torch_storage, trilinear
 
 REPLACE_FRACTION = 0.25  # brick streaming: share of the resident bricks replaced at each refresh
 

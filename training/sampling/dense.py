@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.random_state import generator_state, reseed_value, restore_generator
+from neurcomp.model.random_state import generator_state, reseed_value, restore_generator
 
 
 class VolumeSampler:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.sampling.bricks import BrickSampler
-from training.sampling.dense import VolumeSampler
-from training.sampling.native import NATIVE_DTYPES, NativeVolumeSampler
+from neurcomp.training.sampling.bricks import BrickSampler
+from neurcomp.training.sampling.dense import VolumeSampler
+from neurcomp.training.sampling.native import NATIVE_DTYPES, NativeVolumeSampler
 
 STORAGES = ("auto", "float32", "native")
 
@@ -43,8 +43,8 @@ def make_sampler(volume, device, *, seed: int = 0, with_gradients: bool = False,
     ``volume``: a ``data.volume.Volume`` or ``data.lazy.LazyVolume``. Under torch.distributed each
     rank samples with its own seed (``training.distributed.rank_seed``).
     """
-    from config.options import ScalingConfig
-    from training.distributed import rank_seed
+    from neurcomp.config.options import ScalingConfig
+    from neurcomp.training.distributed import rank_seed
 
     scaling = scaling or ScalingConfig()
     seed = rank_seed(seed)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.sampling.dense import VolumeSampler
-from training.sampling.trilinear import take, torch_storage, trilinear
+from neurcomp.training.sampling.dense import VolumeSampler
+from neurcomp.training.sampling.trilinear import take, torch_storage, trilinear
 
 NATIVE_DTYPES = ("uint8", "int8", "uint16", "int16", "float16", "float32")
 
