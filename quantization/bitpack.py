@@ -45,3 +45,31 @@ def unpack_bits(data: bytes | np.ndarray, count: int, bits: int) -> np.ndarray:
     full = np.zeros((count, 16), dtype=np.uint8)
     full[:, :bits] = stream
     return np.packbits(full, axis=1, bitorder="little").reshape(-1).view("<u2").astype(np.uint16)
+
+
+# index layouts of a codebook record (FORMAT.md): "packed" or "planes"
+
+def index_size(count: int, bits: int, layout: str) -> int:
+    if layout == "packed":
+        return packed_size(count, bits)
+    return count + (packed_size(count, bits - 8) if bits > 8 else 0)
+
+
+def index_bytes(indices: np.ndarray, bits: int, layout: str) -> bytes:
+    """"packed": one little-endian B-bit stream (bitpack). "planes": the low 8 bits of every index
+    as one byte each, then (B > 8) the high B-8 bits as a packed stream: byte-aligned symbols
+    that a general-purpose compressor's literal coder can model."""
+    if layout == "packed":
+        return pack_bits(indices, bits)
+    idx = np.asarray(indices).reshape(-1).astype(np.uint16)
+    low = (idx & 0xFF).astype(np.uint8).tobytes()
+    return low + (pack_bits(idx >> 8, bits - 8) if bits > 8 else b"")
+
+
+def indices_from(buf: memoryview, count: int, bits: int, layout: str) -> np.ndarray:
+    if layout == "packed":
+        return unpack_bits(buf, count, bits)
+    idx = np.frombuffer(buf[:count], dtype=np.uint8).astype(np.uint16)
+    if bits > 8:
+        idx |= unpack_bits(buf[count:], count, bits - 8) << 8
+    return idx

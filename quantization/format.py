@@ -19,8 +19,8 @@ from neurcomp.config.limits import machine_memory
 from neurcomp.data.volume import VolumeInfo
 from neurcomp.model.architecture import Architecture
 from neurcomp.quantization import bound as error_bound
-from neurcomp.quantization import fvsrn_format
-from neurcomp.quantization.bitpack import pack_bits, packed_size, unpack_bits
+from neurcomp.quantization import entropy, fvsrn_format
+from neurcomp.quantization.bitpack import index_bytes, index_size, indices_from  # noqa: F401  (re-exported)
 from neurcomp.quantization.coding import COMPRESSIONS, compress, decompress  # noqa: F401  (re-exported)
 
 MAGIC = b"\x89NCQ\r\n\x1a\n"
@@ -30,7 +30,6 @@ SUPPORTED_VERSIONS = (1, 2)
 
 _FIXED = struct.Struct("<8sHHI")  # magic, version, flags, header_size
 FLAG_SNAP_TO_INTEGERS = 2  # decoded voxels are rounded to integers within [vmin, vmax] (quantization.snap)
-KNOWN_FLAGS = FLAG_SNAP_TO_INTEGERS | fvsrn_format.FLAG_FVSRN
 _ARCH = struct.Struct("<HHBBHd")  # d_in, d_out, residual, network id (fvsrn_format), n_layers, omega_0
 _VOLUME = struct.Struct("<3I3d3d2d")  # shape (Z,Y,X), spacing (x,y,z), origin (x,y,z), vmin, vmax
 _SETTINGS = struct.Struct("<BBBBBBf")  # bits, codebook dtype, bias mode, quantize first/last, raw dtype, compression, finetune passes
@@ -40,7 +39,9 @@ _TENSOR = struct.Struct("<BBBBII")  # kind, dtype, index bits, index layout, cou
 
 DTYPES = ("float32", "float16")
 BIAS_MODES = ("float32", "float16", "quantized")
-KIND_RAW, KIND_CODEBOOK = 0, 1
+KIND_RAW, KIND_CODEBOOK, KIND_UNIFORM = 0, 1, 2
+FLAG_UNIFORM = 4  # header flag bit 2: the payload may hold uniform records (older decoders refuse the file)
+KNOWN_FLAGS = FLAG_SNAP_TO_INTEGERS | fvsrn_format.FLAG_FVSRN | FLAG_UNIFORM
 LAYOUTS = ("packed", "planes")  # index layouts, see index_bytes()
 MAX_LAYERS = 4096
 MAX_DIM = 1 << 24
@@ -69,12 +70,13 @@ class TensorCode:
     entries are exactly representable in ``dtype``; ``indices`` is (count,) uint16 for codebooks.
     """
 
-    kind: str  # "raw" | "codebook"
+    kind: str  # "raw" | "codebook" | "uniform" (values: the reconstruction table q * step, quantization.entropy)
     dtype: str  # "float32" | "float16"
     values: np.ndarray
     indices: np.ndarray | None = None
     bits: int = 0
     layout: str = "packed"  # index layout: "packed" (B-bit stream) or "planes" (byte plane + high bits)
+    uniform: tuple[float, int] | None = None  # (step, qmin) of a uniform record
 
     @property
     def count(self) -> int:
@@ -82,38 +84,6 @@ class TensorCode:
 
     def dequantize(self) -> np.ndarray:
         return self.values.copy() if self.kind == "raw" else self.values[self.indices.astype(np.int64)]
-
-    def stored_bytes(self) -> int:
-        item = np.dtype(self.dtype).itemsize
-        if self.kind == "raw":
-            return _TENSOR.size + self.values.size * item
-        return _TENSOR.size + self.values.size * item + index_size(self.count, self.bits, self.layout)
-
-
-def index_size(count: int, bits: int, layout: str) -> int:
-    if layout == "packed":
-        return packed_size(count, bits)
-    return count + (packed_size(count, bits - 8) if bits > 8 else 0)
-
-
-def index_bytes(indices: np.ndarray, bits: int, layout: str) -> bytes:
-    """"packed": one little-endian B-bit stream (bitpack). "planes": the low 8 bits of every index
-    as one byte each, then (B > 8) the high B-8 bits as a packed stream: byte-aligned symbols
-    that a general-purpose compressor's literal coder can model."""
-    if layout == "packed":
-        return pack_bits(indices, bits)
-    idx = np.asarray(indices).reshape(-1).astype(np.uint16)
-    low = (idx & 0xFF).astype(np.uint8).tobytes()
-    return low + (pack_bits(idx >> 8, bits - 8) if bits > 8 else b"")
-
-
-def indices_from(buf: memoryview, count: int, bits: int, layout: str) -> np.ndarray:
-    if layout == "packed":
-        return unpack_bits(buf, count, bits)
-    idx = np.frombuffer(buf[:count], dtype=np.uint8).astype(np.uint16)
-    if bits > 8:
-        idx |= unpack_bits(buf[count:], count, bits - 8) << 8
-    return idx
 
 
 @dataclass
@@ -132,6 +102,9 @@ class CompressedNetwork:
 def _encode_tensor(t: TensorCode) -> bytes:
     kind = KIND_RAW if t.kind == "raw" else KIND_CODEBOOK
     dt = np.dtype(t.dtype).newbyteorder("<")
+    if t.kind == "uniform":
+        model, data = entropy.encode_record(t)
+        return _TENSOR.pack(KIND_UNIFORM, 0, 0, model, t.indices.size, t.values.size) + data
     if kind == KIND_RAW:
         head = _TENSOR.pack(kind, DTYPES.index(t.dtype), 0, 0, t.values.size, 0)
         return head + t.values.astype(dt).tobytes()
@@ -167,7 +140,8 @@ def serialize(net: CompressedNetwork, level: int | None = None) -> bytes:
         record, section = error_bound.encode_section(net.bound)
         body, version = body + record, BOUND_VERSION
     header_size = _FIXED.size + len(body) + _CRC.size
-    flags = (net.flags & ~fvsrn_format.FLAG_FVSRN) | fvsrn_format.header_flags(arch)
+    uniform = FLAG_UNIFORM if any(t.kind == "uniform" for pair in net.tensors for t in pair) else 0
+    flags = (net.flags & ~(fvsrn_format.FLAG_FVSRN | FLAG_UNIFORM)) | fvsrn_format.header_flags(arch) | uniform
     head = _FIXED.pack(MAGIC, version, flags, header_size) + body
     return head + _CRC.pack(zlib.crc32(head)) + stored + section
 
@@ -361,7 +335,7 @@ def _check_sizes(source: str, shapes, volume: VolumeInfo, raw_size: int) -> None
     params = sum(counts)
     # smallest record: one float16 centroid and 1-bit indices; largest: raw float32 or a full
     # 16-bit codebook of float32 with 16-bit indices
-    least = sum(_TENSOR.size + 2 + (n + 7) // 8 for n in counts)
+    least = sum(_TENSOR.size + min(2 + (n + 7) // 8, entropy.HEAD_SIZE) for n in counts)
     most = sum(_TENSOR.size + max(4 * n, 4 * MAX_CODEBOOK + 2 * n) for n in counts)
     if not least <= raw_size <= most:
         raise _fail(source, f"header/payload mismatch: a raw payload of {raw_size} bytes is impossible for "
@@ -377,6 +351,11 @@ def _decode_tensor(p: _Reader, expected_count: int, what: str, source: str) -> T
     kind, dt, bits, layout, count, k = p.unpack(_TENSOR)
     if count != expected_count:
         raise _fail(source, f"header/payload mismatch: {what} holds {count} values, the architecture needs {expected_count}")
+    if kind == KIND_UNIFORM and not dt and not bits:
+        got = entropy.decode_record(p.take, count, k, layout, source)
+        if isinstance(got, str):
+            raise _fail(source, f"{what}: {got}")
+        return TensorCode("uniform", "float32", got[1], got[2], uniform=got[0])
     if dt >= len(DTYPES) or layout >= len(LAYOUTS) or kind not in (KIND_RAW, KIND_CODEBOOK):
         raise _fail(source, f"bad record for {what}")
     dtype = DTYPES[dt]

@@ -178,7 +178,7 @@ def encode_to_size(model, volume_info, bits: int, target_bytes: float, options: 
             new_bits = layer_bits[k] + step
             if not 1 <= new_bits <= 16:
                 continue
-            code = quantize_tensor(weights[k], new_bits, opts.codebook_dtype, opts.max_iters, seed + 2 * k)
+            code = quantize_tensor(weights[k], new_bits, opts.codebook_dtype, opts.max_iters, seed + 2 * k, opts.quantizer)
             tensors = list(net.tensors)
             tensors[k] = (code, tensors[k][1])
             candidate = replace(net, tensors=tensors)

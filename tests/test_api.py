@@ -32,12 +32,14 @@ def test_header_and_decoding_from_bytes_and_files(tmp_path):
     from neurcomp.model.architecture import Architecture
     from neurcomp.model.neurcomp import Neurcomp
     from neurcomp.quantization.bounded import encode_bounded
-    from neurcomp.quantization.encode import quantize_network
+    from neurcomp.quantization.encode import EncoderOptions, quantize_network
 
     values = np.random.default_rng(0).normal(size=(5, 6, 7)).astype(np.float32)
     torch.manual_seed(0)
     info = VolumeInfo(shape=values.shape, spacing=(1.0, 2.0, 3.0), vmin=float(values.min()), vmax=float(values.max()))
-    net = quantize_network(Neurcomp(Architecture.uniform(8, 2)), info, 5)
+    net = quantize_network(Neurcomp(Architecture.uniform(8, 2)), info, 5, EncoderOptions(quantizer="kmeans"))
+    # (k-means: with the uniform records of this untrained net one voxel of the box differs from the crop
+    # in the last float32 bit, the CPU matmul rounding a 54-point batch differently from a 210-point one)
     data, _ = encode_bounded(net, values, "abs", 0.1)
     (tmp_path / "f.ncq").write_bytes(data)
     header = api.read_header(tmp_path / "f.ncq")

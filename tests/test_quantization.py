@@ -92,7 +92,7 @@ def _check_round_trip(model, bits, options):
     assert info.shape == INFO.shape and info.spacing == INFO.spacing and info.origin == INFO.origin
     assert (info.vmin, info.vmax, info.source_dtype) == (INFO.vmin, INFO.vmax, INFO.source_dtype)
     for lin, (w, b) in zip(decoded.linears(), back.tensors):
-        expect = w.values[w.indices.astype(np.int64)] if w.kind == "codebook" else w.values
+        expect = w.values if w.kind == "raw" else w.values[w.indices.astype(np.int64)]
         assert np.array_equal(lin.weight.detach().numpy().reshape(-1), expect)  # weights == their centroids
     return net, decoded, data
 
@@ -102,7 +102,7 @@ def test_round_trip_every_bits():
     for bits in range(1, 17):
         # bit-packed (none) and byte-plane (zstd, lzma) index layouts
         compression = "lzma" if bits == 9 else ("none", "zstd")[bits % 2]
-        net, _, _ = _check_round_trip(model, bits, EncoderOptions(compression=compression, level=3))
+        net, _, _ = _check_round_trip(model, bits, EncoderOptions(compression=compression, level=3, quantizer="kmeans"))
         w = net.tensors[1][0]
         assert w.kind == "codebook" and w.bits == bits and w.values.size == 1 << bits
 
