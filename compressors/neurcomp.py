@@ -50,7 +50,7 @@ class NeurcompCodec(Codec):
 
         work = Path(work_dir or "benchmarks/results/tmp/neurcomp")
         work.mkdir(parents=True, exist_ok=True)
-        np.save(work / "volume.npy", values)
+        np.save(work / "volume.npy", integer_storage(values))
         schedule = []
         if self.steps:  # a budget: that many steps, two decays of lr_decay over the run
             passes = self.steps * self.batch_size * self.sample_size / values.size
@@ -85,12 +85,15 @@ class NeurcompCodec(Codec):
         return resolve_device(self.device)
 
     def decompress(self, payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
-        from neurcomp.quantization.decode import decode_bytes
-        from neurcomp.model.inference import predict_volume
+        """The decoder's own path (``decode_volume``): the network, then what the file asks for on
+        top (snapping to integers, error-bound corrections)."""
+        from neurcomp.quantization.decode import decode_volume
+        from neurcomp.quantization.format import parse
 
-        device = self.torch_device()
-        model, info, _ = decode_bytes(payload, "<neurcomp payload>")
-        return predict_volume(model.to(device), tuple(shape), info, device=device)
+        net = parse(payload, "<neurcomp payload>")
+        if tuple(net.volume.shape) != tuple(shape):
+            raise ValueError(f"neurcomp payload holds a {net.volume.shape} volume, not {tuple(shape)}")
+        return decode_volume(net, device=self.torch_device())[0]
 
     @classmethod
     def add_cli_args(cls, group):
@@ -110,6 +113,17 @@ class NeurcompCodec(Codec):
         return cls(steps=args.neurcomp_steps, n_layers=args.neurcomp_n_layers, bits=args.neurcomp_bits,
                    lr=args.neurcomp_lr, grad_lambda=args.neurcomp_grad_lambda, device=args.neurcomp_device,
                    batch_size=args.neurcomp_batch_size)
+
+
+def integer_storage(values: np.ndarray) -> np.ndarray:
+    """``values`` (float32, as every codec receives them) back in uint8 / uint16 when every voxel is a
+    whole number in that range: the dtype a scan or a quantized simulation came in, so training
+    holds it natively and the encoder may snap to integers (quantization.snap), as for a user's file."""
+    for dtype in (np.uint8, np.uint16):
+        info = np.iinfo(dtype)
+        if values.min() >= info.min and values.max() <= info.max and np.array_equal(values, np.rint(values)):
+            return values.astype(dtype)
+    return values
 
 
 def _synchronize(device: torch.device) -> None:

@@ -156,7 +156,7 @@ def test_unknown_flags_and_bad_uniform_fields_are_refused():
     data = bytearray(encode_network(quantize_network(model, INFO, 6, EncoderOptions(quantizer="uniform",
                                                                                          compression="none"))))
     flagged = bytearray(data)
-    struct.pack_into("<H", flagged, 10, 2)
+    struct.pack_into("<H", flagged, 10, 8)  # bit 3: no decoder knows it
     (header_size,) = struct.unpack_from("<I", flagged, 12)
     struct.pack_into("<I", flagged, header_size - 4, zlib.crc32(bytes(flagged[:header_size - 4])))
     with pytest.raises(InputError, match="unknown header flags"):

@@ -76,3 +76,23 @@ def test_neurcomp_codec_interface(tmp_path):
     psnr = 20 * np.log10(gt.max() - gt.min()) - 10 * np.log10(np.mean((result.decoded - gt) ** 2))
     assert np.isfinite(psnr) and psnr > 15
     np.testing.assert_array_equal(codec.decompress(result.payload, values.shape), result.decoded)
+
+
+def test_neurcomp_codec_keeps_integer_volumes_integer_and_decodes_as_the_decoder(tmp_path):
+    """A uint8 scan reaches every codec as float32; the neurcomp codec trains on it as uint8 (as a
+    user's file), and its decompress is the decoder's path, snapping included."""
+    from neurcomp.compressors import get_codec
+    from neurcomp.compressors.neurcomp import integer_storage
+    from neurcomp.quantization.decode import decode_volume
+    from neurcomp.quantization.format import parse
+
+    assert integer_storage(np.array([0, 3, 255], np.float32)).dtype == np.uint8
+    assert integer_storage(np.array([0, 3, 256], np.float32)).dtype == np.uint16
+    for not_integer in ([0, 3.5], [-1, 3], [0, 70000]):
+        assert integer_storage(np.array(not_integer, np.float32)).dtype == np.float32
+    values = np.fromfile(shared_volume("nucleon_41x41x41_uint8.raw"), np.uint8).reshape(41, 41, 41)
+    codec = get_codec("neurcomp", steps=60, batch_size=256)
+    result = codec.compress_to_ratio(values.astype(np.float32), 30, work_dir=tmp_path)
+    net = parse(result.payload)
+    assert net.volume.source_dtype == "uint8"
+    np.testing.assert_array_equal(result.decoded, decode_volume(net)[0])
