@@ -15,7 +15,7 @@ from neurcomp.data.volume import VolumeInfo  # noqa: E402
 from neurcomp.model.architecture import Architecture  # noqa: E402
 from neurcomp.model.neurcomp import Neurcomp  # noqa: E402
 from neurcomp.quantization.decode import decode_bytes  # noqa: E402
-from neurcomp.quantization.encode import encode_model, encode_network, normalized_psnr  # noqa: E402
+from neurcomp.quantization.encode import EncoderOptions, encode_model, encode_network, normalized_psnr  # noqa: E402
 from neurcomp.quantization.format import TensorCode, parse  # noqa: E402
 from neurcomp.quantization.qat import QuantizedTensor, forward_weights, nearest, qat_finetune, stored  # noqa: E402
 from neurcomp.training.sampling import VolumeSampler  # noqa: E402
@@ -46,7 +46,7 @@ def _trained(grid, widths=(16, 16, 16), steps=60, bits=4):
         loss.backward()
         opt.step()
     info = VolumeInfo(shape=grid.shape, spacing=(1.0, 1.0, 1.0), vmin=-1.0, vmax=1.0)
-    return model, info, parse(encode_model(model, info, bits))
+    return model, info, parse(encode_model(model, info, bits, EncoderOptions(quantizer="kmeans")))  # QAT trains codebooks
 
 
 def test_straight_through_gradients_reach_latent_weights_and_centroids():
