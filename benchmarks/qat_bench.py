@@ -50,6 +50,7 @@ from neurcomp.quantization.decode import decode_volume  # noqa: E402
 from neurcomp.quantization.encode import encode_network, finetune_codebooks, normalized_psnr  # noqa: E402
 from neurcomp.quantization.format import parse  # noqa: E402
 from neurcomp.quantization.qat import qat_finetune  # noqa: E402
+from neurcomp.quantization.encode import EncoderOptions  # noqa: E402
 from neurcomp.quantization.rate_control import encode_to_size, measured_architecture  # noqa: E402
 from neurcomp.training.recipe import auto_learning_rate  # noqa: E402
 from neurcomp.training.sampling import VolumeSampler  # noqa: E402
@@ -120,7 +121,9 @@ def variant(method: str, model, volume, info, bits: int, target: float, extra: i
     if method == "control":
         keep_training(work, sampler, extra, lr)
     t_extra, c_extra = time.perf_counter() - t0, time.process_time() - c0
-    data, report = encode_to_size(work, info, bits, target, tolerance=0.05, seed=seed)
+    # k-means codebooks, as measured (QAT and centroid fine-tuning train codebooks; the encoder's default
+    # is now quantizer auto, which may store a matrix as a uniform record instead)
+    data, report = encode_to_size(work, info, bits, target, EncoderOptions(quantizer="kmeans"), tolerance=0.05, seed=seed)
     if method == "centroids":
         net = parse(data)
         passes = extra * POINTS / volume.num_voxels
