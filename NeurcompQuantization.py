@@ -61,7 +61,7 @@ def quantize_main(argv=None, parser=None) -> dict:
         data, bound = _bounded(cfg, net, info)
     else:
         data = encode_network(net)
-    snapped = _snap(cfg, data, info) if ns.snap_to_integers and not bound else None
+    snapped = _snap(cfg, net, data, info) if ns.snap_to_integers and not bound else None
     if snapped:
         data = snapped
     seconds = time.perf_counter() - t0
@@ -85,20 +85,25 @@ def quantize_main(argv=None, parser=None) -> dict:
     return summary
 
 
-def _snap(cfg, data: bytes, info) -> bytes | None:
-    """The file flagged to round decoded voxels to integers, when that lowers the error on --data."""
+def _reference_volume(cfg, info, option: str, why: str):
+    """The volume of --data, which ``option`` measures the decoded file against (same shape as the network's)."""
     from neurcomp.quantization.cli import _read_volume
-    from neurcomp.quantization.decode import decode_volume
-    from neurcomp.quantization.format import parse
-    from neurcomp.quantization.snap import snap_if_it_helps
 
     if not cfg.data.path:
-        raise ConfigError(f"{cfg.source}: snap_to_integers needs --data, the volume to measure the error on")
+        raise ConfigError(f"{cfg.source}: {option} needs --data, {why}")
     volume = _read_volume(cfg.data.path, cfg)
     if tuple(volume.shape) != tuple(info.shape):
         raise InputError(f"{cfg.data.path}: volume shape {volume.shape} (Z, Y, X) differs from the "
                          f"checkpoint's {tuple(info.shape)}")
-    net = parse(data)
+    return volume
+
+
+def _snap(cfg, net, data: bytes, info) -> bytes | None:
+    """The file flagged to round decoded voxels to integers, when that lowers the error on --data."""
+    from neurcomp.quantization.decode import decode_volume
+    from neurcomp.quantization.snap import snap_if_it_helps
+
+    volume = _reference_volume(cfg, info, "snap_to_integers", "the volume to measure the error on")
     prediction = decode_volume(net, device=resolve_device(cfg.device))[0]
     flagged, snapped = snap_if_it_helps(data, prediction, volume.values, net)
     print("snap_to_integers: " + ("rounding lowers the error, flag set" if snapped else "rounding does not help, "
@@ -109,16 +114,10 @@ def _snap(cfg, data: bytes, info) -> bytes | None:
 def _bounded(cfg, net, info):
     """The file with corrections for ``max_abs_error`` / ``max_rel_error``, against --data."""
     from neurcomp.quantization.bounded import encode_bounded
-    from neurcomp.quantization.cli import _read_volume
 
     mode, value = cfg.error_bound
     option = "max_abs_error" if mode == "abs" else "max_rel_error"
-    if not cfg.data.path:
-        raise ConfigError(f"{cfg.source}: {option} needs --data, the volume the bound is kept against")
-    volume = _read_volume(cfg.data.path, cfg)
-    if tuple(volume.shape) != tuple(info.shape):
-        raise InputError(f"{cfg.data.path}: volume shape {volume.shape} (Z, Y, X) differs from the "
-                         f"checkpoint's {tuple(info.shape)}")
+    volume = _reference_volume(cfg, info, option, "the volume the bound is kept against")
     return encode_bounded(net, volume.values, mode, value, device=resolve_device(cfg.device), option=option)
 
 

@@ -119,9 +119,10 @@ def integer_storage(values: np.ndarray) -> np.ndarray:
     """``values`` (float32, as every codec receives them) back in uint8 / uint16 when every voxel is a
     whole number in that range: the dtype a scan or a quantized simulation came in, so training
     holds it natively and the encoder may snap to integers (quantization.snap), as for a user's file."""
+    if not np.array_equal(values, np.rint(values)):
+        return values
     for dtype in (np.uint8, np.uint16):
-        info = np.iinfo(dtype)
-        if values.min() >= info.min and values.max() <= info.max and np.array_equal(values, np.rint(values)):
+        if np.iinfo(dtype).min <= values.min() and values.max() <= np.iinfo(dtype).max:
             return values.astype(dtype)
     return values
 

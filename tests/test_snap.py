@@ -85,3 +85,11 @@ def test_training_sets_the_flag_when_it_helps(tmp_path):
     assert info["file_snap_to_integers"], f"{info['file_psnr']} dB: a smooth field stored rounded: rounding should help here"
     assert np.all(decoded == np.rint(decoded))
     assert info["file_psnr"] > info["psnr"]  # the network alone, before rounding and quantization
+    # the standalone quantizer decides the same way on request, against the config's --data
+    from NeurcompQuantization import quantize_main
+
+    out = tmp_path / "again.ncq"
+    summary = quantize_main(["--config", str(tmp_path / "exp" / "s" / "config.txt"), "--snap_to_integers", "true",
+                             "--output", str(out)])
+    assert summary["snap_to_integers"] and parse(out.read_bytes()).flags & FLAG_SNAP_TO_INTEGERS
+    assert np.all(decode_volume(parse(out.read_bytes()))[0] == np.rint(decode_volume(parse(out.read_bytes()))[0]))
