@@ -56,3 +56,15 @@ def run_two_gloo_ranks(worker, tmp_path, timeout: float = 120) -> tuple[dict, di
         assert time.time() < deadline, "spawned workers did not finish"
     r0, r1 = (json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1))
     return r0, r1
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks: one thread is much faster than two contending ones on a shared 2-core machine.
+    A test module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

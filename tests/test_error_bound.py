@@ -26,12 +26,7 @@ from neurcomp.quantization.region import make_grid, predict_grid
 from neurcomp.training.checkpoint import save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 NETWORKS = {"residual": ([8, 8], True), "plain": ([8, 8, 8], False), "pruned": ([9, 4, 7], True)}

@@ -21,12 +21,7 @@ from neurcomp.quantization.qat import QuantizedTensor, forward_weights, nearest,
 from neurcomp.training.sampling import VolumeSampler  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _volume(n=12):

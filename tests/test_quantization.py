@@ -29,13 +29,7 @@ from neurcomp.quantization.kmeans import kmeans_1d  # noqa: E402
 from neurcomp.data.volume import VolumeInfo  # noqa: E402
 from neurcomp.training.checkpoint import save_checkpoint  # noqa: E402
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one thread is much faster than two contending ones on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 INFO = VolumeInfo(shape=(9, 10, 11), spacing=(0.5, 1.0, 2.0), vmin=-3.0, vmax=7.5, source_dtype="uint16",
