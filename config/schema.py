@@ -297,6 +297,9 @@ class NeurcompConfig:
     quant_bits: int = option(9, "bits per weight index (1..16)", type=int, check=between(1, 16))
     target_file_ratio: float = option(0.0, ">0: size the network so the compressed file reaches this ratio",
                                       type=float, check=non_negative)
+    outlier_share: float = option(0.01, "with target_file_ratio: share of the file kept for correcting the worst "
+                                  "voxels after training (quantization.outliers; 0: none)", type=float,
+                                  check=between(0, 0.5))
     vti_dtype: str = option("source", "type of ground_truth.vti and prediction.vti: source (the volume's own, "
                             "e.g. uint8: the ground truth exactly, the prediction rounded and clipped to it) or "
                             "float32 (the network's output as it is)", choices=("source", "float32"))

@@ -2,7 +2,8 @@
 
 Ratio = (voxels x 4 bytes) / file bytes. The network is sized from the predicted file size
 (``quantization.rate_control``); after training the file is encoded, measured and, if needed,
-corrected layer by layer to land within 5 % of the requested ratio. With ``max_abs_error`` or
+corrected layer by layer to land within 5 % of the requested ratio; what it leaves of the target
+(``outlier_share`` of it kept back when sizing) corrects the worst voxels (``quantization.outliers``). With ``max_abs_error`` or
 ``max_rel_error`` the corrections that keep the bound at every voxel are added on top
 (``quantization.bounded``), so the file is larger than the network alone by their size.
 """
@@ -24,6 +25,15 @@ def file_target_bytes(cfg: NeurcompConfig, num_voxels: int) -> float:
     return num_voxels * 4 / cfg.target_file_ratio
 
 
+def network_target_bytes(cfg: NeurcompConfig, num_voxels: int) -> float:
+    """The network's share of the target: all of it less the outlier reserve (quantization.outliers;
+    none with an error bound, whose corrections come on top)."""
+    from neurcomp.quantization.outliers import reserve_bytes
+
+    target = file_target_bytes(cfg, num_voxels)
+    return target if cfg.error_bound else target - reserve_bytes(target, cfg.outlier_share)
+
+
 def initial_architecture(cfg: NeurcompConfig, num_voxels: int) -> Architecture:
     """The network to train: sized for ``target_file_ratio`` when set, else by ``build_architecture``."""
     if cfg.target_file_ratio <= 0:
@@ -34,7 +44,7 @@ def initial_architecture(cfg: NeurcompConfig, num_voxels: int) -> Architecture:
     from neurcomp.quantization.rate_control import measured_architecture
 
     net = cfg.network
-    return measured_architecture(file_target_bytes(cfg, num_voxels), net.n_layers, cfg.quant_bits,
+    return measured_architecture(network_target_bytes(cfg, num_voxels), net.n_layers, cfg.quant_bits,
                                        net.residual, d_in=net.d_in, d_out=net.d_out, omega_0=net.omega_0,
                                        source=cfg.source, network=net.network, num_voxels=num_voxels)
 
@@ -48,11 +58,12 @@ def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
     and measure the decoded volume."""
     from neurcomp.quantization.decode import decode_volume
     from neurcomp.quantization.format import parse
+    from neurcomp.quantization.outliers import add_corrections
     from neurcomp.quantization.rate_control import encode_to_size
     from neurcomp.quantization.snap import snap_if_it_helps
 
     target = file_target_bytes(cfg, volume.num_voxels)
-    data, report = encode_to_size(model, info, cfg.quant_bits, target,
+    data, report = encode_to_size(model, info, cfg.quant_bits, network_target_bytes(cfg, volume.num_voxels),
                                   tolerance=TOLERANCE, seed=cfg.seed)
     device = next(model.parameters()).device
     bound = {}
@@ -66,6 +77,9 @@ def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
     net = parse(data, str(path))
     prediction = decode_volume(net, device=device)[0]
     data, snapped = snap_if_it_helps(data, prediction, volume.values, net)  # integer sources (quantization.snap)
+    outliers = None
+    if not cfg.error_bound and cfg.outlier_share > 0:  # what the network left of the target: the worst voxels
+        data, outliers = add_corrections(data, volume.values, prediction, target - len(data), str(path))
     atomic_write_bytes(path, data)
     metrics = volume_metrics(volume.values, prediction)
     ratio = volume.num_voxels * 4 / len(data)
@@ -75,4 +89,5 @@ def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
     return {"file": path.name, "file_bytes": len(data), "file_ratio": ratio,
             "file_target_ratio": cfg.target_file_ratio, "file_ratio_within_5_percent": within,
             "file_psnr": metrics["psnr"], "file_snap_to_integers": snapped, "file_max_abs_error": metrics["max_abs_error"],
+            "file_outlier_corrections": 0 if outliers is None else int(outliers.positions.size),
             "file_layer_bits": report["layer_bits"], **{f"file_{k}": v for k, v in bound.items()}}
