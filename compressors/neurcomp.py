@@ -76,6 +76,7 @@ class NeurcompCodec(Codec):
         params = {**self.options(), "lr_used": info["lr"], "recoveries": info["recoveries"],
                   "steps_trained": info["steps"], "passes": info["passes"], "widths": info["network_layer_sizes"], "layer_bits": info["file_layer_bits"],
                   "training_seconds": info["training_time_s"], "psnr_before_quantization": info["psnr"],
+                  "snapped": info.get("file_snap_to_integers"), "outlier_corrections": info.get("file_outlier_corrections"),
                   "compiled": info.get("compiled"), "compile_graphs": info.get("compile_graphs"),
                   "decode_device": str(device)}
         return CodecResult.build(self.name, target_ratio, payload, decoded, encode_seconds, decode_seconds, params)
