@@ -53,7 +53,7 @@ def quantize_main(argv=None, parser=None) -> dict:
     model, info, _ = load_model(checkpoint)
     options = EncoderOptions(codebook_dtype=ns.codebook_dtype, bias=ns.bias_format,
                              quantize_first_last=ns.quantize_first_last, raw_dtype=ns.first_last_dtype,
-                             compression=ns.entropy_coder)
+                             compression=ns.entropy_coder, quantizer=ns.quantizer)
     net = quantize_network(model, info, bits, options, seed=ns.kmeans_seed, source=str(checkpoint))
     finetune = _finetune(cfg, ns, model, net, info, finetune_codebooks) if ns.finetune_passes > 0 else None
     bound = None

@@ -28,7 +28,7 @@ DEFAULT_SUFFIX = ".ncq"
 
 def add_quantization_arguments(parser):
     """NeurcompQuantization.py's own options (``--quant_bits`` is in the shared parser)."""
-    from neurcomp.quantization.encode import EncoderOptions
+    from neurcomp.quantization.encode import QUANTIZERS, EncoderOptions
 
     d = EncoderOptions()
     g = parser.add_argument_group("compressed file")
@@ -44,6 +44,9 @@ def add_quantization_arguments(parser):
                    help="k-means the first and last layers too (false: store them raw as --first_last_dtype)")
     g.add_argument("--first_last_dtype", default=d.raw_dtype, choices=["float16", "float32"],
                    help="storage of the first/last layers when --quantize_first_last is false")
+    g.add_argument("--quantizer", default=d.quantizer, choices=list(QUANTIZERS),
+                   help="per quantized matrix: kmeans (codebook + bit-packed indices), uniform (ANS-coded uniform "
+                   "integers at the k-means error) or auto (the smaller of the two; docs/quantization.md)")
     g.add_argument("--entropy_coder", default=d.compression, choices=["auto", "lzma", "zstd", "none"],
                    help="payload coding; auto keeps the smallest of lzma, zstd and none")
     g.add_argument("--snap_to_integers", type=parse_bool, default=False,

@@ -190,3 +190,23 @@ def test_trained_network_file_is_smaller_with_the_default_quantizer():
         assert EncoderOptions().quantizer == "auto"
         assert len(default) < 0.95 * len(kmeans), (bits, len(default), len(kmeans))
         assert any(w.kind == "uniform" for w, _ in parse(default).tensors)
+
+
+def test_quantization_command_takes_the_quantizer(tmp_path):
+    """NeurcompQuantization.py --quantizer kmeans writes codebooks only, uniform ANS records only."""
+    from NeurcompQuantization import quantize_main
+    from neurcomp.config.options import parse_config
+    from neurcomp.datasets.marschner_lobb import marschner_lobb
+    from neurcomp.training.run import train
+
+    np.save(tmp_path / "v.npy", marschner_lobb((16, 16, 16)).astype(np.float32))
+    train(parse_config(["--data", str(tmp_path / "v.npy"), "--basedir", str(tmp_path), "--expname", "e",
+                        "--tracking", "none", "--feature_list", "24", "24", "24", "24", "--min_steps", "60", "--max_pass", "1",
+                        "--batch_size", "256", "--compile", "off", "--quiet", "true"]), progress=False)
+    kinds = {}
+    for quantizer in ("kmeans", "uniform"):
+        out = tmp_path / f"{quantizer}.ncq"
+        quantize_main(["--config", str(tmp_path / "e" / "config.txt"), "--quant_bits", "6", "--quantizer", quantizer,
+                       "--output", str(out)])
+        kinds[quantizer] = {w.kind for w, _ in parse(out.read_bytes()).tensors[1:-1]}  # first/last layers: raw
+    assert kinds == {"kmeans": {"codebook"}, "uniform": {"uniform"}}
