@@ -10,8 +10,9 @@ Where the network is within half a step of the field, rounding its output,
 gives back the stored integer exactly. Where it is further off, rounding can move a voxel the wrong
 way, so the encoder, which has the volume, measures the error both ways and sets the flag only when
 rounding lowers it: one bit of side information, decided on the data. The decoder rounds and clips
-when the flag is set. Files with an error bound never set it (their corrections are computed on
-the network's own output).
+when the flag is set. Files with a requested error bound never set it (their corrections are
+computed on the network's own output); outlier corrections (``quantization.outliers``) are
+computed after snapping, so those files may carry both.
 """
 
 from __future__ import annotations
