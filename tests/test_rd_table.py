@@ -1,0 +1,42 @@
+"""benchmarks.rd_table: several rate-distortion runs merged into one gap table with a monotonicity line."""
+
+import json
+
+import pytest
+
+from benchmarks import rd_table
+from neurcomp.config.errors import InputError
+
+
+def _record(volume, codec, target, psnr):
+    return {"volume": volume, "codec": codec, "target_ratio": target, "ratio": target * 1.01, "psnr": psnr,
+            "mean_psnr": 20.0}
+
+
+def test_merges_folders_and_says_where_the_curve_does_not_fall(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "rd.json").write_text(json.dumps(
+        [_record("v1", "sz3", t, 50 - t / 20) for t in (100, 200)] + [_record("v1", "neurcomp", 100, 45),
+                                                                       _record("v1", "neurcomp", 200, 40)]))
+    (tmp_path / "b" / "rd.json").write_text(json.dumps(
+        [_record("v2", "sperr", t, 60.0) for t in (100, 200, 400)]
+        + [_record("v2", "neurcomp", t, p) for t, p in ((100, 62.0), (200, 61.0), (400, 62.5))]))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{rd_table.BEGIN}\nold table\n{rd_table.END}\noutro\n")
+    text = rd_table.main([str(tmp_path / "a"), str(tmp_path / "b"), "--readme", str(readme)])
+    assert "| v1 | 100 | sz3 | 45.00 (101) | 45.00 (101) | +0.00 |" in text
+    assert "| v2 | 400 | sperr | 60.00 (404) | 62.50 (404) | +2.50 |" in text
+    assert "- v1: 45.00 / 40.00 dB at 100 / 200: falls as the ratio rises" in text
+    assert "- v2: 62.00 / 61.00 / 62.50 dB at 100 / 200 / 400: does NOT fall as the ratio rises" in text
+    doc = readme.read_text()
+    assert doc.startswith("intro\n") and doc.endswith("outro\n") and "old table" not in doc and text in doc
+
+
+def test_a_missing_folder_or_block_is_a_one_line_error(tmp_path):
+    with pytest.raises(InputError, match="rd.json: not found"):
+        rd_table.main([str(tmp_path)])
+    (tmp_path / "rd.json").write_text("[]")
+    (tmp_path / "R.md").write_text("no block")
+    with pytest.raises(InputError, match="R.md: no"):
+        rd_table.main([str(tmp_path), "--readme", str(tmp_path / "R.md")])
