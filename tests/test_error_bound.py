@@ -91,7 +91,7 @@ def test_files_without_bound_stay_version_1_and_corrections_are_exact_inverses()
     back = parse(data).bound
     # the byte layout of FORMAT.md: header_size = 201 + 4L + S, mode at 143 + 4L + S, E at 153 + 4L + S
     lead = 4 * len(net.arch.widths) + len(net.volume.source_dtype)
-    assert struct.unpack_from("<HHI", data, 8) == (2, 0, 201 + lead) and data[143 + lead] == 1
+    assert struct.unpack_from("<HHI", data, 8) == (2, parse(plain).flags, 201 + lead) and data[143 + lead] == 1
     assert struct.unpack_from("<d", data, 153 + lead)[0] == 0.01
     assert serialize(parse(data)) == data
     assert back.positions.size > 0 and np.all(back.values != 0) and back.step == pytest.approx(1.8 * 0.01)

@@ -101,12 +101,29 @@ def test_round_trip_every_bits():
         assert w.kind == "codebook" and w.bits == bits and w.values.size == 1 << bits
 
 
-def test_fewer_distinct_weights_than_centroids_is_lossless():
+def test_fewer_distinct_weights_than_centroids_is_lossless_with_kmeans():
     model = _model([8, 6])
-    opts = EncoderOptions(codebook_dtype="float16", bias="float32", quantize_first_last=True)
+    opts = EncoderOptions(codebook_dtype="float16", bias="float32", quantize_first_last=True, quantizer="kmeans")
     net, decoded, _ = _check_round_trip(model, 12, opts)
     for a, b in zip(model.linears(), decoded.linears()):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+@pytest.mark.parametrize("bits", [8, 12])
+def test_matrices_too_small_for_a_codebook_keep_the_precision_of_their_bits(bits):
+    """The default quantizer stores a matrix no codebook fits as uniform integers at B bits'
+    precision (mean squared error at most var / 4^B), smaller than raw float32; kmeans keeps it raw (exact)."""
+    from neurcomp.quantization.encode import quantize_tensor
+
+    w = np.random.default_rng(bits).normal(0, 0.1, 42).astype(np.float32)  # a 6 x 7 hidden matrix
+    code = quantize_tensor(w, bits)
+    assert code.kind == "uniform"
+    assert np.mean((code.dequantize().astype(np.float64) - w) ** 2) <= np.var(w, dtype=np.float64) / 4 ** bits
+    assert np.abs(code.dequantize() - w).max() <= code.uniform[0] / 2 * 1.0001
+    assert quantize_tensor(w, bits, quantizer="kmeans").kind == "raw"
+    model = _model([6, 6])
+    small = len(encode_model(model, INFO, 8))
+    assert small < 0.75 * len(encode_model(model, INFO, 8, EncoderOptions(quantizer="kmeans")))
 
 
 @pytest.mark.parametrize("residual", [True, False])

@@ -42,7 +42,7 @@ def test_the_encoder_flags_only_where_rounding_lowers_the_error():
     truth = np.random.default_rng(0).integers(0, 41, INFO.shape).astype(np.float32)
     close = truth + np.random.default_rng(1).uniform(-0.4, 0.4, INFO.shape).astype(np.float32)
     flagged, snapped = snap.snap_if_it_helps(data, close, truth, net)
-    assert snapped and parse(flagged).flags == FLAG_SNAP_TO_INTEGERS
+    assert snapped and parse(flagged).flags == parse(data).flags | FLAG_SNAP_TO_INTEGERS
     np.testing.assert_array_equal(close, truth)  # snapped in place: every voxel recovered exactly
     off = truth + 0.6  # rounding moves every voxel a whole step: worse than 0.6
     assert snap.snap_if_it_helps(data, off, truth, net) == (data, False)

@@ -41,7 +41,8 @@ def test_training_lands_within_5_percent_of_the_file_ratio(tmp_path, name, ratio
     pred = decode_volume(parse(path.read_bytes()))[0]  # snapping and corrections included
     psnr = 20 * math.log10(gt.max() - gt.min()) - 10 * math.log10(np.mean((pred - gt) ** 2))
     assert info["file_psnr"] == pytest.approx(psnr, abs=1e-3)
-    assert info["file_psnr"] <= info["psnr"] + 0.05
+    if not info["file_snap_to_integers"] and not info["file_outlier_corrections"]:
+        assert info["file_psnr"] <= info["psnr"] + 0.05  # quantization only loses
 
 
 def test_prediction_grows_with_width_and_fills_the_budget():
