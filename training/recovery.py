@@ -1,10 +1,10 @@
 """Divergence is recovered, not just stopped (used by ``training.trainer.Trainer``).
 
 A phase with a ``validation`` sample (``training.validation``) evaluates it about ``EVALS_PER_PHASE``
-times and keeps the best state (model and optimizer). When the validation MSE stays blown up
-(``DIVERGENCE_FACTOR`` times the best at ``PATIENCE`` + 1 evaluations in a row) or the loss or a
-weight becomes non-finite, that state is restored and the learning rate halved; after
-``MAX_RECOVERIES`` the run stops with ``TrainingDiverged``.
+times and keeps the best state (model and optimizer). When the validation MSE blows up
+(``DIVERGENCE_FACTOR`` times the best) or the loss or a weight becomes non-finite, that state is
+restored and the learning rate halved; after ``MAX_RECOVERIES`` the run stops with
+``TrainingDiverged``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from neurcomp.data.metrics import psnr
 from neurcomp.training.portable_state import load_optimizer_state
 
 DIVERGENCE_FACTOR = 4.0  # validation MSE this many times the best (6 dB worse) counts as a blow-up
-PATIENCE = 1  # evaluations in a row a finite blow-up may last before it counts: Adam's transient
-# spikes recover by the next one (hydrogen 128^3, width 80: 6 dB down at pass 9), a real
-# divergence does not
 MAX_RECOVERIES = 8  # restores (each halving the lr) before giving up
 RECOVERY_LR_FACTOR = 0.5
 class TrainingDiverged(NeurcompError):
@@ -50,9 +47,7 @@ class Recovery:
         self.validation_log.append((self.step, val_mse))
         best = self.best
         blew_up = best is not None and self.phase.keep_best and val_mse > DIVERGENCE_FACTOR * best["val_mse"]
-        self.blown_up_evals = self.blown_up_evals + 1 if blew_up else 0
-        if not math.isfinite(val_mse) or self.blown_up_evals > PATIENCE:
-            self.blown_up_evals = 0
+        if not math.isfinite(val_mse) or blew_up:
             self._recover(f"validation PSNR fell to {psnr_from_normalised_mse(val_mse):.2f} dB", bar)
             return True
         # a regularized phase trades MSE for sparsity: its reference is the latest sound state

@@ -107,7 +107,6 @@ class Trainer(Recovery):
         self.train_seconds = 0.0
         self.lr_scale = 1.0  # halved on each recovery from divergence
         self.recoveries = 0
-        self.blown_up_evals = 0  # validation evaluations in a row above DIVERGENCE_FACTOR x the best (recovery)
         self.best: dict | None = None  # {step, val_mse, model, optimizer, lr_scale}
         self.restored_best_step: int | None = None
         self.validation_log: list[tuple[int, float]] = []  # (step, validation MSE) of every evaluation
