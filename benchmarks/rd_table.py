@@ -7,7 +7,8 @@ Neurcomp's PSNR falls as the ratio rises.
 several processes (one per core, split by volume), and this merges their records into the table
 of ``rd_eval.gap_table`` plus a line per volume saying whether the curve is monotone.
 ``--readme FILE`` also replaces the block between ``<!-- rd-table -->`` and ``<!-- /rd-table -->``
-in FILE (the README's table), written to a temporary name and renamed.
+in FILE (the README's table), written to a temporary name and renamed; ``--plots DIR`` draws the
+merged curves, ``DIR/rd_<volume>.png`` (every codec, PSNR against achieved ratio).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.rd_eval import gap_rows, gap_table
+from benchmarks.rd_eval import gap_rows, gap_table, plot_rd_per_volume
 from neurcomp.config.cli import run_cli
 from neurcomp.config.errors import InputError
 
@@ -73,11 +74,17 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rd_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", help="output folders of benchmarks.rate_distortion (each holds rd.json)")
     parser.add_argument("--readme", default="", help="also write the table into this file's rd-table block")
+    parser.add_argument("--plots", default="", help="also draw the merged curves into this folder (rd_<volume>.png)")
     args = parser.parse_args(argv)
-    text = render(load_records(args.folders))
+    records = load_records(args.folders)
+    text = render(records)
     print(text)
     if args.readme:
         replace_block(Path(args.readme), text)
+    if args.plots:
+        Path(args.plots).mkdir(parents=True, exist_ok=True)
+        for png in plot_rd_per_volume(records, args.plots):
+            print(f"wrote {png}", file=sys.stderr)
     return text
 
 

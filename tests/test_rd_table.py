@@ -24,7 +24,9 @@ def test_merges_folders_and_says_where_the_curve_does_not_fall(tmp_path):
         + [_record("v2", "neurcomp", t, p) for t, p in ((100, 62.0), (200, 61.0), (400, 62.5))]))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{rd_table.BEGIN}\nold table\n{rd_table.END}\noutro\n")
-    text = rd_table.main([str(tmp_path / "a"), str(tmp_path / "b"), "--readme", str(readme)])
+    text = rd_table.main([str(tmp_path / "a"), str(tmp_path / "b"), "--readme", str(readme),
+                          "--plots", str(tmp_path / "plots")])
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["rd_v1.png", "rd_v2.png"]
     assert "| v1 | 100 | sz3 | 45.00 (101) | 45.00 (101) | +0.00 |" in text
     assert "| v2 | 400 | sperr | 60.00 (404) | 62.50 (404) | +2.50 |" in text
     assert "- v1: 45.00 / 40.00 dB at 100 / 200: falls as the ratio rises" in text
