@@ -10,8 +10,8 @@ we do the same with a budget.
 With ``target_file_ratio``, ``outlier_share`` of the target (default 0.01) is kept back
 when the network is sized, if that is at least ``MIN_RESERVE_BYTES`` (less holds only a few
 corrections beside the 54-byte record; small volumes' networks keep every byte). After training,
-what the network's file leaves of the target goes to corrections (``quantization.bound``'s section, format version 2), worst voxel first, as many as
-fit. A correction adds ``q s`` to the decoded value, q an integer:
+what the network's file leaves of the target goes to corrections (``quantization.bound``'s
+section, format version 2), worst voxel first, as many as fit. A correction adds ``q s`` to the decoded value, q an integer:
 
 - an integer source whose file snaps to integers (``quantization.snap``): ``s = 1``, and every
   corrected voxel is exact;
@@ -111,7 +111,9 @@ def fit_corrections(truth, decoded: np.ndarray, budget: float, exact_integers: b
 
 
 def _integral(truth, slab: int = 32) -> bool:
-    return all(np.array_equal(a, np.rint(a)) for a in (np.asarray(truth[z:z + slab]) for z in range(0, len(truth), slab)))
+    """Every value of ``truth`` is a whole number (read ``slab`` z-slices at a time)."""
+    slabs = (np.asarray(truth[z:z + slab]) for z in range(0, len(truth), slab))
+    return all(np.array_equal(a, np.rint(a)) for a in slabs)
 
 
 def add_corrections(data: bytes, truth, decoded: np.ndarray, budget: float,

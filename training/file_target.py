@@ -3,9 +3,10 @@
 Ratio = (voxels x 4 bytes) / file bytes. The network is sized from the predicted file size
 (``quantization.rate_control``); after training the file is encoded, measured and, if needed,
 corrected layer by layer to land within 5 % of the requested ratio; what it leaves of the target
-(``outlier_share`` of it kept back when sizing) corrects the worst voxels (``quantization.outliers``). With ``max_abs_error`` or
-``max_rel_error`` the corrections that keep the bound at every voxel are added on top
-(``quantization.bounded``), so the file is larger than the network alone by their size.
+(``outlier_share`` of it kept back when sizing) corrects the worst voxels
+(``quantization.outliers``). With ``max_abs_error`` or ``max_rel_error`` the corrections that keep
+the bound at every voxel are added on top instead (``quantization.bounded``), so the file is
+larger than the network alone by their size.
 """
 
 from __future__ import annotations
