@@ -35,12 +35,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.quantization_bench import continue_training  # noqa: E402
 from neurcomp.data.metrics import volume_metrics  # noqa: E402
 from neurcomp.data.readers import read_volume  # noqa: E402
 from neurcomp.data.volume import VolumeInfo, mean_value, normalize  # noqa: E402
@@ -96,16 +96,6 @@ def train(volume, arch: Architecture, steps: int, cache: Path, seed: int = 0) ->
     return model, meta
 
 
-def keep_training(model: Neurcomp, sampler, steps: int, lr: float) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        coords, targets, _ = sampler.sample(POINTS)
-        loss = torch.mean((model(coords) - targets) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-
 def file_psnr(volume, data: bytes) -> float:
     prediction = decode_volume(parse(data), device="cpu")[0]
     return float(volume_metrics(volume.values, prediction)["psnr"])
@@ -114,12 +104,11 @@ def file_psnr(volume, data: bytes) -> float:
 def variant(method: str, model, volume, info, bits: int, target: float, extra: int, lr: float,
             ft_lr: float, seed: int, latent_lr_scale: float = 1.0) -> dict:
     """One way of writing the file from the trained ``model`` (left unchanged)."""
-    work = copy.deepcopy(model)
     sampler = VolumeSampler(volume.normalized(), "cpu", seed=seed + 1)  # the same batches for every method
     t0, c0 = time.perf_counter(), time.process_time()
     extra_info = {}
-    if method == "control":
-        keep_training(work, sampler, extra, lr)
+    # the control: the unquantized network trained on for the same steps (a copy either way)
+    work = continue_training(model, sampler, extra, POINTS, lr) if method == "control" else copy.deepcopy(model)
     t_extra, c_extra = time.perf_counter() - t0, time.process_time() - c0
     # k-means codebooks, as measured (QAT and centroid fine-tuning train codebooks; the encoder's default
     # is now quantizer auto, which may store a matrix as a uniform record instead)
