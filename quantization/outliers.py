@@ -110,12 +110,6 @@ def fit_corrections(truth, decoded: np.ndarray, budget: float, exact_integers: b
     return best
 
 
-def _integral(truth, slab: int = 32) -> bool:
-    """Every value of ``truth`` is a whole number (read ``slab`` z-slices at a time)."""
-    slabs = (np.asarray(truth[z:z + slab]) for z in range(0, len(truth), slab))
-    return all(np.array_equal(a, np.rint(a)) for a in slabs)
-
-
 def add_corrections(data: bytes, truth, decoded: np.ndarray, budget: float,
                     source: str = "<encoder>") -> tuple[bytes, ErrorBound | None]:
     """``data`` (a file without a bound) with the corrections of its worst voxels that fit in
@@ -124,8 +118,9 @@ def add_corrections(data: bytes, truth, decoded: np.ndarray, budget: float,
     net: CompressedNetwork = parse(data, source)
     if net.bound is not None:
         raise ValueError("the file already has an error bound")
-    exact = bool(net.flags & FLAG_SNAP_TO_INTEGERS) and _integral(truth)
-    bound = fit_corrections(truth, decoded, budget, exact)
+    # a file snaps only for an integer source (quantization.snap): decoded and truth are whole numbers,
+    # so corrections of step 1 are exact (and a stray fraction would stay within the bound's 1/2)
+    bound = fit_corrections(truth, decoded, budget, bool(net.flags & FLAG_SNAP_TO_INTEGERS))
     if bound is None:
         return data, None
     apply(bound, decoded, decoded.shape)
