@@ -126,14 +126,17 @@ def test_a_cuda_checkpoint_resumes_on_the_cpu(tmp_path, capsys):
 # -- 3. torch.compile: the recompile limit and what the trainer reports --------------------------------
 @pytest.fixture
 def eager_backend(monkeypatch):
-    """Dynamo's graph capture and recompile limit without inductor's code generation (seconds, not minutes)."""
+    """Dynamo's graph capture and recompile limit without inductor's code generation (seconds, not
+    minutes). Dynamo's settings are changed only under ``config.patch``, which restores them exactly:
+    pytest's monkeypatch undoes an attribute it did not find in the module's ``__dict__`` with
+    ``delattr``, and on dynamo's config module that hides the setting for the rest of the process."""
     import torch._dynamo
 
     torch._dynamo.reset()
     monkeypatch.setattr(speed, "COMPILE_BACKEND", "eager")
     name = speed._limit_name()
-    monkeypatch.setattr(torch._dynamo.config, name, getattr(torch._dynamo.config, name))
-    yield name
+    with torch._dynamo.config.patch(**{name: getattr(torch._dynamo.config, name)}):
+        yield name
     torch._dynamo.reset()
 
 
@@ -146,8 +149,25 @@ def test_every_trainer_compiles_past_dynamos_recompile_limit(eager_backend, caps
     assert "torch.compile failed" not in capsys.readouterr().err
 
 
+def test_compiled_trainers_leave_dynamos_settings_as_they_were(eager_backend, capsys):
+    """The search and the benchmarks train many networks in one process: each compiled trainer
+    raises the recompile limit only while it runs, and under both of the setting's names."""
+    import torch._dynamo.config as dynamo_config
+
+    before = dynamo_config.get_config_copy()
+    for width in (4, 6):
+        trainer = small_trainer(width, compile="on")
+        trainer.run()
+        assert trainer.compiled and trainer.compile_graphs == 1, width
+        assert dynamo_config.get_config_copy() == before
+        assert getattr(dynamo_config, eager_backend) == before[eager_backend]
+        assert dynamo_config.cache_size_limit == before[eager_backend]  # the old name reads the same
+    assert "torch.compile failed" not in capsys.readouterr().err
+
+
 def test_a_trainer_past_the_limit_says_it_runs_eagerly(eager_backend, monkeypatch, capsys):
-    monkeypatch.setattr(speed, "make_room", lambda: None)  # the limit as it is: one graph
+    monkeypatch.setattr(speed, "GRAPHS_PER_TRAINER", 0)  # the limit as it is: one graph
+    monkeypatch.setattr(speed, "DYNAMO_DEFAULT_LIMIT", 1)
     setattr(torch._dynamo.config, eager_backend, 1)
     first, second = small_trainer(4, compile="on"), small_trainer(5, compile="on")
     first.run()

@@ -42,35 +42,43 @@ def should_compile(mode: str, num_steps: int) -> bool:
 # -- torch.compile of the training step ------------------------------------------------------------
 # Every Trainer compiles the same code object (Trainer.data_terms), so they share one dynamo cache:
 # each new architecture or grad_lambda adds an entry, and past dynamo's recompile limit (8) the
-# step would silently run eagerly while reporting itself compiled. Each compiled Trainer raises the
-# limit by GRAPHS_PER_TRAINER, the compiling first step turns a hit limit into an error (so the
-# fallback says so and the trainer reports itself eager), and the graphs compiled are counted.
+# step would silently run eagerly while reporting itself compiled. Each compiled Trainer is given
+# GRAPHS_PER_TRAINER more entries than the trainers before it, and its steps run with the limit
+# raised that far by ``dynamo_config.patch`` (restored exactly when the run ends, so the process's
+# settings are never left changed); the compiling first step turns a hit limit into an error (so
+# the fallback says so and the trainer reports itself eager), and the graphs compiled are counted.
 GRAPHS_PER_TRAINER = 4  # a step needs 1 graph, 2 when the last micro-batch is smaller
+DYNAMO_DEFAULT_LIMIT = 8
 COMPILE_BACKEND = "inductor"
 _compiled_trainers = 0
 
 
 def _limit_name() -> str:
+    """``recompile_limit`` (torch >= 2.6) or its older name ``cache_size_limit``, now an alias of it."""
     import torch._dynamo.config as dynamo_config
 
-    return "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    return "recompile_limit" if "recompile_limit" in dynamo_config._config else "cache_size_limit"
 
 
-def make_room() -> None:
-    """Raise dynamo's recompile limit by GRAPHS_PER_TRAINER for one more compiled trainer."""
+def reserve_room() -> int:
+    """The recompile limit one more compiled trainer needs: room for its graphs after those of
+    every compiled trainer before it in this process."""
     global _compiled_trainers
+    _compiled_trainers += 1
+    return DYNAMO_DEFAULT_LIMIT + GRAPHS_PER_TRAINER * _compiled_trainers
+
+
+def recompile_room(limit: int):
+    """Context for a compiled trainer's steps: dynamo's recompile limit at least ``limit``, the
+    setting restored exactly on exit."""
     import torch._dynamo.config as dynamo_config
 
-    _compiled_trainers += 1
     name = _limit_name()
-    needed = 8 + GRAPHS_PER_TRAINER * _compiled_trainers
-    if getattr(dynamo_config, name) < needed:
-        setattr(dynamo_config, name, needed)
+    return dynamo_config.patch(**{name: max(limit, getattr(dynamo_config, name))})
 
 
 def compile_step(fn):
-    """``torch.compile(fn)``, with room in dynamo's cache for this trainer's graphs."""
-    make_room()
+    """``torch.compile(fn)`` with the compiler backend in use (``inductor``; tests swap in ``eager``)."""
     return torch.compile(fn, backend=COMPILE_BACKEND)
 
 

@@ -34,8 +34,8 @@ from neurcomp.training.portable_state import load_optimizer_state
 from neurcomp.training.progress import phase_progress
 from neurcomp.training.recovery import Recovery, psnr_from_normalised_mse
 from neurcomp.training.sampling import VolumeSampler
-from neurcomp.training.speed import (compile_step, graphs_compiled, is_device_failure, micro_batch_size, should_compile,
-                            strict_recompiles)
+from neurcomp.training.speed import (compile_step, graphs_compiled, is_device_failure, micro_batch_size, recompile_room,
+                            reserve_room, should_compile, strict_recompiles)
 
 NAN_CHECK_EVERY = 16  # steps between loss checks (each check synchronises with the device)
 EVALS_PER_PHASE = 50  # validation evaluations per phase (~2 % of the run between two)
@@ -116,6 +116,7 @@ class Trainer(Recovery):
         # only the base class's pure data terms are compiled (subclasses' losses keep Python state)
         self.compiled = should_compile(compile, phase.num_steps) and type(self).loss is Trainer.loss
         self._data_terms = compile_step(self.data_terms) if self.compiled else self.data_terms
+        self._recompile_limit = reserve_room() if self.compiled else 0
         self._compile_checked = not self.compiled
         self.compile_graphs = 0  # graphs dynamo compiled while this trainer ran (training.speed)
         # the fused Adam kernel saves a launch per parameter on CUDA
@@ -291,16 +292,19 @@ class Trainer(Recovery):
         if phase.validation is not None and self.best is None:
             self._validate(bar)  # the starting state is the first "best"
         stop = distributed.StopAgreement()  # under torchrun, Ctrl-C stops every rank at the same step
+        # the recompile limit raised for this trainer's graphs only while its steps run
+        room = recompile_room(self._recompile_limit) if self.compiled else nullcontext()
         try:
-            while self.step < phase.num_steps:
-                checked = self._step(bar)
-                if self._stop_requested(stop, checked):
-                    self.train_seconds += time.perf_counter() - self._t0
-                    stopped = Interrupted(getattr(self.stop_flag, "signum", None))
-                    if self.checkpoint_fn:
-                        self.checkpoint_fn(self, "interrupt")  # which says, in one line, how to resume
-                        stopped.reported = True
-                    raise stopped
+            with room:
+                while self.step < phase.num_steps:
+                    checked = self._step(bar)
+                    if self._stop_requested(stop, checked):
+                        self.train_seconds += time.perf_counter() - self._t0
+                        stopped = Interrupted(getattr(self.stop_flag, "signum", None))
+                        if self.checkpoint_fn:
+                            self.checkpoint_fn(self, "interrupt")  # which says, in one line, how to resume
+                            stopped.reported = True
+                        raise stopped
         finally:
             stop.close()
             if self.compiled:
