@@ -9,7 +9,7 @@ ratio; one module per codec. A new codec is one module plus its import line belo
 
 from neurcomp.compressors.base import CODECS, Codec, CodecResult, compression_ratio, get_codec, register_codec
 
-from neurcomp.compressors import fvsrn, neurcomp, sperr, sz3, zfp  # noqa: E402,F401  (each registers its codec)
+from neurcomp.compressors import fvsrn, latent, neurcomp, sperr, sz3, zfp  # noqa: E402,F401  (each registers its codec)
 from neurcomp.compressors import api  # noqa: E402  (the compressed file from Python: compress, decompress, read_header)
 
 __all__ = ["api", "CODECS", "Codec", "CodecResult", "compression_ratio", "get_codec", "register_codec"]

@@ -1,0 +1,155 @@
+"""A multi-resolution latent grid, a small synthesis MLP and a learned entropy model: the overfitted
+neural codec of Cool-chic (Ladune, Philippe, Henry, Clare, Leguay, "COOL-CHIC: Coordinate-based Low
+Complexity Hierarchical Image Codec", ICCV 2023) and C3 (Kim et al., CVPR 2024), for volumes.
+
+The volume is the output of a synthesis MLP f_theta fed, at every voxel v, with the latents of L
+3D grids y_l of C channels at 1, 1/2, 1/4, ... of the volume's resolution, each upsampled to the
+voxel (trilinear, U_l) and concatenated:
+
+    x_hat(v) = f_theta( [U_0(y_hat_0)(v), ..., U_{L-1}(y_hat_{L-1})(v)] ),   y_hat_l = round(y_l).
+
+The coarse grids carry the smooth part compactly, as a wavelet coder's coarse bands do; the fine
+grids only the detail that pays for its bits. The latents are integers in the file, so the step of
+their quantization is 1 in latent units and the synthesis learns the scale: the same as a trained
+step per level.
+
+The rate is the latents' code length under a Laplace model per level and channel (mean mu, scale
+b, both trained), the probability of an integer being the density's mass over its bin:
+
+    P(y_hat) = F(y_hat + 1/2) - F(y_hat - 1/2),   R = sum_l sum_i -log2 P(y_hat_{l,i}),
+
+and training minimises D + lambda R / N (N voxels). While it trains, rounding is replaced by
+additive uniform noise (Balle et al., "End-to-end optimized image compression", ICLR 2017), then by
+rounding with a straight-through gradient. ``quantization.latent_format`` codes the integers with
+constriction's ANS under exactly this model, so R is the file's size within a few bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MIN_LEVEL_SIDE = 2  # the coarsest grid keeps at least 2 samples along its shortest axis
+MIN_PROBABILITY = 2.0 ** -16  # the entropy coder's smallest probability, so R never reaches inf
+MIN_SCALE = 0.02  # Laplace scales below this code nearly every latent as its mean anyway
+INIT_SCALE = 0.1  # zero latents start nearly free (0.0001 bit each), not at 1.4 bits
+
+
+def level_shapes(shape: tuple[int, int, int], levels: int, finest: int = 0) -> list[tuple[int, int, int]]:
+    """The grid of level l has ceil(n / 2^(finest + l)) samples along an axis of n voxels."""
+    return [tuple(max(1, math.ceil(n / 2 ** (finest + level))) for n in shape) for level in range(levels)]
+
+
+def default_levels(shape: tuple[int, int, int], finest: int = 0) -> int:
+    """As many halvings as keep the coarsest grid at least MIN_LEVEL_SIDE along every axis."""
+    levels = 1
+    while min(math.ceil(n / 2 ** (finest + levels)) for n in shape) >= MIN_LEVEL_SIDE:
+        levels += 1
+    return levels
+
+
+def quantize_latent(y: torch.Tensor, mode: str) -> torch.Tensor:
+    """``noise``: y + U(-1/2, 1/2); ``ste``: round(y) with the identity's gradient; ``round``."""
+    if mode == "noise":
+        return y + torch.empty_like(y).uniform_(-0.5, 0.5)
+    if mode == "ste":
+        return y + (torch.round(y) - y).detach()
+    if mode == "round":
+        return torch.round(y)
+    raise ValueError(f"quantization mode must be noise, ste or round, not {mode!r}")
+
+
+def laplace_bits(y_hat: torch.Tensor, mu: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """-log2 P(y_hat) per element, P the Laplace(mu, scale) mass over [y_hat - 1/2, y_hat + 1/2].
+
+    F(x) = 1/2 + 1/2 sign(x - mu) (1 - exp(-|x - mu| / b)); the mass is written as a difference
+    of exponentials of the bin's near and far edge, which stays accurate in the tails."""
+    d = (y_hat - mu).abs()
+    near = torch.clamp(d - 0.5, min=0.0)
+    far = d + 0.5
+    inside = d < 0.5  # the bin holds the mode: 1 - both tails
+    # (0.5 - d) clamped: the branch not taken must not overflow, or its inf times 0 makes a NaN gradient
+    mass = torch.where(inside,
+                       1.0 - 0.5 * torch.exp(-torch.clamp(0.5 - d, min=0.0) / scale) - 0.5 * torch.exp(-far / scale),
+                       0.5 * (torch.exp(-near / scale) - torch.exp(-far / scale)))
+    return -torch.log2(torch.clamp(mass, min=MIN_PROBABILITY))
+
+
+def fake_quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric uniform quantization at ``bits`` (step = max|w| / (2^(bits-1) - 1)), with the
+    identity's gradient: the synthesis trains on the weights the file will hold."""
+    levels = 2 ** (bits - 1) - 1
+    step = w.detach().abs().max().clamp(min=1e-12) / levels
+    return w + (torch.round(w / step) * step - w).detach()
+
+
+class LatentGrid(nn.Module):
+    """L latent grids of ``channels`` channels, a synthesis MLP of ``layers`` hidden layers of
+    ``hidden`` units (ReLU), and the entropy model's mu and log b per level and channel.
+
+    Initialisation as in Cool-chic: latents at 0 (they cost nothing until the loss asks for them),
+    the MLP with PyTorch's default (Kaiming-uniform) layers."""
+
+    def __init__(self, shape: tuple[int, int, int], levels: int = 0, channels: int = 1, hidden: int = 16,
+                 layers: int = 2, weight_bits: int = 8, finest: int = 0):
+        super().__init__()
+        self.shape = tuple(int(n) for n in shape)
+        self.finest = finest  # the finest grid is 1 / 2^finest of the volume's resolution
+        self.levels = levels or default_levels(self.shape, finest)
+        self.channels, self.hidden, self.layers, self.weight_bits = channels, hidden, layers, weight_bits
+        self.latents = nn.ParameterList(
+            nn.Parameter(torch.zeros(1, channels, *s)) for s in level_shapes(self.shape, self.levels, finest))
+        widths = [self.levels * channels] + [hidden] * layers + [1]
+        self.synthesis = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.mu = nn.Parameter(torch.zeros(self.levels, channels))
+        self.log_scale = nn.Parameter(torch.full((self.levels, channels), math.log(INIT_SCALE)))
+        self.quantized_weights = False  # set for the last phase of training, and by the decoder
+
+    # -- the latents and their rate --------------------------------------------------------------
+    def quantized(self, mode: str) -> list[torch.Tensor]:
+        return [quantize_latent(y, mode) for y in self.latents]
+
+    def scales(self) -> torch.Tensor:
+        return torch.exp(self.log_scale).clamp(min=MIN_SCALE)
+
+    def rate_bits(self, y_hat: list[torch.Tensor]) -> torch.Tensor:
+        """The latents' code length in bits under the Laplace model (a differentiable estimate)."""
+        scales = self.scales()
+        total = y_hat[0].new_zeros(())
+        for level, y in enumerate(y_hat):
+            mu = self.mu[level].view(1, -1, 1, 1, 1)
+            b = scales[level].view(1, -1, 1, 1, 1)
+            total = total + laplace_bits(y, mu, b).sum()
+        return total
+
+    # -- synthesis -------------------------------------------------------------------------------
+    def features(self, y_hat: list[torch.Tensor], shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """Every level upsampled to ``shape`` (default: the volume's), as (voxels, L * C) rows."""
+        shape = tuple(shape or self.shape)
+        grids = [y if tuple(y.shape[2:]) == shape else
+                 F.interpolate(y, size=shape, mode="trilinear", align_corners=True) for y in y_hat]
+        return torch.cat(grids, dim=1).flatten(2)[0].t()
+
+    def synthesize(self, feats: torch.Tensor) -> torch.Tensor:
+        h = feats
+        for i, layer in enumerate(self.synthesis):
+            if self.quantized_weights:
+                h = F.linear(h, fake_quantize_weight(layer.weight, self.weight_bits), layer.bias)
+            else:
+                h = layer(h)
+            if i < len(self.synthesis) - 1:
+                h = torch.relu(h)
+        return h[:, 0]
+
+    def forward(self, mode: str = "round", shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """The decoded volume (normalised values) on ``shape``, the latents quantized by ``mode``."""
+        shape = tuple(shape or self.shape)
+        return self.synthesize(self.features(self.quantized(mode), shape)).view(shape)
+
+    def describe(self) -> dict:
+        return {"network": "latent", "levels": self.levels, "channels": self.channels, "hidden": self.hidden,
+                "layers": self.layers, "weight_bits": self.weight_bits, "finest": self.finest,
+                "level_shapes": [list(y.shape[2:]) for y in self.latents]}

@@ -1,0 +1,129 @@
+"""The latent-grid network (model.latent_grid): its entropy model, the file's round trip, the rate
+estimate against the coded size, and the codec at a target ratio on a small smooth volume."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from neurcomp.compressors import get_codec
+from neurcomp.config.errors import InputError
+from neurcomp.model.latent_grid import LatentGrid, default_levels, laplace_bits, level_shapes, quantize_latent
+from neurcomp.quantization import latent_format
+from neurcomp.training.latent_fit import LatentFitOptions, fit
+
+
+def smooth_volume(shape=(16, 18, 20)):
+    z, y, x = np.meshgrid(*(np.linspace(0, 1, n) for n in shape), indexing="ij")
+    return (np.sin(3 * x) * np.cos(2 * y) + z ** 2).astype(np.float32)
+
+
+def test_level_shapes_halve_down_to_two_samples():
+    shape = (16, 18, 20)
+    levels = default_levels(shape)
+    shapes = level_shapes(shape, levels)
+    assert shapes[0] == shape and shapes[1] == (8, 9, 10)
+    assert min(shapes[-1]) >= 2 and min(math.ceil(n / 2 ** levels) for n in shape) < 2
+
+
+def test_laplace_masses_sum_to_one_and_match_the_cdf():
+    mu, b = torch.tensor(0.3), torch.tensor(1.7)
+    y = torch.arange(-15.0, 16.0)  # beyond, the coder's smallest probability floors the mass
+    bits = laplace_bits(y, mu, b)
+    assert float(torch.sum(2.0 ** -bits)) == pytest.approx(1.0, abs=2e-4)
+
+    def cdf(v):
+        return 0.5 + 0.5 * math.copysign(1.0, v - 0.3) * (1 - math.exp(-abs(v - 0.3) / 1.7))
+
+    for v in (-3.0, 0.0, 1.0, 5.0):
+        mass = cdf(v + 0.5) - cdf(v - 0.5)
+        assert float(laplace_bits(torch.tensor(v), mu, b)) == pytest.approx(-math.log2(mass), rel=1e-5)
+
+
+def test_quantization_modes():
+    torch.manual_seed(0)
+    y = torch.randn(1000, requires_grad=True)
+    noisy = quantize_latent(y, "noise")
+    assert float((noisy - y).detach().abs().max()) <= 0.5
+    ste = quantize_latent(y, "ste")
+    assert torch.equal(ste, torch.round(y))
+    ste.sum().backward()
+    assert torch.equal(y.grad, torch.ones_like(y))  # the identity's gradient
+    with pytest.raises(ValueError):
+        quantize_latent(y, "soft")
+
+
+def random_model(shape=(10, 12, 14), seed=0):
+    torch.manual_seed(seed)
+    model = LatentGrid(shape, channels=2, hidden=8)
+    with torch.no_grad():
+        for p in model.latents:
+            p.copy_(torch.randn_like(p) * 3)
+        model.mu.normal_(0, 0.3)
+        model.log_scale.fill_(math.log(2.5))
+    model.quantized_weights = True
+    return model
+
+
+def test_file_round_trip_is_exact_and_its_size_matches_the_rate():
+    model = random_model()
+    data = latent_format.encode(model, -2.0, 5.0)
+    decoded, vmin, vmax = latent_format.decode(data)
+    assert (vmin, vmax) == (-2.0, 5.0)
+    for a, b in zip(model.latents, decoded.latents):
+        assert torch.equal(torch.round(a), b)
+    with torch.no_grad():
+        expected = model("round").numpy()
+        assert np.allclose(decoded("round").numpy(), expected, atol=2e-3)  # f16 biases, int8 weights
+        volume = latent_format.decode_volume(data)
+        assert np.allclose(volume, (expected + 1) * 0.5 * 7.0 - 2.0, atol=2e-2)
+        rate_bytes = float(model.rate_bits(model.quantized("round"))) / 8
+    latent_bytes = len(data) - len(latent_format.encode(_zeroed(model), -2.0, 5.0))
+    # ANS codes within a few words of the model's information content
+    assert abs(latent_bytes - rate_bytes) <= 0.01 * rate_bytes + 16
+
+
+def _zeroed(model):
+    copy = random_model(model.shape)
+    copy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in copy.latents:
+            p.zero_()
+    return copy
+
+
+def test_another_resolution_decodes():
+    data = latent_format.encode(random_model(), 0.0, 1.0)
+    assert latent_format.decode_volume(data, shape=(20, 24, 28)).shape == (20, 24, 28)
+
+
+@pytest.mark.parametrize("cut", [5, 40, -3])
+def test_a_truncated_or_padded_file_is_refused_in_one_line(cut):
+    data = latent_format.encode(random_model(), 0.0, 1.0)
+    broken = data[:cut] if cut > 0 else data + b"\0" * -cut
+    with pytest.raises(InputError):
+        latent_format.decode(broken, "x.nclg")
+
+
+def test_fit_lands_under_the_budget_and_beats_the_mean():
+    values = smooth_volume()
+    budget = values.size * 4 // 20  # at 1/40 the MLP and the header alone take 470 of 576 bytes
+    options = LatentFitOptions(steps=300, lambda0=1e-2)
+    model, vmin, vmax, report = fit(values, budget, options)
+    data = latent_format.encode(model, vmin, vmax)
+    assert len(data) <= budget
+    decoded = latent_format.decode_volume(data)
+    mse = float(np.mean((decoded - values) ** 2))
+    assert mse < 0.05 * float(np.var(values))  # far better than predicting the mean
+    assert report["history"] and report["train_seconds"] > 0
+
+
+def test_the_codec_reaches_its_ratio_and_decodes_from_bytes():
+    values = smooth_volume()
+    codec = get_codec("latent", steps=200, lambda0=1e-2)
+    result = codec.compress_to_ratio(values, 20)
+    assert result.ratio >= 20 * 0.999
+    mse = float(np.mean((result.decoded - values) ** 2))
+    assert mse < 0.05 * float(np.var(values))
+    assert np.array_equal(codec.decompress(result.payload, values.shape), result.decoded)

@@ -1,0 +1,134 @@
+"""Fitting a latent-grid network (``model.latent_grid``) to one volume at a target file size.
+
+The loss is D / var(x) + lambda R / N: the mean squared error relative to the volume's variance
+(so the same lambda means the same trade-off on every volume) plus lambda times the latents' bits
+per voxel. lambda is not searched: it is a Lagrange multiplier updated by dual ascent,
+
+    log lambda <- log lambda + gain * clip(R / R_target - 1, -1, 1),
+
+so one training lands at the target's rate, where a search over lambda would train several
+networks. The first (1 - ste_share) of the steps train with noise in place of rounding; the rest
+with rounding (straight-through gradient) and the synthesis weights at their stored precision, so
+the last steps train on what the file decodes to. If the coded file still exceeds the target, a
+few more rounded steps run with lambda doubled.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from neurcomp.model.latent_grid import LatentGrid
+from neurcomp.quantization import latent_format
+
+ANS_SLACK_BYTES = 8  # the coder's last word, and the rate estimate's small optimism
+
+
+@dataclass
+class LatentFitOptions:
+    steps: int = 2000
+    lr: float = 1e-2  # the synthesis and the entropy model
+    latent_lr: float = 0.05  # Adam moves a latent about lr a step: integers need larger steps
+    levels: int = 0  # 0: halve until the coarsest grid is 2 samples thick
+    finest: int = 0  # the finest grid at 1 / 2^finest of the volume's resolution
+    channels: int = 1
+    hidden: int = 16
+    layers: int = 2
+    weight_bits: int = 8
+    ste_share: float = 0.2
+    points_per_step: int = 1 << 18
+    lambda0: float = 1e-3
+    lambda_gain: float = 0.05
+    seed: int = 0
+    device: str = "cpu"
+
+
+def overhead_bytes(model: LatentGrid) -> int:
+    """Everything in the file but the latents' ANS words, measured on the model's own encoding."""
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in model.latents]
+        for p in model.latents:
+            p.zero_()
+        size = len(latent_format.encode(model, 0.0, 1.0))
+        for p, s in zip(model.latents, saved):
+            p.copy_(s)
+    return size + ANS_SLACK_BYTES
+
+
+def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None = None, *,
+        progress: bool = False) -> tuple[LatentGrid, float, float, dict]:
+    """Train on ``values`` (3D float array) for a file of at most ``budget_bytes``; returns the
+    network, the value range (vmin, vmax) and a report."""
+    from tqdm import tqdm
+
+    o = options or LatentFitOptions()
+    torch.manual_seed(o.seed)
+    device = torch.device(o.device)
+    vmin, vmax = float(np.min(values)), float(np.max(values))
+    target = torch.from_numpy(((np.asarray(values, np.float64) - vmin) / (vmax - vmin) * 2 - 1).astype(np.float32))
+    target = target.reshape(-1).to(device)
+    n = target.numel()
+    variance = max(float(target.var()), 1e-12)
+    model = LatentGrid(values.shape, o.levels, o.channels, o.hidden, o.layers, o.weight_bits, o.finest).to(device)
+    target_bits = 8.0 * (budget_bytes - overhead_bytes(model))
+    if target_bits <= 0:
+        from neurcomp.config.errors import InputError
+        raise InputError(f"a {budget_bytes}-byte file cannot hold a latent-grid network of this size "
+                         f"(its weights and header take {overhead_bytes(model)} bytes); lower the ratio")
+    # the entropy model's mu and log b follow the latents' spread at the latents' pace
+    optimizer = torch.optim.Adam([{"params": [*model.latents, model.mu, model.log_scale], "base_lr": o.latent_lr},
+                                  {"params": list(model.synthesis.parameters()), "base_lr": o.lr}], lr=o.lr)
+    generator = torch.Generator(device=device).manual_seed(o.seed)
+    log_lambda = math.log(o.lambda0)
+    ste_from = int(round(o.steps * (1 - o.ste_share)))
+    t0 = time.perf_counter()
+    history = []
+
+    def train(steps: int, first: int, total: int):
+        nonlocal log_lambda
+        bar = tqdm(range(steps), desc="latent grid", disable=not progress, leave=False)
+        for i in bar:
+            step = first + i
+            mode = "noise" if step < ste_from else "ste"
+            model.quantized_weights = mode == "ste"
+            decay = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * decay
+            y_hat = model.quantized(mode)
+            feats = model.features(y_hat)
+            if n > o.points_per_step:
+                idx = torch.randint(n, (o.points_per_step,), device=device, generator=generator)
+                pred, ref = model.synthesize(feats[idx]), target[idx]
+            else:
+                pred, ref = model.synthesize(feats), target
+            mse = torch.mean((pred - ref) ** 2)
+            bits = model.rate_bits(y_hat)
+            loss = mse / variance + math.exp(log_lambda) * bits / n
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            excess = float(bits.detach()) / target_bits - 1.0
+            log_lambda += o.lambda_gain * max(-1.0, min(1.0, excess))
+            if step % 50 == 0 or i == steps - 1:
+                psnr = 10 * math.log10(4.0 / max(float(mse.detach()), 1e-20))
+                history.append({"step": step, "psnr": psnr, "bits": float(bits.detach()), "lambda": math.exp(log_lambda),
+                                "seconds": time.perf_counter() - t0})
+                bar.set_postfix(psnr=f"{psnr:.2f}", kbytes=f"{float(bits.detach()) / 8e3:.2f}")
+
+    train(o.steps, 0, o.steps)
+    extra = 0
+    for _ in range(4):  # over the target after rounding: a few more rounded steps, lambda doubled
+        if len(latent_format.encode(model, vmin, vmax)) <= budget_bytes:
+            break
+        log_lambda += math.log(2.0)
+        more = max(20, o.steps // 20)
+        train(more, o.steps + extra, o.steps + extra + more)
+        extra += more
+    model.quantized_weights = True
+    report = {"options": asdict(o), "model": model.describe(), "train_seconds": time.perf_counter() - t0,
+              "extra_steps": extra, "target_bits": target_bits, "history": history}
+    return model.cpu(), vmin, vmax, report
