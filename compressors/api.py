@@ -96,8 +96,11 @@ def decompress(source, region=None, resolution=None, device: str = "cpu") -> np.
 
 def read_header(source) -> dict:
     """Shape (Z, Y, X), spacing and origin (x, y, z), value range, architecture, ratio and error bound
-    of a compressed file, without decoding the network."""
+    of a compressed file, without running the network. The whole file is checked as ``decompress``
+    checks it (length, both checksums, every record), so it refuses what ``decompress`` refuses
+    short of the decode itself (the grid's memory, a volume that is not finite)."""
     data, name = _bytes(source)
+    parse(data, name)  # the whole file, as decompress reads it: length, checksums, records
     h = parse_header(data, name)
     v = h.volume
     bound = None if h.bound is None else {k: h.bound[k] for k in ("mode", "requested", "max_abs_error", "count")}

@@ -21,6 +21,7 @@ import numpy as np
 
 from neurcomp.quantization.coding import COMPRESSIONS, compress, decompress
 
+F32_MAX = float(np.finfo(np.float32).max)  # corrections land in a float32 volume
 SECTION_LEVEL = 9  # zstd level: measured on 2M corrections, 1 % above lzma at 1/65 of its time
 MARGIN = 0.9  # corrections bring every voxel within MARGIN x the bound
 MODES = ("abs", "rel")  # stored as 1, 2 (0 would mean "no bound")
@@ -129,8 +130,10 @@ def read_record(fields: tuple, num_voxels: int) -> tuple[dict, str | None]:
            "stored_size": stored, "raw_size": raw, "crc": crc}
     if rec["mode"] is None or coding >= len(COMPRESSIONS):
         return rec, f"bad error-bound record (mode {mode}, coding {coding})"
-    if not all(math.isfinite(v) and v > 0 for v in (requested, max_abs, step)) or step > 2 * max_abs:
-        return rec, f"bad error bound {max_abs} / step {step} (must be positive, finite, step <= 2 x bound)"
+    if not all(math.isfinite(v) and v > 0 for v in (requested, max_abs, step)) or step > 2 * max_abs \
+            or max(max_abs, step) > F32_MAX:
+        return rec, (f"bad error bound {max_abs} / step {step} (must be positive, finite in float32, "
+                     f"step <= 2 x bound)")
     if count > num_voxels or raw != ENTRY_BYTES * count:
         return rec, f"correction section of {count} corrections and {raw} bytes does not fit {num_voxels} voxels"
     return rec, None
@@ -154,5 +157,8 @@ def decode_section(rec: dict, stored: bytes, num_voxels: int) -> tuple[ErrorBoun
     values = (zigzag >> 1) ^ -(zigzag & 1)
     if np.any(values == 0):
         return None, "a correction of zero"
+    largest = float(np.max(np.abs(values), initial=0)) * float(rec["step"])
+    if largest > F32_MAX:  # q x step itself overflows the float32 voxel it corrects
+        return None, f"a correction of {largest:.3g} (q x step) overflows float32"
     return ErrorBound(rec["mode"], rec["requested"], rec["max_abs_error"], rec["step"],
                       positions.astype(np.int64), values, method), None

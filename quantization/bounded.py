@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from neurcomp.config.errors import InputError
-from neurcomp.quantization.bound import absolute_bound, corrections_for
+from neurcomp.quantization.bound import F32_MAX, MARGIN, absolute_bound, corrections_for
 from neurcomp.quantization.decode import decode_volume
 from neurcomp.quantization.encode import encode_network
 from neurcomp.quantization.format import CompressedNetwork, parse, serialize
@@ -46,6 +46,9 @@ def encode_bounded(net: CompressedNetwork, truth: np.ndarray, mode: str, request
     plain = parse(plain_data, "<encoder>")  # the network exactly as the decoder reads it
     decoded, _, _ = decode_volume(plain, device=device)
     bound_abs = absolute_bound(mode, requested, info.vmin, info.vmax)
+    if 2 * MARGIN * bound_abs > F32_MAX:  # the decoder refuses a correction step beyond float32
+        raise InputError(f"{option} = {requested:g}: a bound of {bound_abs:.6g} needs a correction step beyond "
+                         f"float32 ({F32_MAX:.4g})")
     data = serialize(replace(plain, bound=corrections_for(truth, decoded, mode, requested, bound_abs)), level)
     final = parse(data, "<encoder>")
     worst = max_error(truth, decode_volume(final, device=device)[0])

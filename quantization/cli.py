@@ -113,6 +113,7 @@ def dequantize_main(argv=None, parser=None) -> dict:
     from neurcomp.data.metrics import volume_metrics
     from neurcomp.data.writers import write_volume, write_vti
     from neurcomp.quantization.decode import decode_volume, read_file
+    from neurcomp.quantization.memory import check_decode_memory
     from neurcomp.quantization.region import make_grid
 
     if parser is None:
@@ -131,6 +132,7 @@ def dequantize_main(argv=None, parser=None) -> dict:
     info = net.volume
     t_decode = time.perf_counter() - t0
     grid = make_grid(info.shape, ns.region, ns.resolution)
+    check_decode_memory(net.arch, grid.samples, str(path))  # before the ground truth is read
     ground_truth = None
     if ns.volume:  # read before the (possibly long) inference, so a bad path fails fast
         if not grid.native():

@@ -21,6 +21,7 @@ from neurcomp.quantization import bound as error_bound
 from neurcomp.quantization import snap
 from neurcomp.quantization.encode import load_into
 from neurcomp.quantization.format import CompressedNetwork, parse
+from neurcomp.quantization.memory import check_decode_memory
 from neurcomp.quantization.region import Grid, geometry, make_grid, predict_grid
 
 
@@ -48,11 +49,14 @@ def describe(net: CompressedNetwork, file_bytes: int) -> dict:
 def decode_volume(net: CompressedNetwork, grid: Grid | None = None, device=None, model: Neurcomp | None = None,
                   progress: bool = False) -> tuple[np.ndarray, tuple, tuple]:
     """(values (Z, Y, X) float32 in physical units, spacing, origin) of ``grid`` (default: the whole
-    volume); corrections are applied on the file's own grid (native resolution), so the bound holds."""
+    volume); corrections are applied on the file's own grid (native resolution), so the bound holds.
+    InputError (naming ``net.source``) for a grid that does not fit in the available memory, checked
+    before anything is allocated, and for a decoded volume that is not finite."""
     from neurcomp.model.inference import predict_volume
 
     info = net.volume
     grid = grid or make_grid(info.shape)
+    check_decode_memory(net.arch, grid.samples, net.source)
     model = model or build_model(net)
     if device is not None:
         model = model.to(device)
@@ -62,9 +66,22 @@ def decode_volume(net: CompressedNetwork, grid: Grid | None = None, device=None,
         values = predict_grid(model, info, grid, device=device)
     snap.apply(net, values)  # integer sources, when the encoder measured that rounding helps
     if grid.native():
-        error_bound.apply(net.bound, values, info.shape, grid.box)
+        with np.errstate(over="ignore"):  # an overflowing correction is refused just below
+            error_bound.apply(net.bound, values, info.shape, grid.box)
+    check_finite(values, net.source)
     spacing, origin = geometry(info, grid)
     return values, spacing, origin
+
+
+def check_finite(values: np.ndarray, source: str, block: int = 1 << 22) -> None:
+    """Refuse a decoded volume with a NaN or infinite voxel: every stored number passed its checks,
+    but the network's sums still overflowed float32 (a crafted file; no encoder writes one). In
+    blocks, so the check needs no volume-sized mask."""
+    flat = values.reshape(-1)
+    bad = sum(int(np.count_nonzero(~np.isfinite(flat[i:i + block]))) for i in range(0, flat.size, block))
+    if bad:
+        raise InputError(f"{source}: decoded volume is not finite ({bad} of {flat.size} voxels NaN or infinite): "
+                         "the file's numbers overflow float32 (corrupt or crafted file)")
 
 
 def decode_bytes(data: bytes, source: str = "<file>") -> tuple[Neurcomp, VolumeInfo, dict]:

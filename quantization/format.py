@@ -20,6 +20,7 @@ from neurcomp.data.volume import VolumeInfo
 from neurcomp.model.architecture import Architecture
 from neurcomp.quantization import bound as error_bound
 from neurcomp.quantization import entropy, fvsrn_format
+from neurcomp.quantization.checks import layer_problem, omega_problem, volume_problem  # noqa: F401  (re-exported)
 from neurcomp.quantization.bitpack import index_bytes, index_size, indices_from  # noqa: F401  (re-exported)
 from neurcomp.quantization.coding import COMPRESSIONS, compress, decompress  # noqa: F401  (re-exported)
 
@@ -94,6 +95,7 @@ class CompressedNetwork:
     tensors: list[tuple[TensorCode, TensorCode]] = field(default_factory=list)  # (weight, bias) per linear
     bound: error_bound.ErrorBound | None = None  # the guaranteed maximum error and its corrections
     flags: int = 0  # header flags: FLAG_SNAP_TO_INTEGERS (quantization.snap)
+    source: str = "<compressed file>"  # the file's name for messages (``parse`` sets it)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,6 +297,10 @@ def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
         raise _fail(source, f"header/payload mismatch: {exc}") from None
     if p.pos != len(raw):
         raise _fail(source, f"header/payload mismatch: {len(raw) - p.pos} payload bytes left after the last layer")
+    for i, (shape, (w, b)) in enumerate(zip(h.arch.linear_shapes(), tensors)):
+        problem = layer_problem(i, shape, w.values, b.values, h.arch.omega_0)
+        if problem:
+            raise _fail(source, problem)
     bound = None
     if h.bound:
         section = data[size - section_size:]
@@ -304,24 +310,11 @@ def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
         if problem:
             raise _fail(source, problem)
     return CompressedNetwork(arch=h.arch, volume=h.volume, settings=settings, tensors=tensors, bound=bound,
-                             flags=h.flags)
-
-
-def volume_problem(volume: VolumeInfo) -> str | None:
-    """What keeps the grid and value range from mapping network outputs to finite physical values."""
-    if not all(math.isfinite(s) and s > 0 for s in volume.spacing):
-        return f"bad voxel spacing {tuple(volume.spacing)} (must be positive and finite)"
-    if not all(math.isfinite(o) for o in volume.origin):
-        return f"bad origin {tuple(volume.origin)} (must be finite)"
-    if not (math.isfinite(volume.vmin) and math.isfinite(volume.vmax) and volume.vmin < volume.vmax):
-        return f"bad value range [{volume.vmin}, {volume.vmax}] (needs finite vmin < vmax)"
-    return None
+                             flags=h.flags, source=source)
 
 
 def _check_values(source: str, arch: Architecture, volume: VolumeInfo, settings: QuantSettings) -> None:
-    if not (math.isfinite(arch.omega_0) and arch.omega_0 > 0):
-        raise _fail(source, f"bad omega_0 {arch.omega_0} (must be positive and finite)")
-    problem = volume_problem(volume)
+    problem = omega_problem(arch.omega_0) or volume_problem(volume)
     if problem:
         raise _fail(source, problem)
     if not (math.isfinite(settings.finetune_passes) and settings.finetune_passes >= 0):
@@ -352,9 +345,13 @@ def _decode_tensor(p: _Reader, expected_count: int, what: str, source: str) -> T
     if count != expected_count:
         raise _fail(source, f"header/payload mismatch: {what} holds {count} values, the architecture needs {expected_count}")
     if kind == KIND_UNIFORM and not dt and not bits:
-        got = entropy.decode_record(p.take, count, k, layout, source)
+        with np.errstate(over="ignore", invalid="ignore"):  # the table q x step is checked below
+            got = entropy.decode_record(p.take, count, k, layout, source)
         if isinstance(got, str):
             raise _fail(source, f"{what}: {got}")
+        if not np.isfinite(got[1]).all():
+            raise _fail(source, f"{what}: uniform record's values q x step overflow float32 "
+                                f"(step {got[0][0]:.3g}, q from {got[0][1]} to {got[0][1] + k - 1})")
         return TensorCode("uniform", "float32", got[1], got[2], uniform=got[0])
     if dt >= len(DTYPES) or layout >= len(LAYOUTS) or kind not in (KIND_RAW, KIND_CODEBOOK):
         raise _fail(source, f"bad record for {what}")
