@@ -132,7 +132,8 @@ def dequantize_main(argv=None, parser=None) -> dict:
     info = net.volume
     t_decode = time.perf_counter() - t0
     grid = make_grid(info.shape, ns.region, ns.resolution)
-    check_decode_memory(net.arch, grid.samples, str(path))  # before the ground truth is read
+    device = resolve_device(cfg.device)
+    check_decode_memory(net.arch, grid.samples, str(path), device.type)  # before the ground truth is read
     ground_truth = None
     if ns.volume:  # read before the (possibly long) inference, so a bad path fails fast
         if not grid.native():
@@ -142,7 +143,6 @@ def dequantize_main(argv=None, parser=None) -> dict:
         if tuple(ground_truth.shape) != tuple(info.shape):
             raise InputError(f"{ns.volume}: volume shape {ground_truth.shape} (Z, Y, X) differs from the "
                              f"compressed network's {tuple(info.shape)}")
-    device = resolve_device(cfg.device)
     t1 = time.perf_counter()
     prediction, spacing, origin = decode_volume(net, grid, device=device)
     t_infer = time.perf_counter() - t1

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from neurcomp.config.errors import InputError
 from neurcomp.data.volume import VolumeInfo
@@ -56,7 +57,9 @@ def decode_volume(net: CompressedNetwork, grid: Grid | None = None, device=None,
 
     info = net.volume
     grid = grid or make_grid(info.shape)
-    check_decode_memory(net.arch, grid.samples, net.source)
+    where = torch.device(device) if device is not None else \
+        next(model.parameters()).device if model is not None else torch.device("cpu")
+    check_decode_memory(net.arch, grid.samples, net.source, where.type)
     model = model or build_model(net)
     if device is not None:
         model = model.to(device)

@@ -64,21 +64,28 @@ def decode_memory(arch, points: int) -> dict[str, int]:
     return {"output": BYTES * points, "working": batch * (POINT_BYTES + ACTIVATION_COPIES * BYTES * width)}
 
 
-def check_decode_memory(arch, samples, source: str) -> None:
+def check_decode_memory(arch, samples, source: str, device_type: str = "cpu") -> None:
     """Refuse, in one line naming ``source``, a decode of the grid ``samples`` (any order of the
-    three counts) that cannot fit in the available memory or under the address-space limit."""
+    three counts) that cannot fit in the available memory or under the address-space limit. On
+    another device than the CPU the batch's activations live there: only the output counts here."""
     points = 1
     for n in samples:
         points *= int(n)
     need = decode_memory(arch, points)
+    if device_type != "cpu":
+        need["working"] = 0
     total = need["output"] + need["working"]
-    for room, what in ((available_memory(), "available memory"),
-                       (address_space_left(), "room left under the process's address-space limit (ulimit -v)")):
-        if room is not None and total > room:
-            grid = "x".join(str(int(n)) for n in samples)
-            raise InputError(f"{source}: decoding {grid} = {points} points needs {_gib(total)} ({_gib(need['output'])} "
-                             f"output + {_gib(need['working'])} inference working memory), more than the "
-                             f"{_gib(room)} of {what}")
+    rooms = ((available_memory(), "available memory"),
+             (address_space_left(), "room left under the process's address-space limit (ulimit -v)"))
+    limits = [(room, what) for room, what in rooms if room is not None]
+    if not limits:
+        return
+    room, what = min(limits)  # the tighter of the two
+    if total > room:
+        grid = "x".join(str(int(n)) for n in samples)
+        raise InputError(f"{source}: decoding {grid} (X x Y x Z) = {points} points needs {_gib(total)} "
+                         f"({_gib(need['output'])} output + {_gib(need['working'])} inference working memory), more than the "
+                         f"{_gib(room)} of {what}")
 
 
 def _gib(n: int) -> str:

@@ -161,7 +161,8 @@ def _constant_output(v: float, bound: ErrorBound | None = None) -> bytes:
     """The network's output is ``v`` everywhere: the last layer's weights 0, its bias ``v``."""
     net = network()
     w, b = net.tensors[-1]
-    tensors = [*net.tensors[:-1], (replace(w, values=np.zeros_like(w.values)), replace(b, values=np.full_like(b.values, v)))]
+    last = (replace(w, values=np.zeros_like(w.values)), replace(b, values=np.full_like(b.values, v)))
+    tensors = [*net.tensors[:-1], last]
     return serialize(replace(net, tensors=tensors, bound=bound))
 
 
@@ -316,7 +317,7 @@ def test_claimed_huge_grid_under_an_address_space_limit_fails_in_one_line(tmp_pa
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0 and "bomb.ncq" in r.stderr
-    assert "address-space" in r.stderr and not out.exists()
+    assert ("address-space" in r.stderr or "available memory" in r.stderr) and not out.exists()
     assert time.perf_counter() - start < 60  # the interpreter's start; the refusal itself is instant
 
 
@@ -360,3 +361,14 @@ def test_the_encoder_refuses_a_bound_whose_step_the_decoder_would_refuse():
     truth = np.zeros(INFO.shape, np.float32)
     with pytest.raises(InputError, match="correction step beyond float32"):
         encode_bounded(network(), truth, "abs", 1e300)
+
+
+def test_working_memory_counts_on_the_cpu_only(monkeypatch):
+    """On a GPU the batch's activations are the GPU's: the host needs the output alone."""
+    from neurcomp.quantization import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 64 << 20)
+    wide = replace(network().arch, widths=[4096, 8])
+    memory.check_decode_memory(wide, (1 << 20, 1, 1), "wide.ncq", "cuda")
+    with pytest.raises(InputError, match="working"):
+        memory.check_decode_memory(wide, (1 << 20, 1, 1), "wide.ncq", "cpu")
