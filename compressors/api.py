@@ -28,9 +28,10 @@ def _bytes(source, what: str = "source") -> tuple[bytes, str]:
     """(file bytes, name for messages) of bytes or a path."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), "<bytes>"
+    from neurcomp.data.readers.base import require_file
+
     path = Path(source)
-    if not path.is_file():
-        raise InputError(f"{path}: compressed file not found")
+    require_file(path, "compressed file")
     return path.read_bytes(), str(path)
 
 
@@ -49,9 +50,7 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
     from neurcomp.data.writers import write_vti
     from neurcomp.training.run import train
 
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    if values.ndim != 3:
-        raise InputError(f"compress: values must be a 3D (Z, Y, X) array, got shape {values.shape}")
+    values = _checked_values(values, spacing)
     flags = ["--quant_bits", str(quant_bits), "--n_layers", str(n_layers), "--device", device, "--seed", str(seed),
              "--tracking", "none", "--checkpoint_every", "0", "--quiet", "true"]
     for name, value in (("target_file_ratio", ratio), ("max_abs_error", max_abs_error), ("max_rel_error", max_rel_error)):
@@ -70,6 +69,29 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
     if path is not None:
         atomic.atomic_write_bytes(path, data)
     return data
+
+
+def _checked_values(values, spacing) -> np.ndarray:
+    """``values`` as C-ordered float32, refused in one InputError line unless it is a real-valued 3D
+    grid (integers or floats: not bool, complex, strings or objects) of at least 2 voxels per axis,
+    finite, not constant and within float32's range; ``spacing`` three positive finite numbers."""
+    from neurcomp.data.readers.base import check_grid, value_range
+
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError) as exc:  # a ragged nested list
+        raise InputError(f"compress: values are not a rectangular array of numbers ({exc})") from None
+    if array.dtype == np.bool_ or array.dtype.kind not in "iuf":
+        raise InputError(f"compress: values of type {array.dtype} are not real numbers (integers or floats)")
+    check_grid("compress: values", array.shape, array.dtype)
+    value_range("compress: values", array)
+    try:
+        spacing = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        spacing = ()
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InputError("compress: spacing must be three positive finite numbers (x, y, z)")
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _quantize(cfg, values: np.ndarray) -> bytes:

@@ -81,6 +81,31 @@ def parse_lr(value: str) -> float | None:
 
 
 # -- checks (value -> why it is invalid, or None) ---------------------------------------------------
+def shown(value, limit: int = 60) -> str:
+    """A value as an error message quotes it: cut, so a 10 MB config line is not printed back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
+
+
+INT_LIMIT = 2 ** 31 - 1  # every count, size and seed fits a C int (torch, numpy and the file's fields)
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: below it a value becomes 0 or denormal
+FLOAT32_MAX = 3.4028234663852886e38  # training and the file compute in float32: above it is inf
+
+
+def representable(x) -> str | None:
+    """Checked for every numeric option before its own check: a value the float32 / C-int
+    arithmetic it feeds can hold, so a derived value never becomes 0, inf or an overflow."""
+    if isinstance(x, (list, tuple)):
+        return next((why for why in map(representable, x) if why), None)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    if isinstance(x, int):
+        return None if -INT_LIMIT <= x <= INT_LIMIT else f"must be at most {INT_LIMIT} in magnitude"
+    if math.isfinite(x) and x != 0 and not FLOAT32_TINY <= abs(x) <= FLOAT32_MAX:
+        return f"outside float32's range: 0, or {FLOAT32_TINY:.3g} to {FLOAT32_MAX:.3g} in magnitude"
+    return None
+
+
 def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
@@ -101,7 +126,8 @@ def between(lo, hi, *, open_lo=False, open_hi=False):
     """lo..hi, each end closed unless told; the message names the interval."""
     def check(x):
         ok = finite(x) and (x > lo if open_lo else x >= lo) and (x < hi if open_hi else x <= hi)
-        return None if ok else f"must be in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+        ends = [f"{v}" if isinstance(v, int) else f"{v:g}" for v in (lo, hi)]
+        return None if ok else f"must be in {'(' if open_lo else '['}{ends[0]}, {ends[1]}{')' if open_hi else ']'}"
     return check
 
 

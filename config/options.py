@@ -19,7 +19,7 @@ from pathlib import Path
 import configargparse
 
 from neurcomp.config.errors import ConfigError
-from neurcomp.config.fields import options_of, parse_bool, parse_lr  # noqa: F401  (public: parse_bool, parse_lr)
+from neurcomp.config.fields import options_of, parse_bool, parse_lr, representable, shown  # noqa: F401  (public: parse_bool, parse_lr)
 from neurcomp.config.limits import check_memory, resolve_basedir
 from neurcomp.config.schema import (METHOD_OPTIONS, DataConfig, NetworkConfig, NeurcompConfig, OptimConfig,  # noqa: F401
                            PruningConfig, PruningShared, ScalingConfig, method_option_groups,
@@ -182,7 +182,7 @@ class _Sources:
 
 
 def _fail(where: str, key: str, value, why: str):
-    raise ConfigError(f"{where}: {key} = {value!r} is invalid: {why}")
+    raise ConfigError(f"{where}: {key} = {shown(value)} is invalid: {why}")
 
 
 def _is_option_name(name: str) -> bool:
@@ -213,7 +213,7 @@ def _fill(cls, ns, src: _Sources, in_use: bool = True, lenient: frozenset = froz
         value = opt.convert(raw) if opt.convert else raw
         if opt.name in NEGATIONS and getattr(ns, NEGATIONS[opt.name], False):
             value = False
-        why = opt.check(value) if opt.check and (in_use or name not in lenient) else None
+        why = representable(raw) or (opt.check(value) if opt.check and (in_use or name not in lenient) else None)
         if why:
             _fail(src.of(name), name, raw, why)
         values[fname] = value

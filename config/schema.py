@@ -43,8 +43,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neurcomp.config.fields import (at_least, between, exactly, non_negative, option, options_of,
-                           parse_bool, parse_lr, positive)
+from neurcomp.config.fields import (INT_LIMIT, at_least, between, exactly, non_negative, option, options_of,
+                           parse_bool, parse_lr, positive, shown)
+
+MAX_LAYERS = 1024  # far beyond any SIREN that trains (the original used 8); the sizing walks every layer
 
 
 # pruning methods: technique name -> its options dataclass or None (filled by model.pruning)
@@ -82,7 +84,7 @@ def _parse_trackers(v) -> tuple[str, ...]:
 
 def _check_trackers(v):
     bad = [t for t in v if t not in ("mlflow", "tensorboard")]
-    return f"use mlflow, tensorboard, both (mlflow+tensorboard) or none, not {bad[0]!r}" if bad else None
+    return f"use mlflow, tensorboard, both (mlflow+tensorboard) or none, not {shown(bad[0])}" if bad else None
 
 
 @dataclass
@@ -109,7 +111,7 @@ class NetworkConfig:
                           "feeding a small SiLU MLP, Weiss et al. 2022: model.fvsrn), sized from compression_ratio "
                           "or target_file_ratio", choices=("neurcomp", "fvsrn"))
     n_layers: int = option(4, "hidden layers: a sine layer plus n_layers-1 residual blocks", type=int,
-                           check=at_least(1), original=8,
+                           check=between(1, MAX_LAYERS), original=8,
                            deviation="issue 16's measurements (lr = auto, rate-distortion) are at 4 layers; 11 of the "
                                      "original's 13 configs use 4 and all set it")
     residual: bool = option(True, "residual sine blocks (true) or a plain SIREN (false); --dont_use_resnet also "
@@ -281,7 +283,7 @@ class NeurcompConfig:
     resume: str = option("", "continue this run exactly from its checkpoint (schedule, optimizer, random state)")
     checkpoint_every: int = option(5, "write a checkpoint every N passes (0: only at the end)", type=int,
                                    check=at_least(0))
-    seed: int = option(0, "random seed (results are reproducible on CPU)", type=int)
+    seed: int = option(0, "random seed (results are reproducible on CPU)", type=int, check=between(0, INT_LIMIT))
     device: str = option("auto", "training device; auto picks CUDA when available", choices=("auto", "cpu", "cuda"))
     quiet: bool = option(False, "no progress bars", type=parse_bool)
     trackers: tuple[str, ...] = option(("mlflow", "tensorboard"), "trackers: mlflow, tensorboard, both "

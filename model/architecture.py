@@ -11,6 +11,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from neurcomp.config.errors import ConfigError
+from neurcomp.config.limits import BYTES, OPTIMIZER_COPIES, machine_memory
 
 NEURCOMP, FVSRN = "neurcomp", "fvsrn"
 NETWORKS = (NEURCOMP, FVSRN)
@@ -101,7 +102,13 @@ def width_for_ratio(num_voxels: int, compression_ratio: float, n_layers: int, d_
 
     Raises ConfigError naming the largest achievable ratio when not even ``MIN_WIDTH`` fits.
     """
-    target = int(num_voxels / compression_ratio)
+    budget = num_voxels / compression_ratio
+    memory = machine_memory()
+    if memory is not None and budget * BYTES * OPTIMIZER_COPIES > memory:  # also catches an infinite budget
+        raise ConfigError(
+            f"{source}: compression_ratio {compression_ratio:g} is too low for {num_voxels} voxels: it asks for "
+            f"{budget:.3g} parameters, more than this machine's {memory / 2 ** 30:.3g} GiB can train")
+    target = int(budget)
 
     def size(w: int) -> int:
         return count_parameters(Architecture.uniform(w, n_layers, d_in=d_in, d_out=d_out))

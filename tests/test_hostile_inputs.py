@@ -6,6 +6,7 @@ entry script turns each into one `error: ...` line on stderr, a non-zero exit an
 """
 
 import io
+import re
 import struct
 
 import h5py
@@ -238,3 +239,155 @@ def test_training_entry_script_as_a_subprocess(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith(f"error: {path}: ")
     assert not (tmp_path / "exp").exists()
+
+
+# -- issue 25: numeric options at their extremes, readers, the API's arrays ------------------------
+def numeric_options():
+    """(option name, type) of every int or float option of every section of config/schema.py."""
+    from neurcomp.config.fields import options_of
+    from neurcomp.config.options import sections
+
+    found = {}
+    for cls, _ in sections():
+        for _, opt in options_of(cls):
+            if opt.type in (int, float) and not opt.flag:
+                found[opt.name] = opt
+    return sorted(found.items())
+
+
+EXTREMES = {int: ["99999999999999999999", "-99999999999999999999", str(2 ** 63), str(2 ** 31)],
+            float: ["1e-320", "-1e-320", "1e308", "-1e308", "1e-45", "4e38"]}
+
+
+@pytest.mark.parametrize("name, opt", numeric_options(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_numeric_option_refuses_its_extremes_in_one_line(name, opt):
+    """Values that parse as numbers but overflow a C int or float32 downstream (a seed unpacked to
+    a long long, 1e-320 underflowing to 0, 1e308 to inf) are refused where they are read."""
+    from neurcomp.config.errors import ConfigError
+    from neurcomp.config.options import parse_config
+
+    nargs = {"+": 1, None: 1}.get(opt.nargs, opt.nargs)
+    for value in EXTREMES[opt.type]:
+        # --name=value: argparse would read a separate "-1e308" as an option
+        args = [f"--{name}={value}"] if nargs == 1 else [f"--{name}", "1", "1", f"{value}"]
+        with pytest.raises(ConfigError) as info:
+            parse_config(["--data", "x.npy", *args])
+        message = str(info.value)
+        assert message.startswith(f"command line: {name} = ") and "\n" not in message, message
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--n_layers", "99999999999999999999"], "n_layers"),  # item 7: OverflowError in validation
+    (["--n_layers", "5000"], r"n_layers = 5000 is invalid: must be in \[1, 1024\]"),
+    (["--seed", "99999999999999999999"], "seed"),  # item 8: Overflow when unpacking long long
+    (["--seed", "-1"], r"seed = -1 is invalid"),  # numpy's generators refuse negative seeds
+    (["--compression_ratio", "1e-320", "--features_per_layer", "0"], "compression_ratio"),  # item 9
+    (["--compression_ratio", "1e-30", "--features_per_layer", "0"], "compression_ratio 1e-30 is too low"),  # derived: 1e35 parameters
+    (["--pass_decay", "1e-320"], "pass_decay"),  # item 10: inf decays after training started
+    (["--omega_0", "1e-320"], "omega_0"),  # item 1, training side: the sine's init bound became inf
+    (["--omega_0", "1e308"], "omega_0"),  # item 2, training side
+])
+def test_overflowing_options_end_in_one_line_before_anything_is_written(tmp_path, capsys, args, match):
+    from neurcomp.config.cli import run_cli
+    from NeurcompTraining import main
+
+    path = tmp_path / "v.npy"
+    np.save(path, values())
+    capsys.readouterr()
+    code = run_cli(main, training_argv(tmp_path, path) + args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert re.search(match, err), err
+    # a ratio's width is sized once the volume is read, after the (empty) experiment folder is made
+    assert not [p for p in (tmp_path / "exp").rglob("*") if p.is_file()]
+
+
+def test_overflowing_options_through_the_shell(tmp_path):
+    from conftest import run_script
+
+    path = tmp_path / "v.npy"
+    np.save(path, values())
+    proc = run_script("NeurcompTraining.py", *training_argv(tmp_path, path), "--seed", "99999999999999999999",
+                      timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "seed = 99999999999999999999 is invalid" in proc.stderr
+
+
+def test_a_huge_option_value_is_cut_in_the_message():
+    from neurcomp.config.errors import ConfigError
+    from neurcomp.config.options import parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(["--data", "x.npy", "--tracking", "x" * 10_000_000])
+    assert len(str(info.value)) < 300 and str(info.value).count("10000002 characters") == 2
+
+
+def test_npy_with_a_negative_shape_is_refused(tmp_path):
+    path = tmp_path / "neg.npy"
+    np.save(path, np.zeros((4, 16, 16), np.float32))
+    path.write_bytes(path.read_bytes().replace(b"(4, 16, 16)", b"(-1, 16, 16)"))
+    with pytest.raises(InputError, match=r"negative shape \(-1, 16, 16\)"):
+        read_volume(path)
+
+
+def test_int64_values_whose_range_vanishes_in_float32_are_named(tmp_path):
+    path = tmp_path / "big.npy"
+    np.save(path, (np.arange(64).reshape(4, 4, 4) + 2 ** 62).astype(np.int64))
+    with pytest.raises(InputError, match=r"span only 63 around 4.6\d*e\+18, below float32's step"):
+        read_volume(path)
+    # equal as float64 too (2^62 + 63 rounds to 2^62): still not called constant
+    np.save(path, np.array([2 ** 62, 2 ** 62 + 1] * 32, np.int64).reshape(4, 4, 4))
+    with pytest.raises(InputError, match="span only 1 around"):
+        read_volume(path)
+
+
+def test_fifos_folders_and_link_loops_are_named_as_such(tmp_path):
+    import os
+
+    fifo, loop = tmp_path / "f.npy", tmp_path / "loop.npy"
+    os.mkfifo(fifo)  # reading one would block forever
+    loop.symlink_to(loop)
+    for path, match in ((fifo, "not a regular file"), (loop, "symbolic links"), (tmp_path, "is a folder"),
+                        (tmp_path / "none.npy", "volume file not found")):
+        with pytest.raises(InputError, match=match):
+            read_volume(path)
+
+
+@pytest.mark.parametrize("array, match", [
+    (np.zeros((0, 12, 12), np.float32), "every axis needs at least 2 voxels"),  # was ZeroDivisionError
+    (np.full((4, 4, 4), "a"), "not real numbers"),  # was ValueError
+    (np.ones((4, 4, 4), complex), "not real numbers"),
+    (np.ones((4, 4, 4), bool), "not real numbers"),
+    (np.empty((4, 4, 4), object), "not real numbers"),
+    ([[[1.0, 2.0], [3.0]]], "not a rectangular array"),
+    (np.ones((4, 4)), "expected a 3D volume"),
+    (np.full((4, 4, 4), np.nan), "must be finite"),
+    (np.full((4, 4, 4), 1e300), "beyond the float32 range"),
+    (np.ones((4, 4, 4)), "constant volume"),
+])
+def test_api_compress_refuses_bad_arrays_with_input_error(tmp_path, array, match):
+    from neurcomp.compressors import api
+
+    with pytest.raises(InputError, match=match) as info:
+        api.compress(array, ratio=50, work_dir=tmp_path)
+    assert str(info.value).startswith("compress: ") and "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_api_compress_refuses_a_bad_spacing():
+    from neurcomp.compressors import api
+
+    for spacing in ((1, 0, 1), (1, 1), (1, float("nan"), 1), "abc"):
+        with pytest.raises(InputError, match="spacing must be three positive finite numbers"):
+            api.compress(np.random.default_rng(0).random((4, 4, 4)), spacing=spacing, ratio=50)
+
+
+def test_a_bound_without_a_target_says_when_it_applies(tmp_path, capsys):
+    from neurcomp.config.cli import run_cli
+    from NeurcompTraining import main
+
+    path = tmp_path / "v.npy"
+    np.save(path, values())
+    capsys.readouterr()
+    assert run_cli(main, training_argv(tmp_path, path) + ["--max_abs_error", "0.01"]) == 0
+    assert "note: max_abs_error = 0.01 applies when the network is encoded" in capsys.readouterr().err

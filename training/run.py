@@ -6,6 +6,8 @@ outputs) running the phases the config asks for (``training.phases``).
 
 from __future__ import annotations
 
+import sys
+
 from neurcomp.config.options import NeurcompConfig
 from neurcomp.training import distributed, precision
 from neurcomp.training.phases import plan
@@ -21,6 +23,11 @@ def train(cfg: NeurcompConfig, progress: bool = True, prune_residual_width: bool
     # under torchrun: join the process group (training.distributed); a single process: nothing
     distributed.init_from_env(resolve_device(cfg.device), cfg.scaling.dist_backend)
     precision.use_full_float32()  # no TF32: it caps a SIREN's PSNR (training.precision)
+    if progress and cfg.error_bound and cfg.target_file_ratio <= 0:  # else the bound seems ignored
+        mode, value = cfg.error_bound
+        print(f"note: max_{mode}_error = {value:g} applies when the network is encoded: this run trains and saves "
+              f"the network; NeurcompQuantization.py with the same config writes the file that keeps the bound "
+              f"(or set target_file_ratio to write it now)", file=sys.stderr)
     session = Session(cfg, progress)
     result = session.run(plan(session, prune_residual_width))
     # under torchrun, ranks leave together: a rank that exits (tearing down its gloo threads) while

@@ -16,7 +16,7 @@ import numpy as np
 from neurcomp.config.errors import InputError
 from neurcomp.data.lazy import LazyVolume
 from neurcomp.data.readers import cvol, hdf5, npy, raw, vti
-from neurcomp.data.readers.base import Request, Source, check_geometry, check_grid, select_channel, value_range
+from neurcomp.data.readers.base import Request, Source, check_geometry, check_grid, require_file, select_channel, value_range
 from neurcomp.data.volume import Volume
 
 _FORMATS = (npy, raw, hdf5, cvol, vti)
@@ -27,8 +27,7 @@ SUPPORTED_EXTENSIONS = tuple(READERS)
 def _open(path, request: Request) -> tuple[Source, object]:
     """Open `path` with its format's reader: (source, checked (Z, Y, X) array-like in the stored dtype)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
+    require_file(path, "volume file")
     ext = path.suffix.lower()
     if ext not in READERS:
         raise InputError(f"{path}: unknown volume extension {ext or '(none)'!r}; "

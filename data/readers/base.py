@@ -10,6 +10,8 @@ against the file's size before anything is allocated.
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -97,6 +99,21 @@ def select_channel(path, values, channel):
     return values
 
 
+def require_file(path, what: str = "file") -> None:
+    """Refuse, in one line saying which, a path that is missing, a folder, a FIFO or device (reading
+    one blocks or never ends), a link loop or unreadable: ``what`` names the file's role."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as exc:  # ELOOP, EACCES on a parent, ENAMETOOLONG ...
+        raise InputError(f"{path}: cannot open the {what}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{path}: is a folder, not a {what}")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: is not a regular file (a FIFO, socket or device); give a {what}")
+
+
 def check_grid(path, shape, dtype) -> None:
     """A 3D grid of real numbers with at least 2 voxels per axis (trilinear sampling needs a cell)."""
     shape = tuple(int(s) for s in shape)
@@ -132,7 +149,9 @@ def value_range(path, values, slab_voxels: int = SLAB_VOXELS) -> tuple[float, fl
                 slab = slab[finite]
                 if not slab.size:
                     continue
-        lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
+        # integers compared exactly: int64 values 2^62 apart by less than float64's step are not equal
+        smallest, largest = (slab.min(), slab.max()) if is_float else (int(slab.min()), int(slab.max()))
+        lo, hi = min(lo, smallest), max(hi, largest)
     if num_nan or num_inf or num_beyond:
         total = math.prod(int(s) for s in values.shape)
         detail = f"{num_nan} NaN and {num_inf + num_beyond} Inf values of {total}"
@@ -141,4 +160,8 @@ def value_range(path, values, slab_voxels: int = SLAB_VOXELS) -> tuple[float, fl
         raise InputError(f"{path}: {detail}; the volume must be finite")
     if lo == hi:
         raise InputError(f"{path}: constant volume (every voxel is {lo}); there is nothing to compress")
-    return lo, hi
+    if np.float32(lo) == np.float32(hi):  # the volume is read as float32: its range would vanish
+        step = float(np.spacing(np.float32(hi)))
+        raise InputError(f"{path}: the values span only {hi - lo:.6g} around {float(lo):.6g}, below float32's step "
+                         f"{step:.3g} there, so as float32 every voxel is equal; subtract an offset first")
+    return float(lo), float(hi)

@@ -26,6 +26,8 @@ def _header(path):
     # SyntaxError, UnicodeDecodeError or EOFError, depending on where it breaks.
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a readable .npy file ({type(exc).__name__}: {exc})") from None
+    if any(int(n) < 0 for n in shape):  # numpy's header parser takes any integers
+        raise InputError(f"{path}: the .npy header gives a negative shape {tuple(shape)}")
     return shape, fortran, dtype, offset
 
 
