@@ -8,6 +8,8 @@ MARGIN E``. The margin (10 % of E) absorbs inference that differs in the last bi
 device, BLAS or chunking. Positions (flat Z, Y, X indices, sorted) are delta-coded, positions and
 values byte-shuffled and zstd-coded at level 9 (FORMAT.md): on 2 million corrections (hydrogen
 atom, 1e-3) it came within 1.2 % of lzma's size in 1/65 of the time; level 19 was larger and slower.
+The two streams are also coded with ANS under their own histograms (``correction_coding``) and the
+smaller of the two codings is stored.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from neurcomp.quantization import correction_coding, entropy
 from neurcomp.quantization.coding import COMPRESSIONS, compress, decompress
 
 F32_MAX = float(np.finfo(np.float32).max)  # corrections land in a float32 volume
@@ -27,6 +30,7 @@ MARGIN = 0.9  # corrections bring every voxel within MARGIN x the bound
 MODES = ("abs", "rel")  # stored as 1, 2 (0 would mean "no bound")
 RECORD = struct.Struct("<BBdddQQQI")  # mode, coding, requested, max_abs_error, step, count, stored, raw, CRC-32
 ENTRY_BYTES = 12  # u64 position delta + u32 zig-zag value per correction
+SECTION_CODINGS = COMPRESSIONS + ("ans",)  # 3: order-0 ANS streams (quantization.correction_coding)
 
 
 @dataclass
@@ -95,10 +99,15 @@ def _unshuffle(buf: bytes, dtype, count: int) -> np.ndarray:
     return np.frombuffer(buf, np.uint8).reshape(dt.itemsize, count).T.copy().view(dt).reshape(count)
 
 
-def raw_section(bound: ErrorBound) -> bytes:
+def _streams(bound: ErrorBound) -> tuple[np.ndarray, np.ndarray]:
+    """(position gaps u64, zig-zag values u32): what every section coding stores."""
     deltas = np.diff(bound.positions, prepend=0).astype("<u8")
     q = bound.values.astype(np.int64)
-    zigzag = ((q << 1) ^ (q >> 63)).astype("<u4")
+    return deltas, ((q << 1) ^ (q >> 63)).astype("<u4")
+
+
+def raw_section(bound: ErrorBound) -> bytes:
+    deltas, zigzag = _streams(bound)
     return _shuffle(deltas) + _shuffle(zigzag)
 
 
@@ -113,10 +122,16 @@ def encode_section(bound: ErrorBound) -> tuple[bytes, bytes]:
             method = "zstd"
         except ImportError:
             method = "lzma"
-    stored = compress(raw, method, SECTION_LEVEL if method == "zstd" else None)
+    if method == "ans" and not entropy.available():
+        method = "zstd"
+    stored = compress(raw, method, SECTION_LEVEL if method == "zstd" else None) if method != "ans" else None
+    if bound.coding in ("auto", "ans") and entropy.available():  # the order-0 ANS streams, where smaller
+        ans = correction_coding.compress_section(*_streams(bound))
+        if stored is None or len(ans) < len(stored):
+            stored, method = ans, "ans"
     if bound.coding == "auto" and len(stored) >= len(raw):
         stored, method = raw, "none"
-    record = RECORD.pack(MODES.index(bound.mode) + 1, COMPRESSIONS.index(method), bound.requested,
+    record = RECORD.pack(MODES.index(bound.mode) + 1, SECTION_CODINGS.index(method), bound.requested,
                          bound.max_abs_error, bound.step, bound.positions.size, len(stored), len(raw),
                          zlib.crc32(stored))
     return record, stored
@@ -128,7 +143,7 @@ def read_record(fields: tuple, num_voxels: int) -> tuple[dict, str | None]:
     rec = {"mode": MODES[mode - 1] if 1 <= mode <= len(MODES) else None, "coding": coding,
            "requested": requested, "max_abs_error": max_abs, "step": step, "count": count,
            "stored_size": stored, "raw_size": raw, "crc": crc}
-    if rec["mode"] is None or coding >= len(COMPRESSIONS):
+    if rec["mode"] is None or coding >= len(SECTION_CODINGS):
         return rec, f"bad error-bound record (mode {mode}, coding {coding})"
     if not all(math.isfinite(v) and v > 0 for v in (requested, max_abs, step)) or step > 2 * max_abs \
             or max(max_abs, step) > F32_MAX:
@@ -141,15 +156,25 @@ def read_record(fields: tuple, num_voxels: int) -> tuple[dict, str | None]:
 
 def decode_section(rec: dict, stored: bytes, num_voxels: int) -> tuple[ErrorBound | None, str | None]:
     """The corrections from the stored section (after its CRC matched), or what is wrong with them."""
-    count, method = rec["count"], COMPRESSIONS[rec["coding"]]
-    try:
-        raw = decompress(stored, method, rec["raw_size"])
-    except Exception as exc:  # a corrupt stream that matched its CRC
-        return None, f"cannot decompress the {method} correction section ({exc})"
-    if len(raw) != rec["raw_size"]:
-        return None, f"correction section decodes to {len(raw)} bytes, header says {rec['raw_size']}"
-    deltas = _unshuffle(raw[:8 * count], "<u8", count)
-    zigzag = _unshuffle(raw[8 * count:], "<u4", count).astype(np.int64)
+    count, method = rec["count"], SECTION_CODINGS[rec["coding"]]
+    if method == "ans":
+        if not entropy.available():
+            return None, ("the correction section is entropy-coded but the 'constriction' package is not "
+                          "installed (pip install constriction)")
+        try:
+            deltas, zigzag = correction_coding.decompress_section(stored, count)
+        except ValueError as exc:
+            return None, f"cannot decode the ans correction section ({exc})"
+        zigzag = zigzag.astype(np.int64)
+    else:
+        try:
+            raw = decompress(stored, method, rec["raw_size"])
+        except Exception as exc:  # a corrupt stream that matched its CRC
+            return None, f"cannot decompress the {method} correction section ({exc})"
+        if len(raw) != rec["raw_size"]:
+            return None, f"correction section decodes to {len(raw)} bytes, header says {rec['raw_size']}"
+        deltas = _unshuffle(raw[:8 * count], "<u8", count)
+        zigzag = _unshuffle(raw[8 * count:], "<u4", count).astype(np.int64)
     positions = np.cumsum(deltas, dtype=np.uint64)
     if count and (np.any(deltas[1:] == 0) or np.any(deltas >= num_voxels) or int(positions[-1]) >= num_voxels
                   or np.any(positions[1:] <= positions[:-1])):

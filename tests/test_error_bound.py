@@ -198,3 +198,57 @@ def test_bound_options_fail_in_one_line(checkpoint, capsys, args, message):
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0 and message in err
     assert not (tmp / "x.ncq").exists()
+
+
+# -- the "ans" correction coding (quantization.correction_coding) ---------------------------------
+def test_ans_streams_round_trip_at_every_bit_length():
+    from neurcomp.quantization import correction_coding
+
+    rng = np.random.default_rng(0)
+    edges = np.array([0, 1, 31, 32, 33, 63, 64, 2 ** 31, 2 ** 53 + 1, 2 ** 62, 2 ** 63 - 1], np.uint64)
+    for deltas in (edges, rng.geometric(0.05, 2000).astype(np.uint64), np.ones(5, np.uint64), np.zeros(0, np.uint64)):
+        zigzag = rng.integers(1, 300, deltas.size).astype(np.uint64)
+        stored = correction_coding.compress_section(deltas, zigzag)
+        back = correction_coding.decompress_section(stored, deltas.size)
+        assert np.array_equal(back[0], deltas) and np.array_equal(back[1], zigzag)
+        with pytest.raises(ValueError):  # another count, or a cut stream, never decodes silently
+            correction_coding.decompress_section(stored[:-1] if stored[-1:] else stored + b"\0", deltas.size)
+    with pytest.raises(ValueError):
+        correction_coding.compress_section(np.array([2 ** 63], np.uint64), np.ones(1, np.uint64))
+
+
+def test_the_smaller_section_coding_is_stored_and_both_decode_within_the_bound():
+    z, y, x = np.meshgrid(*(np.linspace(0, 1, n) for n in (12, 13, 14)), indexing="ij")
+    values = (np.sin(6 * x) * np.cos(5 * y) + z).astype(np.float32)
+    data, _ = encode_bounded(_net(values), values, "rel", 1e-2)
+    net = parse(data)
+    sizes = {c: len(error_bound.encode_section(replace(net.bound, coding=c))[1]) for c in ("zstd", "ans")}
+    assert net.bound.coding == min(sizes, key=sizes.get) and net.bound.positions.size > 100
+    assert len(error_bound.encode_section(net.bound)[1]) == min(sizes.values())
+    for coding in ("zstd", "ans"):
+        file = serialize(replace(net, bound=replace(net.bound, coding=coding)))
+        back = parse(file)
+        assert back.bound.coding == coding and serialize(back) == file
+        assert np.array_equal(back.bound.positions, net.bound.positions)
+        assert np.array_equal(back.bound.values, net.bound.values)
+        decoded = decode_volume(back)[0]
+        assert np.abs(decoded - values).max() <= net.bound.max_abs_error
+
+
+def test_a_corrupt_ans_section_with_a_valid_checksum_is_refused():
+    z, y, x = np.meshgrid(*(np.linspace(0, 1, n) for n in (12, 13, 14)), indexing="ij")
+    values = (np.sin(6 * x) * np.cos(5 * y) + z).astype(np.float32)
+    data, _ = encode_bounded(_net(values), values, "rel", 1e-2)
+    net = parse(data)
+    good = serialize(replace(net, bound=replace(net.bound, coding="ans")))
+    header_size = struct.unpack_from("<I", good, 12)[0]
+    at = header_size - 4 - error_bound.RECORD.size
+    fields = list(error_bound.RECORD.unpack_from(good, at))
+    section = bytearray(good[len(good) - fields[6]:])
+    section[0] = 200  # an impossible number of symbols
+    fields[8] = zlib.crc32(bytes(section))
+    head = bytearray(good[:len(good) - len(section)])
+    head[at:at + error_bound.RECORD.size] = error_bound.RECORD.pack(*fields)
+    head[header_size - 4:header_size] = struct.pack("<I", zlib.crc32(bytes(head[:header_size - 4])))
+    with pytest.raises(InputError, match="cannot decode the ans correction section"):
+        parse(bytes(head) + bytes(section))
