@@ -348,7 +348,7 @@ def test_fifos_folders_and_link_loops_are_named_as_such(tmp_path):
     os.mkfifo(fifo)  # reading one would block forever
     loop.symlink_to(loop)
     for path, match in ((fifo, "not a regular file"), (loop, "symbolic links"), (tmp_path, "is a folder"),
-                        (tmp_path / "none.npy", "volume file not found")):
+                        (tmp_path / "none.npy", "file not found")):
         with pytest.raises(InputError, match=match):
             read_volume(path)
 

@@ -27,7 +27,7 @@ SUPPORTED_EXTENSIONS = tuple(READERS)
 def _open(path, request: Request) -> tuple[Source, object]:
     """Open `path` with its format's reader: (source, checked (Z, Y, X) array-like in the stored dtype)."""
     path = Path(path)
-    require_file(path, "volume file")
+    require_file(path)
     ext = path.suffix.lower()
     if ext not in READERS:
         raise InputError(f"{path}: unknown volume extension {ext or '(none)'!r}; "
