@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neurcomp.model.latent_context import MAX_LOG_SCALE, LatentContext
+
 MIN_LEVEL_SIDE = 2  # the coarsest grid keeps at least 2 samples along its shortest axis
-MIN_PROBABILITY = 2.0 ** -16  # the entropy coder's smallest probability, so R never reaches inf
+MIN_PROBABILITY = 2.0 ** -24  # constriction's smallest probability (24-bit precision): R never reaches inf
 MIN_SCALE = 0.02  # Laplace scales below this code nearly every latent as its mean anyway
 INIT_SCALE = 0.1  # zero latents start nearly free (0.0001 bit each), not at 1.4 bits
 
@@ -94,7 +96,8 @@ class LatentGrid(nn.Module):
     the MLP with PyTorch's default (Kaiming-uniform) layers."""
 
     def __init__(self, shape: tuple[int, int, int], levels: int = 0, channels: int = 1, hidden: int = 16,
-                 layers: int = 2, weight_bits: int = 8, finest: int = 0):
+                 layers: int = 2, weight_bits: int = 8, finest: int = 0, context_hidden: int = 0,
+                 skip: bool = False):
         super().__init__()
         self.shape = tuple(int(n) for n in shape)
         self.finest = finest  # the finest grid is 1 / 2^finest of the volume's resolution
@@ -104,9 +107,14 @@ class LatentGrid(nn.Module):
             nn.Parameter(torch.zeros(1, channels, *s)) for s in level_shapes(self.shape, self.levels, finest))
         widths = [self.levels * channels] + [hidden] * layers + [1]
         self.synthesis = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        # a linear path from the features to the value, beside the MLP (f16 weights in the file)
+        self.skip = nn.Linear(self.levels * channels, 1) if skip else None
         self.mu = nn.Parameter(torch.zeros(self.levels, channels))
         self.log_scale = nn.Parameter(torch.full((self.levels, channels), math.log(INIT_SCALE)))
         self.quantized_weights = False  # set for the last phase of training, and by the decoder
+        # 0: the factorized model; otherwise every level but the coarsest coded from its parent level
+        self.context_hidden = context_hidden
+        self.context = LatentContext(channels, context_hidden) if context_hidden and self.levels > 1 else None
 
     # -- the latents and their rate --------------------------------------------------------------
     def quantized(self, mode: str) -> list[torch.Tensor]:
@@ -115,14 +123,20 @@ class LatentGrid(nn.Module):
     def scales(self) -> torch.Tensor:
         return torch.exp(self.log_scale).clamp(min=MIN_SCALE)
 
+    def laplace_params(self, y_hat: list[torch.Tensor], level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Laplace mean and scale of level ``level``'s latents (broadcastable to the level)."""
+        mu = self.mu[level].view(1, -1, 1, 1, 1)
+        log_b = self.log_scale[level].view(1, -1, 1, 1, 1)
+        if self.context is not None and level < self.levels - 1:
+            d_mu, d_log_b = self.context(y_hat[level + 1], tuple(y_hat[level].shape[2:]))
+            mu, log_b = mu + d_mu, log_b + d_log_b
+        return mu, torch.exp(torch.clamp(log_b, max=MAX_LOG_SCALE)).clamp(min=MIN_SCALE)
+
     def rate_bits(self, y_hat: list[torch.Tensor]) -> torch.Tensor:
-        """The latents' code length in bits under the Laplace model (a differentiable estimate)."""
-        scales = self.scales()
+        """The latents' code length in bits under the entropy model (a differentiable estimate)."""
         total = y_hat[0].new_zeros(())
         for level, y in enumerate(y_hat):
-            mu = self.mu[level].view(1, -1, 1, 1, 1)
-            b = scales[level].view(1, -1, 1, 1, 1)
-            total = total + laplace_bits(y, mu, b).sum()
+            total = total + laplace_bits(y, *self.laplace_params(y_hat, level)).sum()
         return total
 
     # -- synthesis -------------------------------------------------------------------------------
@@ -142,6 +156,11 @@ class LatentGrid(nn.Module):
                 h = layer(h)
             if i < len(self.synthesis) - 1:
                 h = torch.relu(h)
+        if self.skip is not None:
+            w, b = self.skip.weight, self.skip.bias
+            if self.quantized_weights:  # the file's f16 values
+                w, b = (v + (v.half().float() - v).detach() for v in (w, b))
+            h = h + F.linear(feats, w, b)
         return h[:, 0]
 
     def forward(self, mode: str = "round", shape: tuple[int, int, int] | None = None) -> torch.Tensor:
@@ -152,4 +171,6 @@ class LatentGrid(nn.Module):
     def describe(self) -> dict:
         return {"network": "latent", "levels": self.levels, "channels": self.channels, "hidden": self.hidden,
                 "layers": self.layers, "weight_bits": self.weight_bits, "finest": self.finest,
+                "context_hidden": self.context_hidden if self.context is not None else 0,
+                "skip": self.skip is not None,
                 "level_shapes": [list(y.shape[2:]) for y in self.latents]}

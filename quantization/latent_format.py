@@ -1,17 +1,23 @@
-"""The latent-grid network's file (``model.latent_grid``): header, synthesis weights, and the latents
-coded with constriction's ANS (Duda et al., PCS 2015; Bamler 2022) under the network's own Laplace
-model, so the file holds what training counted as the rate.
+"""The latent-grid network's file (``model.latent_grid``): header, synthesis weights, the context
+model's integer weights, and the latents coded with constriction's ANS (Duda et al., PCS 2015;
+Bamler 2022) under the network's own entropy model, so the file holds what training counted as the
+rate.
 
-Layout, little-endian (documented in FORMAT.md, "Latent-grid file"):
+Layout, little-endian (version 2):
 
-    "NCLG" | version u8 | Z Y X u32 | levels, channels, hidden, layers, weight_bits, finest u8 |
-    vmin vmax f64 | symbol min, max i16 |
+    "NCLG" | version u8 | Z Y X u32 | levels, channels, hidden, layers, weight_bits, finest,
+    context_hidden, skip u8 | vmin vmax f64 | symbol min, max i16 |
     per level and channel: mu f16, log b f16 |
     per synthesis layer: step f32, weights int8 (out x in, C order), biases f16 |
-    ANS words u32 (count u32 first): the latents, level 0 first, each level C order.
+    if skip: the linear path's weights (levels x channels) and bias f16 |
+    if context_hidden > 0, per context layer (2): step f32, weights int8 (out x in), biases i32 |
+    ANS words u32 (count u32 first): the latents, the coarsest level first, each level C order.
 
-The decoder builds the Laplace parameters from the stored f16 values with the same numpy float64
-arithmetic as the encoder; constriction quantizes the model identically on both sides.
+The coarsest level (and every level when context_hidden is 0) is coded with the factorized Laplace
+(mu, b) of its channel; a finer level's per-latent mean and scale are the context model's integer
+output (``model.latent_context.integer_forward``) from the decoded coarser level plus the level's
+(mu, log b). The decoder builds them with the same float64 arithmetic as the encoder, and decodes
+each level with one constriction call.
 """
 
 from __future__ import annotations
@@ -22,24 +28,26 @@ import numpy as np
 import torch
 
 from neurcomp.config.errors import InputError
+from neurcomp.model.latent_context import MAX_LOG_SCALE, integer_forward
 from neurcomp.model.latent_grid import MIN_SCALE, LatentGrid
 
 MAGIC = b"NCLG"
-VERSION = 1
-_HEAD = struct.Struct("<4sB3I6B2d2h")
+VERSION = 2
+_HEAD = struct.Struct("<4sB3I8B2d2h")
 _LAYER = struct.Struct("<f")
 _COUNT = struct.Struct("<I")
 
 
-def _laplace_params(mu16: np.ndarray, log_scale16: np.ndarray, shapes) -> tuple[np.ndarray, np.ndarray]:
-    """Per-symbol means and scales, level by level, channel by channel (the latents' order)."""
-    means, scales = [], []
-    for level, shape in enumerate(shapes):
-        count = int(np.prod(shape))
-        for c in range(mu16.shape[1]):
-            means.append(np.full(count, float(mu16[level, c])))
-            scales.append(np.full(count, max(float(np.exp(np.float64(log_scale16[level, c]))), MIN_SCALE)))
-    return np.concatenate(means), np.concatenate(scales)
+def _level_params(mu16, log_scale16, level: int, shape, parent, context_layers) -> tuple[np.ndarray, np.ndarray]:
+    """Per-symbol means and scales of one level, channel by channel (the latents' order): the
+    factorized (mu, b) where there is no context (or no parent), else the context's output added."""
+    channels, count = mu16.shape[1], int(np.prod(shape))
+    mu = np.repeat(mu16[level].astype(np.float64)[:, None], count, axis=1)
+    log_b = np.repeat(log_scale16[level].astype(np.float64)[:, None], count, axis=1)
+    if context_layers is not None and parent is not None:
+        d_mu, d_log_b = integer_forward(context_layers, parent, shape, channels)
+        mu, log_b = mu + d_mu, log_b + d_log_b
+    return mu.reshape(-1), np.maximum(np.exp(np.minimum(log_b, MAX_LOG_SCALE)), MIN_SCALE).reshape(-1)
 
 
 def _quantize_weight(w: np.ndarray, bits: int) -> tuple[float, np.ndarray]:
@@ -58,19 +66,29 @@ def encode(model: LatentGrid, vmin: float, vmax: float) -> bytes:
         symbols = [torch.round(y).to(torch.int64).cpu().numpy()[0] for y in model.latents]
         mu16 = model.mu.detach().cpu().numpy().astype(np.float16)
         log_scale16 = model.log_scale.detach().cpu().numpy().astype(np.float16)
-    flat = np.concatenate([s.reshape(-1) for s in symbols]).astype(np.int32)
+    order = list(range(model.levels - 1, -1, -1))  # coarsest first: a level's parent is decoded before it
+    flat = np.concatenate([symbols[level].reshape(-1) for level in order]).astype(np.int32)
     lo, hi = int(flat.min()), int(flat.max())
     if lo < -32768 or hi > 32767:
         raise ValueError(f"latents out of the 16-bit range: {lo}..{hi}")
     hi = max(hi, lo + 1)  # constriction needs at least two symbols
     z, y, x = model.shape
+    context = model.context.integer_layers() if model.context is not None else None
     parts = [_HEAD.pack(MAGIC, VERSION, z, y, x, model.levels, model.channels, model.hidden, model.layers,
-                        model.weight_bits, model.finest, float(vmin), float(vmax), lo, hi),
+                        model.weight_bits, model.finest, model.context_hidden if context else 0, int(model.skip is not None),
+                        float(vmin), float(vmax), lo, hi),
              mu16.tobytes(), log_scale16.tobytes()]
     for layer in model.synthesis:
         step, q = _quantize_weight(layer.weight.detach().cpu().numpy(), model.weight_bits)
         parts += [_LAYER.pack(step), q.tobytes(), layer.bias.detach().cpu().numpy().astype(np.float16).tobytes()]
-    means, scales = _laplace_params(mu16, log_scale16, [s.shape[1:] for s in symbols])
+    if model.skip is not None:
+        parts += [model.skip.weight.detach().cpu().numpy().astype("<f2").tobytes(),
+                  model.skip.bias.detach().cpu().numpy().astype("<f2").tobytes()]
+    for step, q, b in context or []:
+        parts += [_LAYER.pack(step), q.tobytes(), b.astype("<i4").tobytes()]
+    params = [_level_params(mu16, log_scale16, level, symbols[level].shape[1:],
+                            symbols[level + 1] if level + 1 < model.levels else None, context) for level in order]
+    means, scales = (np.concatenate(p) for p in zip(*params))
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(flat, constriction.stream.model.QuantizedLaplace(lo, hi), means, scales)
     words = coder.get_compressed()
@@ -99,12 +117,15 @@ def decode(data: bytes, source: str = "latent-grid file") -> tuple[LatentGrid, f
     import constriction
 
     r = _Reader(bytes(data), source)
-    magic, version, z, y, x, levels, channels, hidden, layers, bits, finest, vmin, vmax, lo, hi = _HEAD.unpack(r.take(_HEAD.size))
+    (magic, version, z, y, x, levels, channels, hidden, layers, bits, finest, context_hidden, skip,
+     vmin, vmax, lo, hi) = _HEAD.unpack(r.take(_HEAD.size))
     if magic != MAGIC or version != VERSION:
         raise InputError(f"{source}: not a latent-grid file (magic {magic!r}, version {version})")
     if min(z, y, x, levels, channels, hidden) < 1 or not 1 < bits <= 8 or hi <= lo:
         raise InputError(f"{source}: invalid latent-grid header")
-    model = LatentGrid((z, y, x), levels, channels, hidden, layers, bits, finest)
+    if context_hidden and levels < 2 or skip > 1:
+        raise InputError(f"{source}: invalid latent-grid header (context or skip)")
+    model = LatentGrid((z, y, x), levels, channels, hidden, layers, bits, finest, context_hidden, bool(skip))
     mu16 = r.array("<f2", levels * channels).reshape(levels, channels)
     log_scale16 = r.array("<f2", levels * channels).reshape(levels, channels)
     with torch.no_grad():
@@ -115,20 +136,42 @@ def decode(data: bytes, source: str = "latent-grid file") -> tuple[LatentGrid, f
             q = r.array("i1", layer.weight.numel()).reshape(layer.weight.shape)
             layer.weight.copy_(torch.from_numpy(q.astype(np.float32) * np.float32(step)))
             layer.bias.copy_(torch.from_numpy(r.array("<f2", layer.bias.numel()).astype(np.float32)))
+        if model.skip is not None:
+            model.skip.weight.copy_(torch.from_numpy(r.array("<f2", levels * channels).astype(np.float32))[None])
+            model.skip.bias.copy_(torch.from_numpy(r.array("<f2", 1).astype(np.float32)))
+        context = None
+        if model.context is not None:
+            context = []
+            for layer in model.context.layers:
+                (step,) = _LAYER.unpack(r.take(_LAYER.size))
+                q = r.array("i1", layer.weight.numel()).reshape(layer.weight.shape)
+                b = r.array("<i4", layer.bias.numel())
+                context.append((step, q, b))
+            _load_context(model, context)
         (count,) = _COUNT.unpack(r.take(_COUNT.size))
         words = r.array("<u4", count).astype(np.uint32)
-        shapes = [tuple(p.shape[2:]) for p in model.latents]
-        means, scales = _laplace_params(mu16, log_scale16, shapes)
         decoder = constriction.stream.stack.AnsCoder(words)
-        flat = decoder.decode(constriction.stream.model.QuantizedLaplace(lo, hi), means, scales)
-        start = 0
-        for p in model.latents:
-            n = p.numel()
-            p.copy_(torch.from_numpy(flat[start:start + n].astype(np.float32)).view(p.shape))
-            start += n
+        laplace = constriction.stream.model.QuantizedLaplace(lo, hi)
+        symbols = [None] * levels
+        for level in range(levels - 1, -1, -1):
+            shape = tuple(model.latents[level].shape[1:])
+            means, scales = _level_params(mu16, log_scale16, level, shape[1:],
+                                          symbols[level + 1] if level + 1 < levels else None, context)
+            symbols[level] = decoder.decode(laplace, means, scales).astype(np.int64).reshape(shape)
+            model.latents[level].copy_(torch.from_numpy(symbols[level].astype(np.float32))[None])
     if r.pos != len(r.data):
         raise InputError(f"{source}: {len(r.data) - r.pos} unexpected bytes after the latents")
     return model, vmin, vmax
+
+
+def _load_context(model: LatentGrid, layers) -> None:
+    """The context's float weights from the file's integers (training's fake quantization of them
+    gives back the same integers, so a decoded network re-encodes to the same bytes)."""
+    unit = None
+    for layer, (step, q, b) in zip(model.context.layers, layers):
+        unit = np.float64(np.float32(step)) if unit is None else unit * np.float64(np.float32(step))
+        layer.weight.copy_(torch.from_numpy(q.astype(np.float32) * np.float32(step)))
+        layer.bias.copy_(torch.from_numpy((b.astype(np.float64) * unit).astype(np.float32)))
 
 
 def decode_volume(data: bytes, shape=None, source: str = "latent-grid file") -> np.ndarray:

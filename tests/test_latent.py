@@ -127,3 +127,75 @@ def test_the_codec_reaches_its_ratio_and_decodes_from_bytes():
     mse = float(np.mean((result.decoded - values) ** 2))
     assert mse < 0.05 * float(np.var(values))
     assert np.array_equal(codec.decompress(result.payload, values.shape), result.decoded)
+
+
+def context_model(shape=(12, 14, 16), channels=2, seed=0):
+    """A model whose context MLP is far from the factorized start, so every level's parameters vary."""
+    torch.manual_seed(seed)
+    model = LatentGrid(shape, channels=channels, hidden=8, context_hidden=8)
+    with torch.no_grad():
+        for p in model.latents:
+            p.copy_(torch.randn_like(p) * 3)
+        for layer in model.context.layers:
+            layer.weight.normal_(0, 0.05)
+            layer.bias.normal_(0, 0.05)
+        model.log_scale.fill_(math.log(2.5))
+    model.quantized_weights = True
+    return model
+
+
+def _ans_bytes(data):
+    """The ANS words' bytes: the file's last field, counted by the u32 before it."""
+    for offset in range(len(data) - 4, 0, -1):
+        (count,) = np.frombuffer(data[offset:offset + 4], "<u4")
+        if offset + 4 + 4 * int(count) == len(data):
+            return 4 * int(count)
+    raise AssertionError("no ANS word count found")
+
+
+def test_context_model_decodes_the_encoded_latents_exactly():
+    model = context_model()
+    data = latent_format.encode(model, 0.0, 1.0)
+    decoded, _, _ = latent_format.decode(data)
+    assert decoded.context is not None
+    for a, b in zip(model.latents, decoded.latents):
+        assert torch.equal(torch.round(a), b)
+    assert latent_format.encode(decoded, 0.0, 1.0) == data  # the integers survive the round trip
+    with torch.no_grad():
+        mu, b = model.laplace_params(model.quantized("round"), 0)
+        assert float(mu.std()) > 0.05 and float(b.std()) > 0.05  # per-latent, not per level
+
+
+def test_context_integer_forward_matches_the_training_forward():
+    from neurcomp.model.latent_context import integer_forward
+
+    model = context_model()
+    parent = torch.round(model.latents[1].detach())
+    shape = tuple(model.latents[0].shape[2:])
+    with torch.no_grad():
+        mu, log_b = model.context(parent, shape)
+    exact_mu, exact_log_b = integer_forward(model.context.integer_layers(), parent[0].numpy().astype(np.int64),
+                                            shape, model.channels)
+    assert np.allclose(mu.numpy().reshape(model.channels, -1), exact_mu, atol=1e-4)
+    assert np.allclose(log_b.numpy().reshape(model.channels, -1), exact_log_b, atol=1e-4)
+
+
+@pytest.mark.parametrize("context_hidden", [0, 8])
+def test_rate_estimate_matches_the_ans_words(context_hidden):
+    model = context_model() if context_hidden else random_model((12, 14, 16))
+    data = latent_format.encode(model, 0.0, 1.0)
+    with torch.no_grad():
+        rate_bytes = float(model.rate_bits(model.quantized("round"))) / 8
+    assert abs(_ans_bytes(data) - rate_bytes) <= 0.01 * rate_bytes + 8
+
+
+def test_fit_with_context_lands_within_five_percent_under_the_budget():
+    # noise makes every byte worth spending: on the smooth volume alone the fit needs fewer bytes
+    # than a 1/10 budget and (rightly) stops short of it
+    values = smooth_volume() + 0.2 * np.random.default_rng(0).standard_normal((16, 18, 20)).astype(np.float32)
+    budget = values.size * 4 // 10
+    model, vmin, vmax, report = fit(values, budget, LatentFitOptions(steps=300, lambda0=1e-2, context_hidden=4))
+    data = latent_format.encode(model, vmin, vmax)
+    assert 0.95 * budget <= len(data) <= budget
+    decoded = latent_format.decode_volume(data)
+    assert float(np.mean((decoded - values) ** 2)) < 0.05 * float(np.var(values))

@@ -10,7 +10,7 @@ so one training lands at the target's rate, where a search over lambda would tra
 networks. The first (1 - ste_share) of the steps train with noise in place of rounding; the rest
 with rounding (straight-through gradient) and the synthesis weights at their stored precision, so
 the last steps train on what the file decodes to. If the coded file still exceeds the target, a
-few more rounded steps run with lambda doubled.
+few more rounded steps run with lambda raised (1.3x twice, then 2x) until it fits.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from neurcomp.model.latent_grid import LatentGrid
 from neurcomp.quantization import latent_format
 
 ANS_SLACK_BYTES = 8  # the coder's last word, and the rate estimate's small optimism
+MAX_EXTRA_ROUNDS = 10
+RATE_MARGIN = 0.985  # the controller aims this far under the budget: its rate oscillates about the aim
 
 
 @dataclass
@@ -39,6 +41,10 @@ class LatentFitOptions:
     hidden: int = 16
     layers: int = 2
     weight_bits: int = 8
+    context_hidden: int = 0  # 0: factorized entropy model; else the coarse-level context's width
+    skip: int = 0  # 1: a linear path from the latents to the value beside the MLP
+    init: str = "zero"  # zero latents, or "pyramid": a Laplacian pyramid at the target rate (needs skip)
+    init_alpha: float = 1.0  # the pyramid's steps shrink 2^alpha per coarser level
     ste_share: float = 0.2
     points_per_step: int = 1 << 18
     lambda0: float = 1e-3
@@ -73,15 +79,24 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
     target = target.reshape(-1).to(device)
     n = target.numel()
     variance = max(float(target.var()), 1e-12)
-    model = LatentGrid(values.shape, o.levels, o.channels, o.hidden, o.layers, o.weight_bits, o.finest).to(device)
-    target_bits = 8.0 * (budget_bytes - overhead_bytes(model))
+    model = LatentGrid(values.shape, o.levels, o.channels, o.hidden, o.layers, o.weight_bits, o.finest,
+                       o.context_hidden, bool(o.skip)).to(device)
+    target_bits = 8.0 * (budget_bytes - overhead_bytes(model)) * RATE_MARGIN
     if target_bits <= 0:
         from neurcomp.config.errors import InputError
         raise InputError(f"a {budget_bytes}-byte file cannot hold a latent-grid network of this size "
                          f"(its weights and header take {overhead_bytes(model)} bytes); lower the ratio")
+    if o.init == "pyramid":
+        from neurcomp.training.latent_init import pyramid_init
+
+        pyramid_init(model, target.view(values.shape), target_bits, o.init_alpha)
+    elif o.init != "zero":
+        raise ValueError(f"latent init must be zero or pyramid, not {o.init!r}")
     # the entropy model's mu and log b follow the latents' spread at the latents' pace
+    context = list(model.context.parameters()) if model.context is not None else []
+    synthesis = list(model.synthesis.parameters()) + (list(model.skip.parameters()) if model.skip is not None else [])
     optimizer = torch.optim.Adam([{"params": [*model.latents, model.mu, model.log_scale], "base_lr": o.latent_lr},
-                                  {"params": list(model.synthesis.parameters()), "base_lr": o.lr}], lr=o.lr)
+                                  {"params": synthesis + context, "base_lr": o.lr}], lr=o.lr)
     generator = torch.Generator(device=device).manual_seed(o.seed)
     log_lambda = math.log(o.lambda0)
     ste_from = int(round(o.steps * (1 - o.ste_share)))
@@ -111,6 +126,9 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if mode == "noise":  # the controller follows the rounded latents' rate: the file's
+                with torch.no_grad():
+                    bits = model.rate_bits(model.quantized("round"))
             excess = float(bits.detach()) / target_bits - 1.0
             log_lambda += o.lambda_gain * max(-1.0, min(1.0, excess))
             if step % 50 == 0 or i == steps - 1:
@@ -121,13 +139,17 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
 
     train(o.steps, 0, o.steps)
     extra = 0
-    for _ in range(4):  # over the target after rounding: a few more rounded steps, lambda doubled
+    for attempt in range(MAX_EXTRA_ROUNDS):  # over the target after rounding: more rounded steps, lambda raised
         if len(latent_format.encode(model, vmin, vmax)) <= budget_bytes:
             break
-        log_lambda += math.log(2.0)
+        log_lambda += math.log(1.3 if attempt < 2 else 2.0)  # gently first, then fast enough to end
         more = max(20, o.steps // 20)
         train(more, o.steps + extra, o.steps + extra + more)
         extra += more
+    else:
+        size = len(latent_format.encode(model, vmin, vmax))
+        if size > budget_bytes:
+            raise RuntimeError(f"latent-grid fit ended at {size} bytes, over its {budget_bytes}-byte budget")
     model.quantized_weights = True
     report = {"options": asdict(o), "model": model.describe(), "train_seconds": time.perf_counter() - t0,
               "extra_steps": extra, "target_bits": target_bits, "history": history}
