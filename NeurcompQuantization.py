@@ -4,7 +4,9 @@
 
 Options: the shared ones (config/options.py) plus the "compressed file" group (quantization/cli.py).
 ``--max_abs_error E`` / ``--max_rel_error R`` (shared options) add the corrections that keep every
-voxel of ``--data`` within the bound, verified before the file is written (quantization/bounded.py).
+voxel of ``--data`` within the bound, verified before the file is written (quantization/bounded.py);
+without ``--quant_bits`` on the command line the index bits that make the smallest file (network
+plus corrections) are chosen (``bounded.smallest_bounded``).
 The orchestration lives here, above both packages: it reads training's checkpoint and, for
 ``--finetune_passes``, samples the volume with training's sampler; quantization itself does not
 import training.
@@ -57,7 +59,13 @@ def quantize_main(argv=None, parser=None) -> dict:
     net = quantize_network(model, info, bits, options, seed=ns.kmeans_seed, source=str(checkpoint))
     finetune = _finetune(cfg, ns, model, net, info, finetune_codebooks) if ns.finetune_passes > 0 else None
     bound = None
-    if cfg.error_bound:  # corrections against the volume, verified at every voxel
+    if cfg.error_bound and finetune is None and "quant_bits" not in getattr(ns, "_cli_keys", ()):
+        # a bound and no --quant_bits: the index bits of the smallest file, network plus corrections
+        data, bound = _smallest_bounded(cfg, model, info, options, ns.kmeans_seed, str(checkpoint))
+        bits = bound["bits"]
+        if not ns.output and not ns.filename:
+            out = check_output_file(cfg.experiment_dir / f"{cfg.expname}_{bits}bit{DEFAULT_SUFFIX}", "--filename")
+    elif cfg.error_bound:  # corrections against the volume, verified at every voxel
         data, bound = _bounded(cfg, net, info)
     else:
         data = encode_network(net)
@@ -119,6 +127,19 @@ def _bounded(cfg, net, info):
     option = "max_abs_error" if mode == "abs" else "max_rel_error"
     volume = _reference_volume(cfg, info, option, "the volume the bound is kept against")
     return encode_bounded(net, volume.values, mode, value, device=resolve_device(cfg.device), option=option)
+
+
+def _smallest_bounded(cfg, model, info, options, seed: int, source: str):
+    """The bounded file at the index bits that make it smallest (quantization.bounded.smallest_bounded)."""
+    from neurcomp.quantization.bounded import smallest_bounded
+    from neurcomp.quantization.encode import quantize_network
+
+    mode, value = cfg.error_bound
+    option = "max_abs_error" if mode == "abs" else "max_rel_error"
+    volume = _reference_volume(cfg, info, option, "the volume the bound is kept against")
+    return smallest_bounded(lambda b: quantize_network(model, info, b, options, seed=seed, source=source),
+                            volume.values, mode, value, cfg.quant_bits, device=resolve_device(cfg.device),
+                            option=option, progress=not cfg.quiet)
 
 
 def _finetune(cfg, ns, model, net, info, finetune_codebooks) -> dict:

@@ -3,11 +3,15 @@ ZFP (fixed accuracy) and SPERR (``hdf5plugin.Sperr(absolute=...)``) at the same 
 with encode/decode times, every maximum error checked, and the decode time of a 32^3 box against a
 full decode.
 
-Our file: one network trained per volume (``--steps`` steps, sized for ``--ratio``), then encoded
-at each bound with its corrections (``quantization.bounded``); the training time is reported once
-per volume, apart from the per-bound encode time (quantize + corrections + verification).
+Our file, by default (no ``--ratio``): the bound alone, as a user asks SZ3 for it: one training per
+volume and bound whose network size is searched for the smallest file, network plus corrections
+(``training.bound_search``: short trainings of ``--steps`` / 4, then the winner's ``--steps``); "enc
+s" is that whole search and training. With ``--ratio R``: one network trained per volume
+(``--steps`` steps, sized for voxels / parameters = R), then encoded at each bound with its
+corrections (``quantization.bounded``); the training time is reported once per volume, apart from
+the per-bound encode time (quantize + corrections + verification).
 
-    python -m benchmarks.error_bound_bench --volumes nucleon_41x41x41_uint8.raw --steps 300
+    python -m benchmarks.error_bound_bench --volumes nucleon_41x41x41_uint8.raw --steps 300 --json out.json
 """
 
 from __future__ import annotations
@@ -53,6 +57,42 @@ def classical(values: np.ndarray, bound: float) -> dict:
     return out
 
 
+def _training_flags(values: np.ndarray, args) -> list[str]:
+    passes = args.steps * 1024 * 16 / values.size
+    return ["--quant_bits", str(args.bits), "--max_pass", repr(passes), "--pass_decay", repr(passes / 3),
+            "--min_steps", str(args.steps), "--device", "cpu", "--tracking", "none", "--checkpoint_every", "0",
+            "--quiet", "true"]
+
+
+def ours_bound_only(values: np.ndarray, args) -> tuple[dict, dict]:
+    """rel bound -> (payload, decoded, search + training s, decode s), and rel bound -> the search's report."""
+    import contextlib
+    import tempfile
+
+    from neurcomp.config.options import parse_config
+    from neurcomp.data.writers import write_vti
+    from neurcomp.quantization.decode import decode_volume
+    from neurcomp.quantization.format import parse
+    from neurcomp.training.run import train
+
+    out, searches = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_vti(Path(tmp) / "v.vti", values, (1.0, 1.0, 1.0))
+        for rel in BOUNDS:
+            cfg = parse_config(["--data", str(Path(tmp) / "v.vti"), "--basedir", tmp, "--expname", f"b{rel:g}",
+                                "--max_rel_error", repr(rel), *_training_flags(values, args)])
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                info = train(cfg, progress=False)
+            t1 = time.perf_counter()
+            data = (cfg.experiment_dir / info["file"]).read_bytes()
+            t2 = time.perf_counter()
+            decoded = decode_volume(parse(data))[0]
+            out[rel] = (data, decoded, t1 - t0, time.perf_counter() - t2)
+            searches[rel] = info["bound_search"]
+    return out, searches
+
+
 def ours(values: np.ndarray, args) -> tuple[dict, float]:
     """rel bound -> (payload, decoded, encode s, decode s), and the training seconds."""
     import tempfile
@@ -66,13 +106,10 @@ def ours(values: np.ndarray, args) -> tuple[dict, float]:
     from neurcomp.training.checkpoint import load_model
     from neurcomp.training.run import train
 
-    passes = args.steps * 1024 * 16 / values.size
     with tempfile.TemporaryDirectory() as tmp:
         write_vti(Path(tmp) / "v.vti", values, (1.0, 1.0, 1.0))
         cfg = parse_config(["--data", str(Path(tmp) / "v.vti"), "--basedir", tmp, "--expname", "b",
-                            "--compression_ratio", str(args.ratio), "--quant_bits", str(args.bits),
-                            "--max_pass", repr(passes), "--pass_decay", repr(passes / 3), "--min_steps", str(args.steps),
-                            "--device", "cpu", "--tracking", "none", "--checkpoint_every", "0", "--quiet", "true"])
+                            "--compression_ratio", str(args.ratio), *_training_flags(values, args)])
         t0 = time.perf_counter()
         train(cfg, progress=False)
         training = time.perf_counter() - t0
@@ -105,31 +142,47 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--volumes", nargs="+", required=True, help="names in ../shared/datasets")
     p.add_argument("--steps", type=int, default=300, help="training steps of our network per volume")
-    p.add_argument("--ratio", type=float, default=100.0, help="our network's voxels / parameters")
+    p.add_argument("--ratio", type=float, default=0.0,
+                   help="our network's voxels / parameters (0: the bound alone sizes it, training.bound_search)")
     p.add_argument("--bits", type=int, default=9)
     p.add_argument("--output", default="", help="also write the markdown table here")
+    p.add_argument("--json", default="", help="also write every row (and our size searches) as JSON here")
     args = p.parse_args(argv)
     lines = ["| volume | rel bound | codec | ratio | max err / bound | enc s | dec s |", "|---|---|---|---|---|---|---|"]
-    notes = []
+    notes, rows = [], []
     for name in args.volumes:
         values = np.ascontiguousarray(read_volume(DATASETS / name).values, dtype=np.float32)
         span = float(values.max()) - float(values.min())
-        mine, training = ours(values, args)
+        if args.ratio > 0:
+            mine, training = ours(values, args)
+            searches = {}
+        else:
+            mine, searches = ours_bound_only(values, args)
         for rel in BOUNDS:
             results = {"neurcomp": mine[rel], **classical(values, rel * span)}
             for codec, (payload, decoded, enc, dec) in results.items():
                 err = float(np.abs(decoded.astype(np.float64) - values).max()) / (rel * span)
-                lines.append(f"| {name} | {rel:g} | {codec} | {values.size * 4 / len(payload):.1f} | {err:.3f} | "
-                             f"{enc:.2f} | {dec:.3f} |")
+                ratio = values.size * 4 / len(payload)
+                lines.append(f"| {name} | {rel:g} | {codec} | {ratio:.1f} | {err:.3f} | {enc:.2f} | {dec:.3f} |")
+                rows.append({"volume": name, "rel_bound": rel, "codec": codec, "ratio": ratio, "bytes": len(payload),
+                             "max_err_over_bound": err, "encode_s": enc, "decode_s": dec,
+                             **({"bound_search": searches[rel]} if codec == "neurcomp" and rel in searches else {})})
         full, box = region_timing(mine[BOUNDS[1]][0], values.shape)
-        notes.append(f"{name}: training {training:.1f} s ({args.steps} steps, ratio {args.ratio:g}, {args.bits} bits); "
-                     f"decode of the 1e-2 file: full {full:.3f} s, 32^3 box {box:.3f} s")
+        how = (f"training {training:.1f} s ({args.steps} steps, ratio {args.ratio:g}, {args.bits} bits)" if args.ratio > 0
+               else "sizes chosen by the bound: " + ", ".join(f"{rel:g} -> target_file_ratio "
+                                                            f"{searches[rel]['chosen_target_file_ratio']:g}" for rel in BOUNDS))
+        notes.append(f"{name}: {how}; decode of the 1e-2 file: full {full:.3f} s, 32^3 box {box:.3f} s")
     text = "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
     print(text)
-    if args.output:
-        from neurcomp.data.atomic import atomic_write_bytes
+    from neurcomp.data.atomic import atomic_write_bytes
 
+    if args.output:
         atomic_write_bytes(Path(args.output), text.encode())
+    if args.json:
+        import json
+
+        atomic_write_bytes(Path(args.json), (json.dumps({"steps": args.steps, "ratio": args.ratio, "bits": args.bits,
+                                                         "rows": rows}, indent=1) + "\n").encode())
 
 
 if __name__ == "__main__":

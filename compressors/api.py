@@ -43,7 +43,9 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
 
     ``ratio``: the file's target compression ratio (voxels x 4 / bytes); without it the network is
     sized by the default ``compression_ratio``. ``max_abs_error`` / ``max_rel_error`` (at most one):
-    every voxel decodes within that error (corrections are added to the file, which grows).
+    every voxel decodes within that error (corrections are added to the file, which grows); a bound
+    without ``ratio`` searches the network size whose file, network plus corrections, is the
+    smallest (``training.bound_search``).
     ``steps`` > 0 trains that many steps instead of the training defaults (quick trials).
     """
     from neurcomp.config.options import parse_config
@@ -65,7 +67,8 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
         write_vti(Path(tmp) / "volume.vti", values, tuple(float(s) for s in spacing))
         cfg = parse_config(["--data", str(Path(tmp) / "volume.vti"), "--basedir", tmp, "--expname", "api", *flags])
         info = train(cfg, progress=False)
-        data = (cfg.experiment_dir / info["file"]).read_bytes() if ratio is not None else _quantize(cfg, values)
+        # target_file_ratio, or a bound alone (training.bound_search), writes the file; else quantize here
+        data = (cfg.experiment_dir / info["file"]).read_bytes() if "file" in info else _quantize(cfg, values)
     if path is not None:
         atomic.atomic_write_bytes(path, data)
     return data

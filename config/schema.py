@@ -324,6 +324,10 @@ class NeurcompConfig:
         """Where option ``name``'s value came from, for an error message about that value."""
         return self.origins.get(name, self.source)
 
+    def given(self, name: str) -> bool:
+        """Whether option ``name`` (one ``origins`` records) was set, not left at its default."""
+        return not self.origin(name).startswith("the default")
+
     @property
     def error_bound(self) -> tuple[str, float] | None:
         """("abs" | "rel", value) of the requested maximum error, or None."""

@@ -59,3 +59,37 @@ def encode_bounded(net: CompressedNetwork, truth: np.ndarray, mode: str, request
               "corrections": int(final.bound.positions.size), "max_abs_error_verified": worst,
               "network_bytes": len(plain_data)}
     return data, report
+
+
+BITS_RANGE = (3, 12)  # the index bits the bound-only encoder tries (k-means at 2^12 centroids at most)
+
+
+def smallest_bounded(quantize, truth: np.ndarray, mode: str, requested: float, start_bits: int, *, device=None,
+                     option: str = "max_abs_error", progress: bool = True) -> tuple[bytes, dict]:
+    """The smallest bounded file over the index bits B: ``quantize(B)`` gives the network at B bits,
+    each is encoded with its corrections (``encode_bounded``), walking B downhill from
+    ``start_bits`` (``quantization.size_search``). Returns (bytes, report with every B tried)."""
+    from tqdm.auto import tqdm
+
+    from neurcomp.quantization.size_search import downhill
+
+    lo, hi = BITS_RANGE
+    start = min(max(start_bits, lo), hi)
+    files: dict[int, tuple[bytes, dict]] = {}
+    bar = tqdm(desc=f"bits search ({option} {requested:g})", unit="encoding", disable=not progress)
+
+    def size(k: int) -> float:
+        bits = start + k
+        files[bits] = encode_bounded(quantize(bits), truth, mode, requested, device=device, option=option)
+        bar.update(1)
+        bar.set_postfix(bits=bits, kbytes=f"{len(files[bits][0]) / 1000:.1f}")
+        return float(len(files[bits][0]))
+
+    try:
+        best, _ = downhill(size, lo - start, hi - start)
+    finally:
+        bar.close()
+    data, report = files[start + best]
+    tried = {b: {"file_bytes": len(d), "network_bytes": r["network_bytes"], "corrections": r["corrections"]}
+             for b, (d, r) in sorted(files.items())}
+    return data, {**report, "bits": start + best, "bits_tried": tried}

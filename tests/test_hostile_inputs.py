@@ -382,12 +382,21 @@ def test_api_compress_refuses_a_bad_spacing():
             api.compress(np.random.default_rng(0).random((4, 4, 4)), spacing=spacing, ratio=50)
 
 
-def test_a_bound_without_a_target_says_when_it_applies(tmp_path, capsys):
+def test_a_bound_without_a_target_writes_the_bounded_file(tmp_path, capsys):
+    """A bound is never silently ignored: with a fixed width (no size search) the run still writes
+    the file that keeps it."""
+    import json
+
     from neurcomp.config.cli import run_cli
+    from neurcomp.compressors import api
     from NeurcompTraining import main
 
     path = tmp_path / "v.npy"
     np.save(path, values())
     capsys.readouterr()
     assert run_cli(main, training_argv(tmp_path, path) + ["--max_abs_error", "0.01"]) == 0
-    assert "note: max_abs_error = 0.01 applies when the network is encoded" in capsys.readouterr().err
+    assert "max_abs_error 0.01 kept" in capsys.readouterr().out
+    info = json.loads((tmp_path / "exp" / "hostile" / "info.json").read_text())
+    assert "bound_search" not in info  # features_per_layer sizes the network
+    decoded = api.decompress(tmp_path / "exp" / "hostile" / info["file"])
+    assert np.abs(decoded.astype(np.float64) - values()).max() <= 0.01

@@ -6,7 +6,8 @@ corrected layer by layer to land within 5 % of the requested ratio; what it leav
 (``outlier_share`` of it kept back when sizing) corrects the worst voxels
 (``quantization.outliers``). With ``max_abs_error`` or ``max_rel_error`` the corrections that keep
 the bound at every voxel are added on top instead (``quantization.bounded``), so the file is
-larger than the network alone by their size.
+larger than the network alone by their size; a bound without target_file_ratio writes the trained
+network at the index bits of the smallest bounded file (``write_bounded_file``).
 """
 
 from __future__ import annotations
@@ -54,9 +55,37 @@ def compressed_file_path(cfg: NeurcompConfig) -> Path:
     return cfg.experiment_dir / f"{cfg.expname}_{cfg.quant_bits}bit.ncq"
 
 
+def write_bounded_file(cfg: NeurcompConfig, model, volume, info) -> dict:
+    """A bound without target_file_ratio: the trained network at the index bits that make the
+    smallest file with its corrections (``quantization.bounded.smallest_bounded``), written and measured."""
+    from neurcomp.quantization.bounded import smallest_bounded
+    from neurcomp.quantization.decode import decode_volume
+    from neurcomp.quantization.encode import quantize_network
+    from neurcomp.quantization.format import parse
+
+    mode, value = cfg.error_bound
+    device = next(model.parameters()).device
+    data, bound = smallest_bounded(lambda bits: quantize_network(model, info, bits, seed=cfg.seed), volume.values,
+                                   mode, value, cfg.quant_bits, device=device,
+                                   option=f"{cfg.source}: max_{mode}_error", progress=False)
+    path = cfg.experiment_dir / f"{cfg.expname}_{bound['bits']}bit.ncq"
+    prediction = decode_volume(parse(data, str(path)), device=device)[0]
+    atomic_write_bytes(path, data)
+    metrics = volume_metrics(volume.values, prediction)
+    ratio = volume.num_voxels * 4 / len(data)
+    print(f"compressed file {path}: {len(data)} bytes, ratio {ratio:.1f}, {bound['bits']}-bit indices, "
+          f"max_{mode}_error {value:g} kept ({bound['corrections']} corrections), PSNR {metrics['psnr']:.2f} dB")
+    tried = {str(b): t for b, t in bound.pop("bits_tried").items()}
+    return {"file": path.name, "file_bytes": len(data), "file_ratio": ratio, "file_psnr": metrics["psnr"],
+            "file_max_abs_error": metrics["max_abs_error"], "file_bits_tried": tried,
+            **{f"file_{k}": v for k, v in bound.items()}}
+
+
 def write_compressed_file(cfg: NeurcompConfig, model, volume, info) -> dict:
     """Encode the trained network to the target size (plus the error bound's corrections), write it,
-    and measure the decoded volume."""
+    and measure the decoded volume; with a bound and no target size, ``write_bounded_file``."""
+    if cfg.target_file_ratio <= 0:
+        return write_bounded_file(cfg, model, volume, info)
     from neurcomp.quantization.decode import decode_volume
     from neurcomp.quantization.format import parse
     from neurcomp.quantization.outliers import add_corrections

@@ -6,10 +6,8 @@ outputs) running the phases the config asks for (``training.phases``).
 
 from __future__ import annotations
 
-import sys
-
 from neurcomp.config.options import NeurcompConfig
-from neurcomp.training import distributed, precision
+from neurcomp.training import bound_search, distributed, precision
 from neurcomp.training.phases import plan
 from neurcomp.training.session import Session, resolve_device
 
@@ -23,12 +21,15 @@ def train(cfg: NeurcompConfig, progress: bool = True, prune_residual_width: bool
     # under torchrun: join the process group (training.distributed); a single process: nothing
     distributed.init_from_env(resolve_device(cfg.device), cfg.scaling.dist_backend)
     precision.use_full_float32()  # no TF32: it caps a SIREN's PSNR (training.precision)
-    if progress and cfg.error_bound and cfg.target_file_ratio <= 0:  # else the bound seems ignored
-        mode, value = cfg.error_bound
-        print(f"note: max_{mode}_error = {value:g} applies when the network is encoded: this run trains and saves "
-              f"the network; NeurcompQuantization.py with the same config writes the file that keeps the bound "
-              f"(or set target_file_ratio to write it now)", file=sys.stderr)
+    search = None
+    if bound_search.applies(cfg):  # a bound alone: the network size that makes the smallest file
+        if cfg.resume:
+            cfg = bound_search.resumed_ratio(cfg)
+        else:
+            cfg, search = bound_search.choose_ratio(cfg, train, progress)
     session = Session(cfg, progress)
+    if search is not None:
+        session.extra_info["bound_search"] = search
     result = session.run(plan(session, prune_residual_width))
     # under torchrun, ranks leave together: a rank that exits (tearing down its gloo threads) while
     # rank 0 still writes the outputs aborts with "terminate called without an active exception"

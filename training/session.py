@@ -147,6 +147,7 @@ class Session:
         self.stop = StopSignals()
         self.tracker: Tracker | None = None
         self.totals = {"steps": 0, "samples_seen": 0, "train_seconds": 0.0}  # of the phases before this one
+        self.extra_info: dict = {}  # what the caller adds to info.json (training.bound_search's report)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, phases: list) -> dict:
@@ -250,12 +251,13 @@ class Session:
     def finish(self, model, trainer, extra_info: dict) -> dict:
         """Evaluate on the whole volume, write info, volumes and slices, log them."""
         cfg, out_dir, volume, totals = self.cfg, self.out_dir, self.volume, self.totals_with(trainer)
+        extra_info = {**self.extra_info, **extra_info}
         prediction, metrics = evaluate(model, volume, self.info, progress=self.progress)
         if not math.isfinite(metrics["mse"]):
             raise TrainingDiverged(f"{cfg.expname}: the trained network predicts non-finite values "
                                    f"(MSE {metrics['mse']}); no outputs written. {self._last_good_text()}")
         num_parameters = count_parameters(model.arch)
-        if cfg.target_file_ratio > 0 and distributed.is_main_process():
+        if (cfg.target_file_ratio > 0 or cfg.error_bound) and distributed.is_main_process():
             extra_info = {**extra_info, **write_compressed_file(cfg, model, volume, self.info)}
         if not distributed.is_main_process():  # rank 0 writes the outputs
             return {"expname": cfg.expname, "rank": distributed.get_rank(), "num_parameters": num_parameters,
