@@ -35,9 +35,11 @@ def max_error(truth: np.ndarray, decoded: np.ndarray) -> float:
 
 
 def encode_bounded(net: CompressedNetwork, truth: np.ndarray, mode: str, requested: float, *, level=None,
-                   device=None, option: str = "max_abs_error") -> tuple[bytes, dict]:
+                   device=None, option: str = "max_abs_error", verify: bool = True) -> tuple[bytes, dict]:
     """The file of ``net`` plus the corrections that keep every voxel within the bound of ``truth``
-    (physical values, (Z, Y, X)); returns (bytes, report). Refuses a bound the float32 output cannot keep."""
+    (physical values, (Z, Y, X)); returns (bytes, report). Refuses a bound the float32 output cannot keep.
+    ``verify`` False skips the final decode (``verify_bound``): for sizing trials, never for a file
+    that is written."""
     check_bound_option(mode, requested, option)
     info = net.volume
     if tuple(truth.shape) != tuple(info.shape):
@@ -50,15 +52,20 @@ def encode_bounded(net: CompressedNetwork, truth: np.ndarray, mode: str, request
         raise InputError(f"{option} = {requested:g}: a bound of {bound_abs:.6g} needs a correction step beyond "
                          f"float32 ({F32_MAX:.4g})")
     data = serialize(replace(plain, bound=corrections_for(truth, decoded, mode, requested, bound_abs)), level)
-    final = parse(data, "<encoder>")
-    worst = max_error(truth, decode_volume(final, device=device)[0])
+    report = {"error_bound_mode": mode, "error_bound_requested": requested, "max_abs_error_bound": bound_abs,
+              "corrections": int(parse(data, "<encoder>").bound.positions.size), "network_bytes": len(plain_data)}
+    if verify:
+        report["max_abs_error_verified"] = verify_bound(data, truth, bound_abs, requested, device, option)
+    return data, report
+
+
+def verify_bound(data: bytes, truth: np.ndarray, bound_abs: float, requested: float, device, option: str) -> float:
+    """Decode ``data`` as the decoder will and return its largest error; refuse it above the bound."""
+    worst = max_error(truth, decode_volume(parse(data, "<encoder>"), device=device)[0])
     if not worst <= bound_abs:
         raise InputError(f"{option} = {requested:g}: the decoded file still misses the bound ({worst:.6g} > "
                          f"{bound_abs:.6g}): the bound is below the float32 precision of the values")
-    report = {"error_bound_mode": mode, "error_bound_requested": requested, "max_abs_error_bound": bound_abs,
-              "corrections": int(final.bound.positions.size), "max_abs_error_verified": worst,
-              "network_bytes": len(plain_data)}
-    return data, report
+    return worst
 
 
 BITS_RANGE = (3, 12)  # the index bits the bound-only encoder tries (k-means at 2^12 centroids at most)
@@ -68,7 +75,8 @@ def smallest_bounded(quantize, truth: np.ndarray, mode: str, requested: float, s
                      option: str = "max_abs_error", progress: bool = True) -> tuple[bytes, dict]:
     """The smallest bounded file over the index bits B: ``quantize(B)`` gives the network at B bits,
     each is encoded with its corrections (``encode_bounded``), walking B downhill from
-    ``start_bits`` (``quantization.size_search``). Returns (bytes, report with every B tried)."""
+    ``start_bits`` (``quantization.size_search``); only the smallest is decoded again to verify the
+    bound. Returns (bytes, report with every B tried)."""
     from tqdm.auto import tqdm
 
     from neurcomp.quantization.size_search import downhill
@@ -80,7 +88,8 @@ def smallest_bounded(quantize, truth: np.ndarray, mode: str, requested: float, s
 
     def size(k: int) -> float:
         bits = start + k
-        files[bits] = encode_bounded(quantize(bits), truth, mode, requested, device=device, option=option)
+        files[bits] = encode_bounded(quantize(bits), truth, mode, requested, device=device, option=option,
+                                     verify=False)
         bar.update(1)
         bar.set_postfix(bits=bits, kbytes=f"{len(files[bits][0]) / 1000:.1f}")
         return float(len(files[bits][0]))
@@ -90,6 +99,7 @@ def smallest_bounded(quantize, truth: np.ndarray, mode: str, requested: float, s
     finally:
         bar.close()
     data, report = files[start + best]
+    report["max_abs_error_verified"] = verify_bound(data, truth, report["max_abs_error_bound"], requested, device, option)
     tried = {b: {"file_bytes": len(d), "network_bytes": r["network_bytes"], "corrections": r["corrections"]}
              for b, (d, r) in sorted(files.items())}
     return data, {**report, "bits": start + best, "bits_tried": tried}
