@@ -169,13 +169,17 @@ def main(argv=None):
                              **({"bound_search": searches[rel]} if codec == "neurcomp" and rel in searches else {})})
         full, box = region_timing(mine[BOUNDS[1]][0], values.shape)
         how = (f"training {training:.1f} s ({args.steps} steps, ratio {args.ratio:g}, {args.bits} bits)" if args.ratio > 0
-               else "sizes chosen by the bound: " + ", ".join(f"{rel:g} -> target_file_ratio "
-                                                            f"{searches[rel]['chosen_target_file_ratio']:g}" for rel in BOUNDS))
+               else "sizes chosen by the bound: " + ", ".join(f"{rel:g} -> compression_ratio "
+                                                            f"{searches[rel]['chosen_compression_ratio']:g}" for rel in BOUNDS))
         notes.append(f"{name}: {how}; decode of the 1e-2 file: full {full:.3f} s, 32^3 box {box:.3f} s")
-    text = "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
-    print(text)
+        write_outputs(args, lines, notes, rows)  # after every volume: a long run keeps what it measured
+    print("\n".join(lines + [""] + [f"- {n}" for n in notes]))
+
+
+def write_outputs(args, lines, notes, rows) -> None:
     from neurcomp.data.atomic import atomic_write_bytes
 
+    text = "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
     if args.output:
         atomic_write_bytes(Path(args.output), text.encode())
     if args.json:
