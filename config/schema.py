@@ -40,6 +40,7 @@ grad_lambda            1e-3              0                             all 13 or
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,10 +70,27 @@ def load_option_providers() -> None:
         importlib.import_module(module)
 
 
+NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS; Windows counts 255 characters)
+
+
+def _long_name(name: str) -> str | None:
+    size = len(os.fsencode(name))
+    return f"a folder name holds at most {NAME_MAX} bytes, not {size}" if size > NAME_MAX else None
+
+
 def _check_expname(v: str):
     if not v or v == "." or ".." in v or "/" in v or "\\" in v:  # both separators, whatever the OS
         return "must be a plain folder name (no path separator, no ..)"
-    return None
+    if "\0" in v:
+        return "must not hold a NUL character"
+    return _long_name(v)
+
+
+def _check_folder(v: str):
+    """A folder path (basedir, Tensorboard_log_dir): no NUL, no name over NAME_MAX bytes."""
+    if "\0" in v:
+        return "must not hold a NUL character"
+    return next((f"holds {shown(part)}: {why}" for part in Path(v).parts if (why := _long_name(part))), None)
 
 
 def _parse_trackers(v) -> tuple[str, ...]:
@@ -274,10 +292,10 @@ class NeurcompConfig:
     basedir: str = option("experiments", "folder holding experiment folders. From a config file an absolute path "
                           "is taken relative to the working directory unless its top-level folder exists (the "
                           "original joined cwd + basedir, so its /experiments/... stays inside; /tmp/x is /tmp/x); "
-                          "from the command line as given", original="/experiments/",
+                          "from the command line as given", original="/experiments/", check=_check_folder,
                           deviation="the same folder: the original joined cwd + basedir")
     tensorboard_dir: str = option("", "TensorBoard log folder: the run logs into <it>/<expname> (default: <basedir>)",
-                                  name="Tensorboard_log_dir", original="")
+                                  name="Tensorboard_log_dir", original="", check=_check_folder)
     checkpoint_path: str = option("", "warm start: load this checkpoint's network before training (a new run with "
                                   "a new schedule, as the original did)", original="")
     resume: str = option("", "continue this run exactly from its checkpoint (schedule, optimizer, random state)")
@@ -308,8 +326,9 @@ class NeurcompConfig:
     vti_compression: str = option("zlib", ".vti outputs: zlib (lossless; ParaView and VTK read it) or none",
                                   choices=("zlib", "none"))
     max_abs_error: float = option(0.0, ">0: the compressed file keeps every voxel within this absolute error (physical "
-                                  "units); corrections are stored where the network misses (NeurcompQuantization.py, "
-                                  "target_file_ratio)", type=float, check=non_negative)
+                                  "units); corrections are stored where the network misses. Training writes the file; "
+                                  "without compression_ratio, widths or target_file_ratio it searches the network size "
+                                  "of the smallest file (training.bound_search)", type=float, check=non_negative)
     max_rel_error: float = option(0.0, ">0: as max_abs_error, as a fraction of the value range (vmax - vmin)",
                                   type=float, check=between(0, 1, open_hi=True))
     data: DataConfig = field(default_factory=DataConfig)
