@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
+import warnings
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -87,18 +90,49 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a plain pickle's protocol: the error says it in one line
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):  # an object torch.load(weights_only=True) will not build
-            raise InputError(f"{path}: holds Python objects besides tensors and plain values (a checkpoint of an "
-                             "older version, or not ours); not loaded, since unpickling them could run code") from None
-        raise InputError(f"{path}: not a readable checkpoint (not a torch.save file)") from None
+        raise InputError(f"{path}: {_refused_pickle(path, str(exc))}") from None
     except Exception as exc:  # torch raises many types for corrupt files
-        first_line = (str(exc).strip().splitlines() or [""])[0]
+        if not _torch_file(path):
+            raise InputError(f"{path}: not a readable checkpoint (not a torch.save file)") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
         raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line})") from None
     if not isinstance(state, dict) or not {"architecture", "model_state", "volume"} <= set(state):
         raise InputError(f"{path}: not a Neurcomp checkpoint (no architecture, model_state or volume)")
     return state
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # torch names the object it refused: "GLOBAL posix.system"
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1]  # torch.save before 1.6
+
+
+def _torch_file(path: Path) -> bool:
+    """Whether ``path`` is laid out as torch.save writes: a zip archive, or the legacy format's magic number."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC or zipfile.is_zipfile(file)
+    except OSError:
+        return False
+
+
+def _refused_pickle(path: Path, message: str) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``: objects (code) in a torch.save file, a torch.save
+    file it cannot read, or not a torch.save file at all (e.g. a plain pickle)."""
+    torch_file = _torch_file(path)
+    found = _GLOBAL.search(message)
+    if found or "Unsupported global" in message:
+        what = f" ({found.group(1)[:80]})" if found else ""
+        return (f"holds Python objects besides tensors and plain values{what}: "
+                f"{'a torch.save file' if torch_file else 'a pickle'}, but a weights-only load refuses pickled objects "
+                "(code); not loaded, since unpickling them could run code (a checkpoint of an older version, or not ours)")
+    if torch_file:
+        detail = next((line.strip() for line in message.splitlines() if line.strip().startswith("Unsupported")), "")
+        return (f"a torch.save file whose pickled data a weights-only load cannot read{f' ({detail[:80]})' if detail else ''}; "
+                "not loaded, since unpickling it could run code")
+    return "not a torch.save file (a plain pickle? not loaded, since unpickling it could run code)"
 
 
 def load_model(path: str | Path, map_location="cpu") -> tuple[Neurcomp, VolumeInfo, dict]:
