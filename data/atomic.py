@@ -3,20 +3,27 @@
 A reader never sees a half-written file and an interrupted write never destroys the previous one.
 Temporaries are named `.<name>.<pid>.<random>.tmp`, so concurrent writers do not collide and a
 process killed mid-write (kill -9) leaves a temporary that `remove_stale_temporaries` can recognise
-by its dead pid and delete.
+by its dead pid and delete. A write that fails because the disk (or the user's quota) is full is one
+InputError naming the file; the temporary is removed and the previous file, if any, stays as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 
 from neurcomp.config.errors import InputError
 
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp(\.\w+)?$")
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # disk full, quota exceeded
+# a C++ writer given a file name (torch.save's PyTorchFileWriter) reports a failed write without errno
+_WRITE_FAILED = re.compile(r"unexpected pos|failed writing|write failed|fwrite", re.IGNORECASE)
+_LOW_SPACE = 16 * 2 ** 20  # bytes still free for an unprivileged writer: below it, a failed write is a full disk
 
 
 def _temporary_name(path: Path, suffix: str = "") -> Path:
@@ -53,16 +60,36 @@ def atomic_path(path, suffix: str = ""):
     path without it, i.e. `str(tmp)[:-4]`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(path, suffix)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        if not _no_space(exc, path.parent):
+            raise
+        with contextlib.suppress(OSError):  # free what it wrote before telling the user
+            os.remove(tmp)
+        kept = f"; {path.name} is kept as it was" if path.exists() else ""
+        raise InputError(f"{path}: cannot write: no space left on device{kept}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
     _fsync_folder(path.parent)
+
+
+def _no_space(exc: BaseException, folder: Path) -> bool:
+    """Whether `exc` is a write that failed on a full disk or quota: ENOSPC / EDQUOT, or a library's
+    write error (torch's "unexpected pos") while the folder's filesystem has (almost) no space left."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno in _NO_SPACE
+    if not _WRITE_FAILED.search(str(exc)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < _LOW_SPACE
+    except OSError:
+        return False
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -33,8 +33,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through a Python file: a failed write is an OSError with its errno (a full disk is then
+    one line, ``data.atomic``), not the C++ writer's "unexpected pos"."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(obj, file)
 
 
 def save_checkpoint(path: Path, model: Neurcomp, volume: VolumeInfo, **extra) -> None:
