@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from neurcomp.config.options import NeurcompConfig
 from neurcomp.training import bound_search, distributed, precision
+from neurcomp.training.experiment_lock import locking
 from neurcomp.training.phases import plan
 from neurcomp.training.session import Session, resolve_device
 
 
+@locking  # one run at a time per experiment folder (a second is refused in one line)
 def train(cfg: NeurcompConfig, progress: bool = True, prune_residual_width: bool = False) -> dict:
     """Train a network as ``cfg`` says and write every output; returns the info dict.
 
