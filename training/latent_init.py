@@ -50,25 +50,22 @@ def _factorized_bits(latents: list[torch.Tensor]) -> float:
     return total
 
 
-@torch.no_grad()
-def pyramid_init(model: LatentGrid, volume: torch.Tensor, target_bits: float, alpha: float = 1.0) -> float:
-    """Set ``model``'s latents, skip path and entropy model from the pyramid of ``volume`` (values
-    normalised to [-1, 1], shape (Z, Y, X)) at the rate ``target_bits``; returns the step s."""
-    if model.skip is None:
-        raise ValueError("the pyramid initialisation needs the synthesis' linear skip path")
-    shapes = [tuple(p.shape[2:]) for p in model.latents]
-    v = volume.reshape(1, 1, *model.shape).float()
+def _bisect(v, shapes, levels: int, alpha: float, target_bits: float) -> float:
+    """The step s whose pyramid's factorized rate is ``target_bits``."""
     lo, hi = math.log(1e-5), math.log(4.0)  # log s: small steps cost many bits
     for _ in range(18):
         mid = 0.5 * (lo + hi)
-        steps = [math.exp(mid) * 2.0 ** (-alpha * level) for level in range(model.levels)]
+        steps = [math.exp(mid) * 2.0 ** (-alpha * level) for level in range(levels)]
         if _factorized_bits(_pyramid(v, shapes, steps)) > target_bits:
             lo = mid
         else:
             hi = mid
-    s = math.exp(hi)
-    steps = [s * 2.0 ** (-alpha * level) for level in range(model.levels)]
-    latents = _pyramid(v, shapes, steps)
+    return math.exp(hi)
+
+
+@torch.no_grad()
+def _set_latents(model: LatentGrid, latents: list[torch.Tensor]) -> None:
+    """The pyramid's latents on the first channel, the entropy model at their median and spread."""
     for p, y in zip(model.latents, latents):
         p.zero_()
         p[:, :1].copy_(y)
@@ -77,11 +74,68 @@ def pyramid_init(model: LatentGrid, volume: torch.Tensor, target_bits: float, al
         mu = q.median()
         model.mu[level].fill_(float(mu))
         model.log_scale[level].fill_(math.log(max(float((q - mu).abs().mean()), 0.05)))
-    model.skip.weight.zero_()
-    for level in range(model.levels):
-        model.skip.weight[0, level * model.channels] = steps[level]
-    model.skip.bias.zero_()
-    last = model.synthesis[-1]
-    last.weight.mul_(0.01)
-    last.bias.zero_()
+
+
+def _fit_entropy_model(model: LatentGrid, steps: int, lr: float = 1e-2) -> float:
+    """Train the context and the per-level mean and scale on the rounded latents' rate alone;
+    returns the rate (bits) they reach."""
+    params = [model.mu, model.log_scale, *model.context.parameters()]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    y_hat = [torch.round(y.detach()) for y in model.latents]
+    for _ in range(steps):
+        bits = model.rate_bits(y_hat)
+        optimizer.zero_grad(set_to_none=True)
+        bits.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float(model.rate_bits(y_hat))
+
+
+def pyramid_init(model: LatentGrid, volume: torch.Tensor, target_bits: float, alpha: float = 1.0,
+                 context_steps: int = 100, rounds: int = 4) -> float:
+    """Set ``model``'s latents, skip path and entropy model from the pyramid of ``volume`` (values
+    normalised to [-1, 1], shape (Z, Y, X)) at the rate ``target_bits``; returns the step s.
+    With a context model, ``rounds`` secant steps on log s against the log of the fitted context's
+    rate (``context_steps`` Adam steps per evaluation, warm-started; 0 rounds: the factorized rate)."""
+    if model.skip is None:
+        raise ValueError("the pyramid initialisation needs the synthesis' linear skip path")
+    shapes = [tuple(p.shape[2:]) for p in model.latents]
+    v = volume.reshape(1, 1, *model.shape).float()
+
+    def start(step: float) -> list[torch.Tensor]:
+        with torch.no_grad():
+            latents = _pyramid(v, shapes, [step * 2.0 ** (-alpha * level) for level in range(model.levels)])
+            _set_latents(model, latents)
+        return latents
+
+    with torch.no_grad():
+        s = _bisect(v, shapes, model.levels, alpha, target_bits)
+    if model.context is not None and rounds > 0:
+        # the context only saves bits, so the factorized s lands under the target: walk to smaller steps
+        points = []
+        for _ in range(rounds):
+            start(s)
+            points.append((math.log(s), math.log(max(_fit_entropy_model(model, context_steps), 1.0))))
+            if abs(points[-1][1] - math.log(target_bits)) < 0.01:
+                break
+            if len(points) == 1:
+                slope = -0.9  # log R against log s, about -1 (measured on neghip and viscous fingers)
+            else:
+                (x0, y0), (x1, y1) = points[-2], points[-1]
+                slope = (y1 - y0) / (x1 - x0) if abs(x1 - x0) > 1e-6 else -0.9
+                slope = min(-0.2, max(-3.0, slope))
+            s = math.exp(points[-1][0] + (math.log(target_bits) - points[-1][1]) / slope)
+        start(s)
+        _fit_entropy_model(model, context_steps)
+    else:
+        start(s)
+    steps = [s * 2.0 ** (-alpha * level) for level in range(model.levels)]
+    with torch.no_grad():
+        model.skip.weight.zero_()
+        for level in range(model.levels):
+            model.skip.weight[0, level * model.channels] = steps[level]
+        model.skip.bias.zero_()
+        last = model.synthesis[-1]
+        last.weight.mul_(0.01)
+        last.bias.zero_()
     return s
