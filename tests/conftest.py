@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,18 @@ def run_two_gloo_ranks(worker, tmp_path, timeout: float = 120) -> tuple[dict, di
     ctx = mp.start_processes(worker, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2,
                              join=False, start_method="spawn")
     deadline = time.time() + timeout
-    while not ctx.join(timeout=5):
-        assert time.time() < deadline, "spawned workers did not finish"
-    r0, r1 = (json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1))
+    outputs = [tmp_path / f"out.{r}" for r in (0, 1)]
+    try:
+        while not ctx.join(timeout=5):
+            assert time.time() < deadline, "spawned workers did not finish"
+    except mp.ProcessExitedException as exc:
+        # gloo's teardown can still abort a rank ("terminate called without an active exception") after
+        # both have written their results and left the barrier: a torch race at interpreter shutdown,
+        # not ours (seen 1 in ~20 runs on a loaded 2-core machine). Only then are the results kept.
+        if exc.signal_name != "SIGABRT" or not all(p.is_file() for p in outputs):
+            raise
+        warnings.warn(f"a gloo rank aborted at shutdown after writing its results ({exc})")
+    r0, r1 = (json.loads(p.read_text()) for p in outputs)
     return r0, r1
 
 
