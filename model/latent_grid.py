@@ -147,6 +147,18 @@ class LatentGrid(nn.Module):
                  F.interpolate(y, size=shape, mode="trilinear", align_corners=True) for y in y_hat]
         return torch.cat(grids, dim=1).flatten(2)[0].t()
 
+    def features_at(self, y_hat: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        """The rows of ``features(y_hat)`` at the flat voxel indices ``index``, interpolated at those
+        voxels only: a training step on a sample of a large volume costs the sample, not the volume.
+
+        ``grid_sample`` with align_corners maps -1 / +1 to a grid's first / last sample, as
+        ``interpolate(align_corners=True)`` does, so one set of normalised coordinates serves every level."""
+        zyx = torch.stack(torch.unravel_index(index, self.shape), dim=-1).to(y_hat[0].dtype)
+        extent = torch.tensor([max(n - 1, 1) for n in self.shape], dtype=zyx.dtype, device=zyx.device)
+        grid = (2 * zyx / extent - 1).flip(-1).view(1, 1, 1, -1, 3)  # grid_sample wants (x, y, z)
+        rows = [F.grid_sample(y, grid, mode="bilinear", align_corners=True).view(y.shape[1], -1) for y in y_hat]
+        return torch.cat(rows, dim=0).t()
+
     def synthesize(self, feats: torch.Tensor) -> torch.Tensor:
         h = feats
         for i, layer in enumerate(self.synthesis):

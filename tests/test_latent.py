@@ -93,6 +93,19 @@ def _zeroed(model):
     return copy
 
 
+@pytest.mark.parametrize("finest", [0, 1])
+def test_features_at_sampled_voxels_match_the_full_upsampling(finest):
+    """A step on a sample interpolates at the sampled voxels only: the same rows as the full grid."""
+    torch.manual_seed(0)
+    model = LatentGrid((9, 12, 7), channels=2, finest=finest)
+    with torch.no_grad():
+        for p in model.latents:
+            p.normal_(0, 3)
+    y_hat = model.quantized("round")
+    index = torch.randint(9 * 12 * 7, (200,))
+    assert torch.allclose(model.features_at(y_hat, index), model.features(y_hat)[index], atol=1e-5)
+
+
 def test_another_resolution_decodes():
     data = latent_format.encode(random_model(), 0.0, 1.0)
     assert latent_format.decode_volume(data, shape=(20, 24, 28)).shape == (20, 24, 28)

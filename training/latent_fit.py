@@ -114,12 +114,11 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * decay
             y_hat = model.quantized(mode)
-            feats = model.features(y_hat)
             if n > o.points_per_step:
                 idx = torch.randint(n, (o.points_per_step,), device=device, generator=generator)
-                pred, ref = model.synthesize(feats[idx]), target[idx]
+                pred, ref = model.synthesize(model.features_at(y_hat, idx)), target[idx]
             else:
-                pred, ref = model.synthesize(feats), target
+                pred, ref = model.synthesize(model.features(y_hat)), target
             mse = torch.mean((pred - ref) ** 2)
             bits = model.rate_bits(y_hat)
             loss = mse / variance + math.exp(log_lambda) * bits / n
