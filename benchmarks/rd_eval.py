@@ -256,6 +256,32 @@ def gap_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+ERROR_BOUNDED = ("sz3", "sperr")  # the rivals a learned codec must beat: the better of the two on each volume
+
+
+def codec_table(records: list[dict], codecs: list[str]) -> str:
+    """Per volume and target ratio, one column per codec (PSNR dB, achieved ratio in parentheses;
+    - where a codec has no result), then the last codec's PSNR minus the better of SZ3 and SPERR."""
+    groups: dict[tuple[str, float], dict[str, dict]] = defaultdict(dict)
+    for r in records:  # records in order of the volumes' first appearance, as gap_rows
+        groups[(r["volume"], float(r["target_ratio"]))][r["codec"]] = r
+    order = {v: i for i, v in enumerate(dict.fromkeys(r["volume"] for r in records))}
+    last = codecs[-1]
+    lines = [f"PSNR dB (achieved ratio) per codec; gap = {last} - the better of SZ3 and SPERR; -: no result.", "",
+             "| volume | target | " + " | ".join(codecs) + f" | {last} gap dB |",
+             "|---|---|" + "|".join("---" for _ in codecs) + "|---|"]
+    for (volume, target), by_codec in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+        cells = []
+        for codec in codecs:
+            r = by_codec.get(codec)
+            cells.append("-" if r is None or r.get("psnr") is None else f"{_fmt(r['psnr'])} ({r['ratio']:.0f})")
+        rivals = [_psnr_or_nan(by_codec.get(c)) for c in ERROR_BOUNDED]
+        rivals = [p for p in rivals if not math.isnan(p)]
+        gap = _difference(_psnr_or_nan(by_codec.get(last)), max(rivals) if rivals else None)
+        lines.append(f"| {volume} | {target:g} | " + " | ".join(cells) + f" | {_fmt(gap, '{:+.2f}')} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_results(records: list[dict], json_path, md_path, gap_md_path=None) -> None:
     """Write the records as JSON (non-finite floats as null) and as a markdown table, atomically;
     with ``gap_md_path``, also `gap_table` there."""

@@ -8,7 +8,9 @@ several processes (one per core, split by volume), and this merges their records
 of ``rd_eval.gap_table`` plus a line per volume saying whether the curve is monotone.
 ``--readme FILE`` also replaces the block between ``<!-- rd-table -->`` and ``<!-- /rd-table -->``
 in FILE (the README's table), written to a temporary name and renamed; ``--plots DIR`` draws the
-merged curves, ``DIR/rd_<volume>.png`` (every codec, PSNR against achieved ratio).
+merged curves, ``DIR/rd_<volume>.png`` (every codec, PSNR against achieved ratio). ``--codecs A B ..``
+writes instead one column per codec (``rd_eval.codec_table``), the last one's gap to the better of
+SZ3 and SPERR beside it, and ``--block NAME`` picks the README block ``<!-- NAME --> .. <!-- /NAME -->``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.rd_eval import gap_rows, gap_table, plot_rd_per_volume
+from benchmarks.rd_eval import codec_table, gap_rows, gap_table, plot_rd_per_volume
 from neurcomp.config.cli import run_cli
 from neurcomp.config.errors import InputError
 
 BEGIN, END = "<!-- rd-table -->", "<!-- /rd-table -->"
+
+
+def markers(block: str) -> tuple[str, str]:
+    return f"<!-- {block} -->", f"<!-- /{block} -->"
 
 
 def load_records(folders: list[str]) -> list[dict]:
@@ -59,14 +65,15 @@ def render(records: list[dict]) -> str:
     return gap_table(records) + "\n" + "\n".join(monotone_lines(records)) + "\n"
 
 
-def replace_block(path: Path, text: str) -> None:
+def replace_block(path: Path, text: str, block: str = "rd-table") -> None:
+    begin, end = markers(block)
     doc = path.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise InputError(f"{path}: no {BEGIN} ... {END} block to replace")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    if begin not in doc or end not in doc:
+        raise InputError(f"{path}: no {begin} ... {end} block to replace")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    tmp.write_text(f"{head}{begin}\n{text}{end}{tail}")
     os.replace(tmp, path)
 
 
@@ -74,13 +81,16 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rd_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", help="output folders of benchmarks.rate_distortion (each holds rd.json)")
     parser.add_argument("--readme", default="", help="also write the table into this file's rd-table block")
+    parser.add_argument("--codecs", nargs="+", default=[],
+                        help="one column per codec instead of the gap table (the last codec's gap is shown)")
+    parser.add_argument("--block", default="rd-table", help="the README block to replace (<!-- NAME -->)")
     parser.add_argument("--plots", default="", help="also draw the merged curves into this folder (rd_<volume>.png)")
     args = parser.parse_args(argv)
     records = load_records(args.folders)
-    text = render(records)
+    text = codec_table(records, args.codecs) if args.codecs else render(records)
     print(text)
     if args.readme:
-        replace_block(Path(args.readme), text)
+        replace_block(Path(args.readme), text, args.block)
     if args.plots:
         Path(args.plots).mkdir(parents=True, exist_ok=True)
         for png in plot_rd_per_volume(records, args.plots):

@@ -42,3 +42,20 @@ def test_a_missing_folder_or_block_is_a_one_line_error(tmp_path):
     (tmp_path / "R.md").write_text("no block")
     with pytest.raises(InputError, match="R.md: no"):
         rd_table.main([str(tmp_path), "--readme", str(tmp_path / "R.md")])
+
+
+def test_one_column_per_codec_with_the_gap_to_the_better_error_bounded_rival(tmp_path):
+    (tmp_path / "a").mkdir()
+    records = [_record("v1", "sz3", 100, 40.0), _record("v1", "sperr", 100, 44.0), _record("v1", "zfp", 100, 30.0),
+               _record("v1", "latent", 100, 45.5), _record("v1", "sz3", 200, 35.0), _record("v1", "neurcomp", 200, 36.0)]
+    (tmp_path / "a" / "rd.json").write_text(json.dumps(records))
+    readme = tmp_path / "README.md"
+    begin, end = rd_table.markers("rd-latent")
+    readme.write_text(f"a\n{rd_table.BEGIN}\nkept\n{rd_table.END}\n{begin}\nold\n{end}\nb\n")
+    text = rd_table.main([str(tmp_path / "a"), "--codecs", "sz3", "sperr", "zfp", "neurcomp", "latent",
+                          "--readme", str(readme), "--block", "rd-latent"])
+    assert "| volume | target | sz3 | sperr | zfp | neurcomp | latent | latent gap dB |" in text
+    assert "| v1 | 100 | 40.00 (101) | 44.00 (101) | 30.00 (101) | - | 45.50 (101) | +1.50 |" in text
+    assert "| v1 | 200 | 35.00 (202) | - | - | 36.00 (202) | - |  |" in text
+    doc = readme.read_text()
+    assert "kept" in doc and "old" not in doc and text in doc
