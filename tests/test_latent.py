@@ -122,7 +122,7 @@ def test_a_truncated_or_padded_file_is_refused_in_one_line(cut):
 def test_fit_lands_under_the_budget_and_beats_the_mean():
     values = smooth_volume()
     budget = values.size * 4 // 20  # at 1/40 the MLP and the header alone take 470 of 576 bytes
-    options = LatentFitOptions(steps=300, lambda0=1e-2)
+    options = LatentFitOptions(steps=300, lambda0=1e-2, finest=0, context_hidden=0)
     model, vmin, vmax, report = fit(values, budget, options)
     data = latent_format.encode(model, vmin, vmax)
     assert len(data) <= budget
@@ -207,7 +207,7 @@ def test_fit_with_context_lands_within_five_percent_under_the_budget():
     # than a 1/10 budget and (rightly) stops short of it
     values = smooth_volume() + 0.2 * np.random.default_rng(0).standard_normal((16, 18, 20)).astype(np.float32)
     budget = values.size * 4 // 10
-    model, vmin, vmax, report = fit(values, budget, LatentFitOptions(steps=300, lambda0=1e-2, context_hidden=4))
+    model, vmin, vmax, report = fit(values, budget, LatentFitOptions(steps=300, lambda0=1e-2, finest=0, context_hidden=4))
     data = latent_format.encode(model, vmin, vmax)
     assert 0.95 * budget <= len(data) <= budget
     decoded = latent_format.decode_volume(data)
