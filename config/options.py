@@ -244,6 +244,8 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
               f"needs n_layers = {net.n_layers} positive widths (a plain network: any number)")
     if net.network == "fvsrn":
         check_fvsrn(cfg, src)
+    if net.network == "latent":
+        check_latent(cfg, src)
     if cfg.target_file_ratio > 0 and cfg.pruning.enabled:
         _fail(src.of("target_file_ratio"), "target_file_ratio", cfg.target_file_ratio,
               "cannot be combined with a dropout_technique: pruning changes the size after the network is sized")
@@ -258,19 +260,35 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     return cfg
 
 
-def check_fvsrn(cfg: NeurcompConfig, src) -> None:
-    """What network = fvsrn (model.fvsrn) does not do, refused in one line."""
+def check_fvsrn(cfg: NeurcompConfig, src, network: str = "fvsrn") -> None:
+    """What network = fvsrn (model.fvsrn) or latent does not do, refused in one line."""
     if cfg.pruning.enabled:
         _fail(src.of("dropout_technique"), "dropout_technique", cfg.pruning.technique,
-              "cannot be combined with network = fvsrn: pruning removes neurons of Neurcomp's sine layers, and "
-              "fvsrn's parameters are mostly its latent grid, which no method prunes")
+              f"cannot be combined with network = {network}: pruning removes neurons of Neurcomp's sine layers, and "
+              f"{network}'s parameters are mostly its latent grid, which no method prunes")
     if cfg.optim.grad_lambda > 0:
         _fail(src.of("grad_lambda"), "grad_lambda", cfg.optim.grad_lambda,
-              "needs the network's input gradient, which network = fvsrn does not implement (use 0)")
+              f"needs the network's input gradient, which network = {network} does not implement (use 0)")
     for key in ("feature_list", "features_per_layer"):
         if getattr(cfg.network, key):
             _fail(src.of(key), key, getattr(cfg.network, key),
-                  "sets Neurcomp widths; network = fvsrn is sized from compression_ratio or target_file_ratio")
+                  f"sets Neurcomp widths; network = {network} is sized from "
+                  f"{'target_file_ratio' if network == 'latent' else 'compression_ratio or target_file_ratio'}")
+
+
+def check_latent(cfg: NeurcompConfig, src) -> None:
+    """What network = latent (model.latent_grid, training.latent_run) does not do, refused in one line."""
+    check_fvsrn(cfg, src, "latent")
+    if cfg.target_file_ratio <= 0:
+        raise ConfigError(f"{src.of('network')}: network = latent is sized by the file it writes: set "
+                          "target_file_ratio (float32 bytes / file bytes, e.g. 200)")
+    for key in ("max_abs_error", "max_rel_error"):
+        if getattr(cfg, key) > 0:
+            _fail(src.of(key), key, getattr(cfg, key), "is not implemented for network = latent yet "
+                  "(corrections are coded for Neurcomp files only): use network = neurcomp")
+    if cfg.checkpoint_path:
+        _fail(src.of("checkpoint_path"), "checkpoint_path", cfg.checkpoint_path,
+              "warm starts are for Neurcomp networks; a latent-grid run continues with resume only")
 
 
 def parse_config(argv: list[str] | None = None, parser=None) -> NeurcompConfig:

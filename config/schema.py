@@ -127,7 +127,11 @@ class NetworkConfig:
     GROUP = "network"
     network: str = option("neurcomp", "neurcomp (residual SIREN, Lu et al. 2021) or fvsrn (a trainable latent grid "
                           "feeding a small SiLU MLP, Weiss et al. 2022: model.fvsrn), sized from compression_ratio "
-                          "or target_file_ratio", choices=("neurcomp", "fvsrn"))
+                          "or target_file_ratio; or latent (multi-resolution integer latents, a tiny MLP and a "
+                          "learned entropy model, Cool-chic: model.latent_grid; needs target_file_ratio, and "
+                          "training writes its .nclg file)", choices=("neurcomp", "fvsrn", "latent"))
+    latent_steps: int = option(1500, "network = latent: training steps (docs/latent_grid.md)", type=int,
+                               check=between(1, INT_LIMIT))
     n_layers: int = option(4, "hidden layers: a sine layer plus n_layers-1 residual blocks", type=int,
                            check=between(1, MAX_LAYERS), original=8,
                            deviation="issue 16's measurements (lr = auto, rate-distortion) are at 4 layers; 11 of the "

@@ -110,8 +110,6 @@ def stored_compression(data: bytes) -> str:
 
 def dequantize_main(argv=None, parser=None) -> dict:
     """Decode a compressed file, reconstruct the volume, write it, and compare with ground truth."""
-    from neurcomp.data.metrics import volume_metrics
-    from neurcomp.data.writers import write_volume, write_vti
     from neurcomp.quantization.decode import decode_volume, read_file
     from neurcomp.quantization.memory import check_decode_memory
     from neurcomp.quantization.region import make_grid
@@ -127,6 +125,8 @@ def dequantize_main(argv=None, parser=None) -> dict:
     atomic.check_output_file(out, "--decompressed_file")  # before the (possibly long) decoding
     if ns.metrics_json:
         atomic.check_output_file(Path(ns.metrics_json), "--metrics_json")
+    if _is_latent_file(path):  # network = latent: quantization.latent_format
+        return _dequantize_latent(ns, cfg, path, out)
     t0 = time.perf_counter()
     net, file_bytes = read_file(path)
     info = net.volume
@@ -146,6 +146,63 @@ def dequantize_main(argv=None, parser=None) -> dict:
     t1 = time.perf_counter()
     prediction, spacing, origin = decode_volume(net, grid, device=device)
     t_infer = time.perf_counter() - t1
+    return _write_and_compare(ns, path, out, prediction, spacing, origin, grid, ground_truth, file_bytes, info,
+                              net.bound, t_decode, t_infer)
+
+
+def _is_latent_file(path: Path) -> bool:
+    from neurcomp.quantization.latent_format import MAGIC
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False  # read_file says what is wrong with it
+
+
+def _dequantize_latent(ns, cfg, path: Path, out: Path) -> dict:
+    """A latent-grid file: decoded on its own grid (a --region is cut from it) or at --resolution.
+    The file holds no spacing or origin: the output has unit spacing, origin 0 (the box's corner)."""
+    from neurcomp.data.volume import VolumeInfo
+    from neurcomp.quantization import latent_format
+    from neurcomp.quantization.region import make_grid
+
+    t0 = time.perf_counter()
+    data = path.read_bytes()
+    model, vmin, vmax = latent_format.decode(data, str(path))
+    t_decode = time.perf_counter() - t0
+    info = VolumeInfo(shape=model.shape, spacing=(1.0, 1.0, 1.0), vmin=vmin, vmax=vmax)
+    grid = make_grid(info.shape, ns.region, ns.resolution)
+    if ns.region is not None and not grid.native():
+        raise ConfigError("command line: a latent-grid file decodes a --region at its own resolution only; "
+                          "drop --resolution, or decode the whole volume at that resolution")
+    ground_truth = None
+    if ns.volume:
+        if not grid.native():
+            raise ConfigError("command line: --volume compares voxel by voxel: it cannot be combined with a "
+                              "--resolution other than the file's own grid")
+        ground_truth = _read_volume(ns.volume, cfg)
+        if tuple(ground_truth.shape) != tuple(info.shape):
+            raise InputError(f"{ns.volume}: volume shape {ground_truth.shape} (Z, Y, X) differs from the "
+                             f"compressed network's {tuple(info.shape)}")
+        info = VolumeInfo(info.shape, info.spacing, vmin, vmax, str(ground_truth.source_dtype))
+    t1 = time.perf_counter()
+    shape = tuple(grid.samples[::-1]) if ns.region is None else None
+    prediction = latent_format.decode_volume(data, shape, str(path))
+    (x0, x1), (y0, y1), (z0, z1) = grid.box
+    if ns.region is not None:
+        prediction = np.ascontiguousarray(prediction[z0:z1, y0:y1, x0:x1])
+    spacing = tuple(((b - a - 1) / max(m - 1, 1)) if m != b - a else 1.0 for (a, b), m in zip(grid.box, grid.samples))
+    return _write_and_compare(ns, path, out, prediction, spacing, (float(x0), float(y0), float(z0)), grid,
+                              ground_truth, len(data), info, None, t_decode, time.perf_counter() - t1)
+
+
+def _write_and_compare(ns, path, out, prediction, spacing, origin, grid, ground_truth, file_bytes, info, bound,
+                       t_decode, t_infer) -> dict:
+    """Write the reconstruction, print and return the ratio and, with a ground truth, the metrics."""
+    from neurcomp.data.metrics import volume_metrics
+    from neurcomp.data.writers import write_volume, write_vti
+
     try:
         if out.suffix.lower() == ".vti":
             write_vti(out, prediction, spacing, origin)
@@ -164,15 +221,15 @@ def dequantize_main(argv=None, parser=None) -> dict:
         m = volume_metrics(np.asarray(ground_truth.values[z0:z1, y0:y1, x0:x1]), prediction)
         result.update(psnr=m["psnr"], rmse=m["rmse"], l1_diff=m["l1_diff"], max_abs_error=m["max_abs_error"])
         print(f"PSNR {m['psnr']:.3f} dB, RMSE {m['rmse']:.6g}, mean abs error (l1_diff) {m['l1_diff']:.6g}, max abs error {m['max_abs_error']:.6g}")
-        if net.bound is not None:
-            result.update(error_bound=net.bound.max_abs_error, bound_held=bool(m["max_abs_error"] <= net.bound.max_abs_error))
-            print(f"error bound {net.bound.max_abs_error:.6g} ({net.bound.mode} {net.bound.requested:g}): "
+        if bound is not None:
+            result.update(error_bound=bound.max_abs_error, bound_held=bool(m["max_abs_error"] <= bound.max_abs_error))
+            print(f"error bound {bound.max_abs_error:.6g} ({bound.mode} {bound.requested:g}): "
                   f"{'held' if result['bound_held'] else 'NOT held'} at every voxel")
     print(f"compression ratio {ratio:.1f} (vs float32), {result['compression_ratio_vs_source_dtype']:.1f} "
           f"vs the original {info.source_dtype} volume")
     if ns.metrics_json:
         keys = ("psnr", "rmse", "l1_diff", "max_abs_error", "compression_ratio", "file_bytes",
-                *(("error_bound", "bound_held") if net.bound is not None else ()))
+                *(("error_bound", "bound_held") if bound is not None else ()))
         payload = {k: (None if isinstance(result[k], float) and not math.isfinite(result[k]) else result[k]) for k in keys}
         atomic_write_bytes(Path(ns.metrics_json), (json.dumps(payload, indent=2) + "\n").encode(), "--metrics_json")
     return result

@@ -140,6 +140,10 @@ def _refused_pickle(path: Path, message: str) -> str:
 def load_model(path: str | Path, map_location="cpu") -> tuple[Neurcomp, VolumeInfo, dict]:
     """Rebuild the trained network from a checkpoint alone: (model in eval mode, volume info, raw state)."""
     state = read_checkpoint(path, map_location)
+    if (state.get("architecture") or {}).get("network") == "latent":
+        raise InputError(f"{path}: a latent-grid run (network = latent): its training wrote the compressed "
+                         f"{state.get('file') or '<expname>.nclg'} beside it; decode that with "
+                         "NeurcompDequantization.py --compressed_file")
     try:
         model = build_network(Architecture.from_dict(state["architecture"]))
         model.load_state_dict(state["model_state"])

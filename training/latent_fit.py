@@ -11,6 +11,10 @@ networks. The first (1 - ste_share) of the steps train with noise in place of ro
 with rounding (straight-through gradient) and the synthesis weights at their stored precision, so
 the last steps train on what the file decodes to. If the coded file still exceeds the target, a
 few more rounded steps run with lambda raised (1.3x twice, then 2x) until it fits.
+
+``stop`` (a callable, checked between two steps) ends the main steps early with ``FitStopped``,
+which holds everything ``fit(..., resume=state)`` needs to continue exactly where it stopped:
+the network, Adam's moments, lambda, the step, the random streams and the history.
 """
 
 from __future__ import annotations
@@ -53,6 +57,14 @@ class LatentFitOptions:
     device: str = "cpu"
 
 
+class FitStopped(Exception):
+    """``fit`` stopped between two steps at ``stop``'s request; ``state`` resumes it (``fit(resume=)``)."""
+
+    def __init__(self, state: dict):
+        super().__init__(f"latent-grid fit stopped at step {state['step']}")
+        self.state = state
+
+
 def overhead_bytes(model: LatentGrid) -> int:
     """Everything in the file but the latents' ANS words, measured on the model's own encoding."""
     with torch.no_grad():
@@ -66,9 +78,9 @@ def overhead_bytes(model: LatentGrid) -> int:
 
 
 def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None = None, *,
-        progress: bool = False) -> tuple[LatentGrid, float, float, dict]:
+        progress: bool = False, stop=None, resume: dict | None = None) -> tuple[LatentGrid, float, float, dict]:
     """Train on ``values`` (3D float array) for a file of at most ``budget_bytes``; returns the
-    network, the value range (vmin, vmax) and a report."""
+    network, the value range (vmin, vmax) and a report. ``stop`` / ``resume``: see the module."""
     from tqdm import tqdm
 
     o = options or LatentFitOptions()
@@ -92,6 +104,7 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
         pyramid_init(model, target.view(values.shape), target_bits, o.init_alpha)
     elif o.init != "zero":
         raise ValueError(f"latent init must be zero or pyramid, not {o.init!r}")
+    # (the pyramid start above is overwritten by a resumed state below: it only sets the latents)
     # the entropy model's mu and log b follow the latents' spread at the latents' pace
     context = list(model.context.parameters()) if model.context is not None else []
     synthesis = list(model.synthesis.parameters()) + (list(model.skip.parameters()) if model.skip is not None else [])
@@ -101,13 +114,27 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
     log_lambda = math.log(o.lambda0)
     ste_from = int(round(o.steps * (1 - o.ste_share)))
     t0 = time.perf_counter()
-    history = []
+    history, start = [], 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        log_lambda, start, history = resume["log_lambda"], resume["step"], list(resume["history"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        t0 -= resume["seconds"]
+
+    def state(step: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "log_lambda": log_lambda,
+                "step": step, "history": history, "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "seconds": time.perf_counter() - t0, "options": asdict(o)}
 
     def train(steps: int, first: int, total: int):
         nonlocal log_lambda
-        bar = tqdm(range(steps), desc="latent grid", disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc="latent grid", disable=not progress, leave=False, initial=0)
         for i in bar:
             step = first + i
+            if stop is not None and stop():
+                raise FitStopped(state(step))
             mode = "noise" if step < ste_from else "ste"
             model.quantized_weights = mode == "ste"
             decay = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
@@ -136,7 +163,7 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
                                 "seconds": time.perf_counter() - t0})
                 bar.set_postfix(psnr=f"{psnr:.2f}", kbytes=f"{float(bits.detach()) / 8e3:.2f}")
 
-    train(o.steps, 0, o.steps)
+    train(o.steps - start, start, o.steps)
     extra = 0
     for attempt in range(MAX_EXTRA_ROUNDS):  # over the target after rounding: more rounded steps, lambda raised
         if len(latent_format.encode(model, vmin, vmax)) <= budget_bytes:
@@ -148,7 +175,10 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
     else:
         size = len(latent_format.encode(model, vmin, vmax))
         if size > budget_bytes:
-            raise RuntimeError(f"latent-grid fit ended at {size} bytes, over its {budget_bytes}-byte budget")
+            from neurcomp.config.errors import InputError
+            raise InputError(f"the latent-grid fit ended at {size} bytes, over its {budget_bytes}-byte budget after "
+                             f"{extra} extra steps (its weights and header alone take {overhead_bytes(model)}): "
+                             "lower the ratio")
     model.quantized_weights = True
     report = {"options": asdict(o), "model": model.describe(), "train_seconds": time.perf_counter() - t0,
               "extra_steps": extra, "target_bits": target_bits, "history": history}

@@ -20,6 +20,10 @@ def train(cfg: NeurcompConfig, progress: bool = True, prune_residual_width: bool
     ``prune_residual_width`` (pruning runs, not a config option): gate the residual stream's width
     too (``model.pruning.PrunableNeurcomp``), as ``benchmarks/pruning_bench.py`` compares.
     """
+    if cfg.network.network == "latent":  # its own fit and file (training.latent_run)
+        from neurcomp.training.latent_run import train_latent
+
+        return train_latent(cfg, progress)
     # under torchrun: join the process group (training.distributed); a single process: nothing
     distributed.init_from_env(resolve_device(cfg.device), cfg.scaling.dist_backend)
     precision.use_full_float32()  # no TF32: it caps a SIREN's PSNR (training.precision)

@@ -1,0 +1,128 @@
+"""network = latent through the user's commands (training.latent_run): the same outputs, tracking,
+resume and decoding as a Neurcomp run, on a real volume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_script, shared_volume
+from neurcomp.config.errors import ConfigError, InputError
+from neurcomp.config.options import parse_config
+from neurcomp.training import latent_run
+from neurcomp.training.latent_fit import FitStopped, LatentFitOptions, fit
+from neurcomp.training.run import train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def config(tmp_path, volume, **extra):
+    opts = {"data": volume, "basedir": tmp_path / "exp", "expname": "lat", "network": "latent",
+            "target_file_ratio": 40, "latent_steps": 60, "tracking": "mlflow+tensorboard", **extra}
+    return parse_config([f"--{k}={v}" for k, v in opts.items()])
+
+
+def test_training_writes_the_file_volumes_tracking_and_decodes_to_the_same_psnr(tmp_path):
+    from mlflow import MlflowClient
+    from vtkmodules.vtkIOXML import vtkXMLImageDataReader
+
+    bucky = shared_volume("bucky_32x32x32_uint8.raw")
+    info = train(config(tmp_path, bucky), progress=False)
+    out = tmp_path / "exp" / "lat"
+    for name in ("lat.nclg", "checkpoint.pt", "config.txt", "info.json", "info.txt", "slices.png",
+                 "ground_truth.vti", "prediction.vti", "error.vti"):
+        assert (out / name).is_file(), name
+    assert info["file_bytes"] == (out / "lat.nclg").stat().st_size <= 32 ** 3 * 4 / 40
+    values = np.fromfile(bucky, np.uint8).astype(np.float64)
+    mean_psnr = 20 * np.log10(255 / values.std())
+    assert info["psnr"] > mean_psnr + 3  # better than predicting the mean
+    reader = vtkXMLImageDataReader()
+    reader.SetFileName(str(out / "prediction.vti"))
+    reader.Update()
+    assert reader.GetOutput().GetDimensions() == (32, 32, 32)
+    assert list(out.glob("events.out.tfevents.*"))
+    client = MlflowClient(tracking_uri="sqlite:///" + str(tmp_path / "exp" / "mlflow.db"))
+    run = client.search_runs([client.get_experiment_by_name("neurcomp").experiment_id])[0]
+    assert run.info.status == "FINISHED" and abs(run.data.metrics["psnr"] - info["psnr"]) < 1e-9
+    assert run.data.params["network"] == "latent" and "train_psnr" in run.data.metrics
+
+    # the user's decoder: the same PSNR as training measured, and a box equal to the whole's slice
+    metrics = out / "m.json"
+    done = run_script("NeurcompDequantization.py", "--compressed_file", out / "lat.nclg", "--volume", bucky,
+                      "--decompressed_file", out / "d.npy", "--metrics_json", metrics)
+    assert done.returncode == 0, done.stderr
+    assert abs(json.loads(metrics.read_text())["psnr"] - info["psnr"]) < 1e-6
+    done = run_script("NeurcompDequantization.py", "--compressed_file", out / "lat.nclg", "--region",
+                      3, 20, 0, 9, 5, 32, "--decompressed_file", out / "box.npy")
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(out / "box.npy"), np.load(out / "d.npy")[5:32, 0:9, 3:20])
+    # the checkpoint is not a Neurcomp network: one line saying where the file is
+    done = run_script("NeurcompVisualization.py", "--config", out / "config.txt")
+    assert done.returncode != 0 and "lat.nclg" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_stopped_fit_resumes_exactly():
+    values = np.fromfile(shared_volume("nucleon_41x41x41_uint8.raw"), np.uint8).reshape(41, 41, 41)
+    options = LatentFitOptions(steps=40)
+    budget = values.size * 4 // 60
+    whole, *_ = fit(values, budget, options)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 25
+
+    with pytest.raises(FitStopped) as stopped:
+        fit(values, budget, options, stop=stop)
+    assert stopped.value.state["step"] == 25
+    resumed, *_ = fit(values, budget, options, resume=stopped.value.state)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_an_interrupted_run_saves_its_state_and_resume_continues_it(tmp_path, monkeypatch):
+    bucky = shared_volume("bucky_32x32x32_uint8.raw")
+
+    class StopAfter(latent_run.StopSignals):  # as a Ctrl-C after 20 steps would
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAfter.checks += 1
+            return StopAfter.checks > 20
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    monkeypatch.setattr(latent_run, "StopSignals", StopAfter)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path, bucky, tracking="none"), progress=False)
+    checkpoint = tmp_path / "exp" / "lat" / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["latent_fit"]["step"] == 20
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="other latent-grid options"):
+        train(config(tmp_path, bucky, tracking="none", resume=checkpoint, latent_steps=61), progress=False)
+    resumed = train(config(tmp_path, bucky, tracking="none", resume=checkpoint), progress=False)
+    fresh = train(config(tmp_path, bucky, tracking="none", expname="fresh"), progress=False)
+    assert resumed["file_bytes"] == fresh["file_bytes"] and resumed["psnr"] == pytest.approx(fresh["psnr"], abs=1e-9)
+    with pytest.raises(ConfigError, match="not an interrupted latent-grid run"):  # the finished run's checkpoint
+        train(config(tmp_path, bucky, tracking="none", resume=checkpoint), progress=False)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"target_file_ratio": 0}, "set target_file_ratio"),
+    ({"max_rel_error": 0.01}, "not implemented for network = latent"),
+    ({"dropout_technique": "binary"}, "network = latent"),
+    ({"features_per_layer": 16}, "sized from target_file_ratio"),
+])
+def test_what_a_latent_run_does_not_do_is_one_line(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        config(tmp_path, tmp_path / "v.npy", **extra)
+
+
+def test_a_file_too_small_for_the_network_is_one_line(tmp_path):
+    with pytest.raises(InputError, match="lower the ratio"):
+        train(config(tmp_path, shared_volume("bucky_32x32x32_uint8.raw"), tracking="none", target_file_ratio=400),
+              progress=False)
