@@ -164,6 +164,10 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
                 bar.set_postfix(psnr=f"{psnr:.2f}", kbytes=f"{float(bits.detach()) / 8e3:.2f}")
 
     train(o.steps - start, start, o.steps)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # seen: NaN weights at 1500 steps
+        from neurcomp.training.recovery import TrainingDiverged
+        raise TrainingDiverged(f"the latent-grid fit diverged (non-finite weights after {o.steps} steps); "
+                               "nothing was written")
     extra = 0
     for attempt in range(MAX_EXTRA_ROUNDS):  # over the target after rounding: more rounded steps, lambda raised
         if len(latent_format.encode(model, vmin, vmax)) <= budget_bytes:
