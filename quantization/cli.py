@@ -134,20 +134,26 @@ def dequantize_main(argv=None, parser=None) -> dict:
     grid = make_grid(info.shape, ns.region, ns.resolution)
     device = resolve_device(cfg.device)
     check_decode_memory(net.arch, grid.samples, str(path), device.type)  # before the ground truth is read
-    ground_truth = None
-    if ns.volume:  # read before the (possibly long) inference, so a bad path fails fast
-        if not grid.native():
-            raise ConfigError("command line: --volume compares voxel by voxel: it cannot be combined with a "
-                              "--resolution other than the file's own grid")
-        ground_truth = _read_volume(ns.volume, cfg)
-        if tuple(ground_truth.shape) != tuple(info.shape):
-            raise InputError(f"{ns.volume}: volume shape {ground_truth.shape} (Z, Y, X) differs from the "
-                             f"compressed network's {tuple(info.shape)}")
+    ground_truth = _ground_truth(ns, cfg, info.shape, grid)  # before the (possibly long) inference: fails fast
     t1 = time.perf_counter()
     prediction, spacing, origin = decode_volume(net, grid, device=device)
     t_infer = time.perf_counter() - t1
     return _write_and_compare(ns, path, out, prediction, spacing, origin, grid, ground_truth, file_bytes, info,
                               net.bound, t_decode, t_infer)
+
+
+def _ground_truth(ns, cfg, shape, grid):
+    """The --volume to compare with (None without one), checked against the file's grid."""
+    if not ns.volume:
+        return None
+    if not grid.native():
+        raise ConfigError("command line: --volume compares voxel by voxel: it cannot be combined with a "
+                          "--resolution other than the file's own grid")
+    ground_truth = _read_volume(ns.volume, cfg)
+    if tuple(ground_truth.shape) != tuple(shape):
+        raise InputError(f"{ns.volume}: volume shape {ground_truth.shape} (Z, Y, X) differs from the "
+                         f"compressed network's {tuple(shape)}")
+    return ground_truth
 
 
 def _is_latent_file(path: Path) -> bool:
@@ -176,15 +182,8 @@ def _dequantize_latent(ns, cfg, path: Path, out: Path) -> dict:
     if ns.region is not None and not grid.native():
         raise ConfigError("command line: a latent-grid file decodes a --region at its own resolution only; "
                           "drop --resolution, or decode the whole volume at that resolution")
-    ground_truth = None
-    if ns.volume:
-        if not grid.native():
-            raise ConfigError("command line: --volume compares voxel by voxel: it cannot be combined with a "
-                              "--resolution other than the file's own grid")
-        ground_truth = _read_volume(ns.volume, cfg)
-        if tuple(ground_truth.shape) != tuple(info.shape):
-            raise InputError(f"{ns.volume}: volume shape {ground_truth.shape} (Z, Y, X) differs from the "
-                             f"compressed network's {tuple(info.shape)}")
+    ground_truth = _ground_truth(ns, cfg, info.shape, grid)
+    if ground_truth is not None:
         info = VolumeInfo(info.shape, info.spacing, vmin, vmax, str(ground_truth.source_dtype))
     t1 = time.perf_counter()
     shape = tuple(grid.samples[::-1]) if ns.region is None else None

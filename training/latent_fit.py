@@ -98,13 +98,12 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
         from neurcomp.config.errors import InputError
         raise InputError(f"a {budget_bytes}-byte file cannot hold a latent-grid network of this size "
                          f"(its weights and header take {overhead_bytes(model)} bytes); lower the ratio")
-    if o.init == "pyramid":
+    if o.init == "pyramid" and resume is None:  # a resumed fit loads its latents below
         from neurcomp.training.latent_init import pyramid_init
 
         pyramid_init(model, target.view(values.shape), target_bits, o.init_alpha)
     elif o.init != "zero":
         raise ValueError(f"latent init must be zero or pyramid, not {o.init!r}")
-    # (the pyramid start above is overwritten by a resumed state below: it only sets the latents)
     # the entropy model's mu and log b follow the latents' spread at the latents' pace
     context = list(model.context.parameters()) if model.context is not None else []
     synthesis = list(model.synthesis.parameters()) + (list(model.skip.parameters()) if model.skip is not None else [])
@@ -130,7 +129,7 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
 
     def train(steps: int, first: int, total: int):
         nonlocal log_lambda
-        bar = tqdm(range(steps), desc="latent grid", disable=not progress, leave=False, initial=0)
+        bar = tqdm(range(steps), desc="latent grid", disable=not progress, leave=False)
         for i in bar:
             step = first + i
             if stop is not None and stop():

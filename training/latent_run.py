@@ -15,6 +15,7 @@ state (``latent_fit``) and ``--resume checkpoint.pt`` continues it exactly (exit
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -95,7 +96,7 @@ def train_latent(cfg: NeurcompConfig, progress: bool = True) -> dict:
             save_latent_checkpoint(ckpt_path, info, {"network": "latent"}, stopped.state["model"],
                                    latent_fit=stopped.state, config=cfg.flat(), tracking_run_id=tracker.run_id,
                                    tag="interrupt")
-            how = "terminated (SIGTERM)" if stop.signum == 15 else "interrupted"
+            how = "terminated (SIGTERM)" if stop.signum == signal.SIGTERM else "interrupted"
             print(f"\n{how} at step {stopped.state['step']}: checkpoint saved to {ckpt_path}; "
                   f"resume with --resume {ckpt_path}", file=sys.stderr)
             interrupted = Interrupted(stop.signum)
