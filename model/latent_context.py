@@ -1,13 +1,16 @@
-"""A hierarchical context model for the latent grids of ``model.latent_grid``: the Laplace mean and
-scale of every latent of level l predicted from the already decoded coarser level l + 1.
+"""A hierarchical context model for the latent grids of ``model.latent_grid``: the Laplace scale of
+every latent of level l predicted from the already decoded coarser level l + 1.
 
 Wavelet coders (SPIHT, SPECK, SPERR) gain most of their rate from the parent-child dependence of
 detail magnitudes: where the coarse band is busy, the fine band is busy too. Here a tiny MLP shared
 by all levels reads, for a latent at index (z, y, x) of level l, the 3 x 3 x 3 neighbourhood of its
 parent (z // 2, y // 2, x // 2) in level l + 1 (all channels, zero outside the grid) and the
-latent's parity (z % 2, y % 2, x % 2), and outputs the latent's mean and log scale per channel:
+latent's parity (z % 2, y % 2, x % 2), and outputs the latent's log scale per channel:
 
-    (mu, log b)_{l,i} = g_phi(N(y_hat_{l+1}, parent(i)), parity(i)) + (mu_l, log b_l).
+    log b_{l,i} = g_phi(N(y_hat_{l+1}, parent(i)), parity(i)) + log b_l.
+
+The mean stays 0 (see ``model.latent_grid``): a predicted mean between two integers is as
+exploitable by the noise proxy as a trained one.
 
 Every latent of a level depends only on the coarser level, so a decoder computes all of a level's
 parameters at once and decodes the level with one vectorised ANS call; the coarsest level keeps the
@@ -50,12 +53,12 @@ def _fake_quantize(v: torch.Tensor, step: torch.Tensor, limit: float) -> torch.T
 
 
 class LatentContext(nn.Module):
-    """g_phi: (27 C + 3) inputs, one hidden layer of ``hidden`` ReLU units, 2 C outputs."""
+    """g_phi: (27 C + 3) inputs, one hidden layer of ``hidden`` ReLU units, C outputs."""
 
     def __init__(self, channels: int, hidden: int, weight_bits: int = 8):
         super().__init__()
         self.channels, self.hidden, self.weight_bits = channels, hidden, weight_bits
-        self.layers = nn.ModuleList([nn.Linear(context_inputs(channels), hidden), nn.Linear(hidden, 2 * channels)])
+        self.layers = nn.ModuleList([nn.Linear(context_inputs(channels), hidden), nn.Linear(hidden, channels)])
         with torch.no_grad():  # start as the factorized model: zero offsets
             self.layers[1].weight.mul_(0.01)
             self.layers[1].bias.zero_()
@@ -70,8 +73,8 @@ class LatentContext(nn.Module):
             out.append((_fake_quantize(layer.weight, step, limit), _fake_quantize(layer.bias, unit, MAX_BIAS_UNITS)))
         return out
 
-    def forward(self, parent: torch.Tensor, child_shape) -> tuple[torch.Tensor, torch.Tensor]:
-        """mu and log b offsets, each (1, C, *child_shape), from the parent level (1, C, ...)."""
+    def forward(self, parent: torch.Tensor, child_shape) -> torch.Tensor:
+        """The log b offsets (1, C, *child_shape) from the parent level (1, C, ...)."""
         feats = torch_features(parent, child_shape)
         h = feats
         layers = self.quantized_layers()
@@ -79,8 +82,7 @@ class LatentContext(nn.Module):
             h = F.linear(h, w, b)
             if i < len(layers) - 1:
                 h = torch.relu(h)
-        out = h.t().reshape(1, 2 * self.channels, *child_shape)
-        return out[:, :self.channels], out[:, self.channels:]
+        return h.t().reshape(1, self.channels, *child_shape)
 
     # -- the file's integer form -----------------------------------------------------------------
     def integer_layers(self) -> list[tuple[float, np.ndarray, np.ndarray]]:
@@ -123,8 +125,8 @@ def numpy_features(parent: np.ndarray, child_shape) -> np.ndarray:
     return np.concatenate([nb, parity], axis=0).reshape(nb.shape[0] + 3, -1).T
 
 
-def integer_forward(layers, parent: np.ndarray, child_shape, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """mu and log b offsets (C, voxels) in float64, bit-identical wherever it runs."""
+def integer_forward(layers, parent: np.ndarray, child_shape) -> np.ndarray:
+    """The log b offsets (C, voxels) in float64, bit-identical wherever it runs."""
     h = numpy_features(parent, child_shape)
     unit = None
     for i, (step, q, b) in enumerate(layers):
@@ -134,5 +136,4 @@ def integer_forward(layers, parent: np.ndarray, child_shape, channels: int) -> t
             raise ValueError("latent context sums exceed float64's exact integers")
         if i < len(layers) - 1:
             h = np.maximum(h, 0.0)
-    out = (h * unit).T
-    return out[:channels], out[channels:]
+    return (h * unit).T

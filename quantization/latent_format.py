@@ -3,20 +3,21 @@ model's integer weights, and the latents coded with constriction's ANS (Duda et 
 Bamler 2022) under the network's own entropy model, so the file holds what training counted as the
 rate.
 
-Layout, little-endian (version 2):
+Layout, little-endian (version 3; version 2 had a trained mean per level and a context that
+predicted means too):
 
     "NCLG" | version u8 | Z Y X u32 | levels, channels, hidden, layers, weight_bits, finest,
     context_hidden, skip u8 | vmin vmax f64 | symbol min, max i16 |
-    per level and channel: mu f16, log b f16 |
+    per level and channel: log b f16 |
     per synthesis layer: step f32, weights int8 (out x in, C order), biases f16 |
     if skip: the linear path's weights (levels x channels) and bias f16 |
     if context_hidden > 0, per context layer (2): step f32, weights int8 (out x in), biases i32 |
     ANS words u32 (count u32 first): the latents, the coarsest level first, each level C order.
 
-The coarsest level (and every level when context_hidden is 0) is coded with the factorized Laplace
-(mu, b) of its channel; a finer level's per-latent mean and scale are the context model's integer
-output (``model.latent_context.integer_forward``) from the decoded coarser level plus the level's
-(mu, log b). The decoder builds them with the same float64 arithmetic as the encoder, and decodes
+Every latent is coded with a zero-mean Laplace. The coarsest level (and every level when
+context_hidden is 0) uses the scale b of its channel; a finer level's per-latent log scale is the
+context model's integer output (``model.latent_context.integer_forward``) from the decoded coarser
+level plus the level's log b. The decoder builds them with the same float64 arithmetic as the encoder, and decodes
 each level with one constriction call.
 """
 
@@ -32,22 +33,20 @@ from neurcomp.model.latent_context import MAX_LOG_SCALE, integer_forward
 from neurcomp.model.latent_grid import MIN_SCALE, LatentGrid
 
 MAGIC = b"NCLG"
-VERSION = 2
+VERSION = 3
 _HEAD = struct.Struct("<4sB3I8B2d2h")
 _LAYER = struct.Struct("<f")
 _COUNT = struct.Struct("<I")
 
 
-def _level_params(mu16, log_scale16, level: int, shape, parent, context_layers) -> tuple[np.ndarray, np.ndarray]:
-    """Per-symbol means and scales of one level, channel by channel (the latents' order): the
-    factorized (mu, b) where there is no context (or no parent), else the context's output added."""
-    channels, count = mu16.shape[1], int(np.prod(shape))
-    mu = np.repeat(mu16[level].astype(np.float64)[:, None], count, axis=1)
+def _level_scales(log_scale16, level: int, shape, parent, context_layers) -> np.ndarray:
+    """Per-symbol scales of one level, channel by channel (the latents' order): the factorized b
+    where there is no context (or no parent), else the context's output added to log b."""
+    count = int(np.prod(shape))
     log_b = np.repeat(log_scale16[level].astype(np.float64)[:, None], count, axis=1)
     if context_layers is not None and parent is not None:
-        d_mu, d_log_b = integer_forward(context_layers, parent, shape, channels)
-        mu, log_b = mu + d_mu, log_b + d_log_b
-    return mu.reshape(-1), np.maximum(np.exp(np.minimum(log_b, MAX_LOG_SCALE)), MIN_SCALE).reshape(-1)
+        log_b = log_b + integer_forward(context_layers, parent, shape)
+    return np.maximum(np.exp(np.minimum(log_b, MAX_LOG_SCALE)), MIN_SCALE).reshape(-1)
 
 
 def _quantize_weight(w: np.ndarray, bits: int) -> tuple[float, np.ndarray]:
@@ -64,7 +63,6 @@ def encode(model: LatentGrid, vmin: float, vmax: float) -> bytes:
         raise ValueError("latent-grid synthesis weights are stored in at most 8 bits")
     with torch.no_grad():
         symbols = [torch.round(y).to(torch.int64).cpu().numpy()[0] for y in model.latents]
-        mu16 = model.mu.detach().cpu().numpy().astype(np.float16)
         log_scale16 = model.log_scale.detach().cpu().numpy().astype(np.float16)
     order = list(range(model.levels - 1, -1, -1))  # coarsest first: a level's parent is decoded before it
     flat = np.concatenate([symbols[level].reshape(-1) for level in order]).astype(np.int32)
@@ -77,7 +75,7 @@ def encode(model: LatentGrid, vmin: float, vmax: float) -> bytes:
     parts = [_HEAD.pack(MAGIC, VERSION, z, y, x, model.levels, model.channels, model.hidden, model.layers,
                         model.weight_bits, model.finest, model.context_hidden if context else 0, int(model.skip is not None),
                         float(vmin), float(vmax), lo, hi),
-             mu16.tobytes(), log_scale16.tobytes()]
+             log_scale16.tobytes()]
     for layer in model.synthesis:
         step, q = _quantize_weight(layer.weight.detach().cpu().numpy(), model.weight_bits)
         parts += [_LAYER.pack(step), q.tobytes(), layer.bias.detach().cpu().numpy().astype(np.float16).tobytes()]
@@ -86,9 +84,10 @@ def encode(model: LatentGrid, vmin: float, vmax: float) -> bytes:
                   model.skip.bias.detach().cpu().numpy().astype("<f2").tobytes()]
     for step, q, b in context or []:
         parts += [_LAYER.pack(step), q.tobytes(), b.astype("<i4").tobytes()]
-    params = [_level_params(mu16, log_scale16, level, symbols[level].shape[1:],
-                            symbols[level + 1] if level + 1 < model.levels else None, context) for level in order]
-    means, scales = (np.concatenate(p) for p in zip(*params))
+    scales = np.concatenate([_level_scales(log_scale16, level, symbols[level].shape[1:],
+                                           symbols[level + 1] if level + 1 < model.levels else None, context)
+                             for level in order])
+    means = np.zeros_like(scales)
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(flat, constriction.stream.model.QuantizedLaplace(lo, hi), means, scales)
     words = coder.get_compressed()
@@ -120,16 +119,14 @@ def decode(data: bytes, source: str = "latent-grid file") -> tuple[LatentGrid, f
     (magic, version, z, y, x, levels, channels, hidden, layers, bits, finest, context_hidden, skip,
      vmin, vmax, lo, hi) = _HEAD.unpack(r.take(_HEAD.size))
     if magic != MAGIC or version != VERSION:
-        raise InputError(f"{source}: not a latent-grid file (magic {magic!r}, version {version})")
+        raise InputError(f"{source}: not a latent-grid file of version {VERSION} (magic {magic!r}, version {version})")
     if min(z, y, x, levels, channels, hidden) < 1 or not 1 < bits <= 8 or hi <= lo:
         raise InputError(f"{source}: invalid latent-grid header")
     if context_hidden and levels < 2 or skip > 1:
         raise InputError(f"{source}: invalid latent-grid header (context or skip)")
     model = LatentGrid((z, y, x), levels, channels, hidden, layers, bits, finest, context_hidden, bool(skip))
-    mu16 = r.array("<f2", levels * channels).reshape(levels, channels)
     log_scale16 = r.array("<f2", levels * channels).reshape(levels, channels)
     with torch.no_grad():
-        model.mu.copy_(torch.from_numpy(mu16.astype(np.float32)))
         model.log_scale.copy_(torch.from_numpy(log_scale16.astype(np.float32)))
         for layer in model.synthesis:
             (step,) = _LAYER.unpack(r.take(_LAYER.size))
@@ -155,8 +152,9 @@ def decode(data: bytes, source: str = "latent-grid file") -> tuple[LatentGrid, f
         symbols = [None] * levels
         for level in range(levels - 1, -1, -1):
             shape = tuple(model.latents[level].shape[1:])
-            means, scales = _level_params(mu16, log_scale16, level, shape[1:],
-                                          symbols[level + 1] if level + 1 < levels else None, context)
+            scales = _level_scales(log_scale16, level, shape[1:],
+                                   symbols[level + 1] if level + 1 < levels else None, context)
+            means = np.zeros_like(scales)
             symbols[level] = decoder.decode(laplace, means, scales).astype(np.int64).reshape(shape)
             model.latents[level].copy_(torch.from_numpy(symbols[level].astype(np.float32))[None])
     if r.pos != len(r.data):

@@ -31,6 +31,7 @@ from neurcomp.quantization import latent_format
 
 ANS_SLACK_BYTES = 8  # the coder's last word, and the rate estimate's small optimism
 MAX_EXTRA_ROUNDS = 10
+MAX_LAMBDA = 1e6  # far above any lambda a fit that reaches its rate needs; keeps the loss finite
 RATE_MARGIN = 0.985  # the controller aims this far under the budget: its rate oscillates about the aim
 
 
@@ -104,10 +105,10 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
         pyramid_init(model, target.view(values.shape), target_bits, o.init_alpha)
     elif o.init != "zero":
         raise ValueError(f"latent init must be zero or pyramid, not {o.init!r}")
-    # the entropy model's mu and log b follow the latents' spread at the latents' pace
+    # the entropy model's log b follows the latents' spread at the latents' pace
     context = list(model.context.parameters()) if model.context is not None else []
     synthesis = list(model.synthesis.parameters()) + (list(model.skip.parameters()) if model.skip is not None else [])
-    optimizer = torch.optim.Adam([{"params": [*model.latents, model.mu, model.log_scale], "base_lr": o.latent_lr},
+    optimizer = torch.optim.Adam([{"params": [*model.latents, model.log_scale], "base_lr": o.latent_lr},
                                   {"params": synthesis + context, "base_lr": o.lr}], lr=o.lr)
     generator = torch.Generator(device=device).manual_seed(o.seed)
     log_lambda = math.log(o.lambda0)
@@ -155,7 +156,7 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
                 with torch.no_grad():
                     bits = model.rate_bits(model.quantized("round"))
             excess = float(bits.detach()) / target_bits - 1.0
-            log_lambda += o.lambda_gain * max(-1.0, min(1.0, excess))
+            log_lambda = min(log_lambda + o.lambda_gain * max(-1.0, min(1.0, excess)), math.log(MAX_LAMBDA))
             if step % 50 == 0 or i == steps - 1:
                 psnr = 10 * math.log10(4.0 / max(float(mse.detach()), 1e-20))
                 history.append({"step": step, "psnr": psnr, "bits": float(bits.detach()), "lambda": math.exp(log_lambda),
@@ -171,7 +172,7 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
     for attempt in range(MAX_EXTRA_ROUNDS):  # over the target after rounding: more rounded steps, lambda raised
         if len(latent_format.encode(model, vmin, vmax)) <= budget_bytes:
             break
-        log_lambda += math.log(1.3 if attempt < 2 else 2.0)  # gently first, then fast enough to end
+        log_lambda = min(log_lambda + math.log(1.3 if attempt < 2 else 2.0), math.log(MAX_LAMBDA))  # gently, then fast
         more = max(20, o.steps // 20)
         train(more, o.steps + extra, o.steps + extra + more)
         extra += more

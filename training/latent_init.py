@@ -38,15 +38,13 @@ def _pyramid(volume: torch.Tensor, shapes, steps) -> list[torch.Tensor]:
 
 
 def _factorized_bits(latents: list[torch.Tensor]) -> float:
-    """Bits of the rounded latents under a Laplace fitted per level (empirical entropy's stand-in)."""
+    """Bits of the rounded latents under a zero-mean Laplace fitted per level (the entropy's stand-in)."""
     from neurcomp.model.latent_grid import MIN_SCALE, laplace_bits
 
     total = 0.0
     for y in latents:
         q = torch.round(y)
-        mu = q.median()
-        b = (q - mu).abs().mean().clamp(min=MIN_SCALE)
-        total += float(laplace_bits(q, mu, b).sum())
+        total += float(laplace_bits(q, 0.0, q.abs().mean().clamp(min=MIN_SCALE)).sum())
     return total
 
 
@@ -65,21 +63,18 @@ def _bisect(v, shapes, levels: int, alpha: float, target_bits: float) -> float:
 
 @torch.no_grad()
 def _set_latents(model: LatentGrid, latents: list[torch.Tensor]) -> None:
-    """The pyramid's latents on the first channel, the entropy model at their median and spread."""
+    """The pyramid's latents on the first channel, the entropy model at their spread."""
     for p, y in zip(model.latents, latents):
         p.zero_()
         p[:, :1].copy_(y)
     for level, y in enumerate(latents):
-        q = torch.round(y)
-        mu = q.median()
-        model.mu[level].fill_(float(mu))
-        model.log_scale[level].fill_(math.log(max(float((q - mu).abs().mean()), 0.05)))
+        model.log_scale[level].fill_(math.log(max(float(torch.round(y).abs().mean()), 0.05)))
 
 
 def _fit_entropy_model(model: LatentGrid, steps: int, lr: float = 1e-2) -> float:
-    """Train the context and the per-level mean and scale on the rounded latents' rate alone;
+    """Train the context and the per-level scale on the rounded latents' rate alone;
     returns the rate (bits) they reach."""
-    params = [model.mu, model.log_scale, *model.context.parameters()]
+    params = [model.log_scale, *model.context.parameters()]
     optimizer = torch.optim.Adam(params, lr=lr)
     y_hat = [torch.round(y.detach()) for y in model.latents]
     for _ in range(steps):
