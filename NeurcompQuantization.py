@@ -6,7 +6,9 @@ Options: the shared ones (config/options.py) plus the "compressed file" group (q
 ``--max_abs_error E`` / ``--max_rel_error R`` (shared options) add the corrections that keep every
 voxel of ``--data`` within the bound, verified before the file is written (quantization/bounded.py);
 without ``--quant_bits`` on the command line the index bits that make the smallest file (network
-plus corrections) are chosen (``bounded.smallest_bounded``).
+plus corrections) are chosen (``bounded.smallest_bounded``). A latent-grid run's checkpoint
+(``network = latent``) is re-encoded with a bound only: its file plus the corrections
+(``bounded.encode_latent_bounded``), by default ``<expname>_bounded.nclg``.
 The orchestration lives here, above both packages: it reads training's checkpoint and, for
 ``--finetune_passes``, samples the volume with training's sampler; quantization itself does not
 import training.
@@ -31,7 +33,8 @@ from neurcomp.data.atomic import check_output_file
 def quantize_main(argv=None, parser=None) -> dict:
     """Quantize ``<experiment_dir>/checkpoint.pt`` into a compressed file; returns a summary dict."""
     from neurcomp.quantization.encode import EncoderOptions, encode_network, finetune_codebooks, quantize_network
-    from neurcomp.training.checkpoint import load_model
+    from neurcomp.training.checkpoint import load_model, read_checkpoint
+    from neurcomp.training.latent_run import is_latent_checkpoint
 
     if parser is None:
         parser = add_quantization_arguments(build_parser("Quantize a trained Neurcomp network into a compressed file"))
@@ -52,6 +55,9 @@ def quantize_main(argv=None, parser=None) -> dict:
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: checkpoint not found (train the experiment first, or check --basedir/--expname)")
     t0 = time.perf_counter()
+    state = read_checkpoint(checkpoint)
+    if is_latent_checkpoint(state) and cfg.error_bound:
+        return _quantize_latent(cfg, ns, state, checkpoint, t0)
     model, info, _ = load_model(checkpoint)
     options = EncoderOptions(codebook_dtype=ns.codebook_dtype, bias=ns.bias_format,
                              quantize_first_last=ns.quantize_first_last, raw_dtype=ns.first_last_dtype,
@@ -91,6 +97,35 @@ def quantize_main(argv=None, parser=None) -> dict:
               f"{bound['max_abs_error_verified']:.6g}")
     print(f"time {seconds:.2f} s")
     return summary
+
+
+def _quantize_latent(cfg, ns, state: dict, checkpoint: Path, t0: float) -> dict:
+    """A latent-grid network's file with the corrections of ``max_abs_error`` / ``max_rel_error``."""
+    from neurcomp.data.volume import VolumeInfo
+    from neurcomp.quantization.bounded import encode_latent_bounded
+    from neurcomp.training.latent_run import load_latent_model
+
+    if "quant_bits" in getattr(ns, "_cli_keys", ()):
+        raise ConfigError(f"{cfg.source}: quant_bits does not apply to a latent-grid network (its weight bits "
+                          "are set in training)")
+    model, vmin, vmax = load_latent_model(state, str(checkpoint))
+    info = VolumeInfo.from_dict(state["volume"])
+    mode, value = cfg.error_bound
+    option = f"max_{mode}_error"
+    volume = _reference_volume(cfg, info, option, "the volume the bound is kept against")
+    out = check_output_file(Path(ns.output) if ns.output else
+                            cfg.experiment_dir / (ns.filename or f"{cfg.expname}_bounded.nclg"),
+                            "--output" if ns.output else "--filename")
+    data, bound = encode_latent_bounded(model, vmin, vmax, volume.values, mode, value, option=option)
+    seconds = time.perf_counter() - t0
+    atomic_write_bytes(out, data, "--output" if ns.output else "--filename")
+    ratio = info.num_voxels * 4 / len(data)
+    print(f"wrote {out}: {human_bytes(len(data))} (latent-grid network {human_bytes(bound['network_bytes'])}, "
+          f"{bound['corrections']} corrections), compression ratio {ratio:.1f}")
+    print(f"error bound {bound['max_abs_error_bound']:.6g} ({mode} {value:g}): verified max abs error "
+          f"{bound['max_abs_error_verified']:.6g}; time {seconds:.2f} s")
+    return {"file": str(out), "file_bytes": len(data), "compression_ratio": ratio, "network": "latent",
+            "seconds": seconds, "error_bound": bound}
 
 
 def _reference_volume(cfg, info, option: str, why: str):

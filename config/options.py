@@ -280,12 +280,10 @@ def check_latent(cfg: NeurcompConfig, src) -> None:
     """What network = latent (model.latent_grid, training.latent_run) does not do, refused in one line."""
     check_fvsrn(cfg, src, "latent")
     if cfg.target_file_ratio <= 0:
+        alone = " (an error bound alone sizes network = neurcomp only; with a ratio the latent file adds the " \
+                "bound's corrections)" if cfg.error_bound else ""
         raise ConfigError(f"{src.of('network')}: network = latent is sized by the file it writes: set "
-                          "target_file_ratio (float32 bytes / file bytes, e.g. 200)")
-    for key in ("max_abs_error", "max_rel_error"):
-        if getattr(cfg, key) > 0:
-            _fail(src.of(key), key, getattr(cfg, key), "is not implemented for network = latent yet "
-                  "(corrections are coded for Neurcomp files only): use network = neurcomp")
+                          f"target_file_ratio (float32 bytes / file bytes, e.g. 200){alone}")
     if cfg.checkpoint_path:
         _fail(src.of("checkpoint_path"), "checkpoint_path", cfg.checkpoint_path,
               "warm starts are for Neurcomp networks; a latent-grid run continues with resume only")

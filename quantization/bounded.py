@@ -68,6 +68,36 @@ def verify_bound(data: bytes, truth: np.ndarray, bound_abs: float, requested: fl
     return worst
 
 
+def encode_latent_bounded(model, vmin: float, vmax: float, truth: np.ndarray, mode: str, requested: float, *,
+                          option: str = "max_abs_error", verify: bool = True) -> tuple[bytes, dict]:
+    """A latent-grid file (``quantization.latent_format``) plus the corrections that keep every
+    voxel within the bound of ``truth``, exactly as ``encode_bounded`` does for Neurcomp files: the
+    plain file is decoded as the decoder will, the corrections computed from that, and the final
+    file decoded once more and refused above the bound."""
+    from neurcomp.quantization import latent_format
+
+    check_bound_option(mode, requested, option)
+    if tuple(truth.shape) != tuple(model.shape):
+        raise InputError(f"{option}: the volume's shape {tuple(truth.shape)} differs from the network's {tuple(model.shape)}")
+    plain = latent_format.encode(model, vmin, vmax)
+    decoded = latent_format.decode_volume(plain, source="<encoder>")
+    bound_abs = absolute_bound(mode, requested, vmin, vmax)
+    if 2 * MARGIN * bound_abs > F32_MAX:
+        raise InputError(f"{option} = {requested:g}: a bound of {bound_abs:.6g} needs a correction step beyond "
+                         f"float32 ({F32_MAX:.4g})")
+    bound = corrections_for(truth, decoded, mode, requested, bound_abs)
+    data = latent_format.encode(model, vmin, vmax, bound)
+    report = {"error_bound_mode": mode, "error_bound_requested": requested, "max_abs_error_bound": bound_abs,
+              "corrections": int(bound.positions.size), "network_bytes": len(plain)}
+    if verify:
+        worst = max_error(truth, latent_format.decode_volume(data, source="<encoder>"))
+        if not worst <= bound_abs:
+            raise InputError(f"{option} = {requested:g}: the decoded file still misses the bound ({worst:.6g} > "
+                             f"{bound_abs:.6g}): the bound is below the float32 precision of the values")
+        report["max_abs_error_verified"] = worst
+    return data, report
+
+
 BITS_RANGE = (3, 12)  # the index bits the bound-only encoder tries (k-means at 2^12 centroids at most)
 
 

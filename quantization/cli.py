@@ -167,15 +167,16 @@ def _is_latent_file(path: Path) -> bool:
 
 
 def _dequantize_latent(ns, cfg, path: Path, out: Path) -> dict:
-    """A latent-grid file: decoded on its own grid (a --region is cut from it) or at --resolution.
-    The file holds no spacing or origin: the output has unit spacing, origin 0 (the box's corner)."""
+    """A latent-grid file: decoded on its own grid (a --region is cut from it, corrections and all,
+    so an error bound holds in the box) or at --resolution (no corrections). The file holds no
+    spacing or origin: the output has unit spacing, origin 0 (the box's corner)."""
     from neurcomp.data.volume import VolumeInfo
     from neurcomp.quantization import latent_format
     from neurcomp.quantization.region import make_grid
 
     t0 = time.perf_counter()
     data = path.read_bytes()
-    model, vmin, vmax = latent_format.decode(data, str(path))
+    model, vmin, vmax, bound = latent_format.read(data, str(path))
     t_decode = time.perf_counter() - t0
     info = VolumeInfo(shape=model.shape, spacing=(1.0, 1.0, 1.0), vmin=vmin, vmax=vmax)
     grid = make_grid(info.shape, ns.region, ns.resolution)
@@ -193,7 +194,8 @@ def _dequantize_latent(ns, cfg, path: Path, out: Path) -> dict:
         prediction = np.ascontiguousarray(prediction[z0:z1, y0:y1, x0:x1])
     spacing = tuple(((b - a - 1) / max(m - 1, 1)) if m != b - a else 1.0 for (a, b), m in zip(grid.box, grid.samples))
     return _write_and_compare(ns, path, out, prediction, spacing, (float(x0), float(y0), float(z0)), grid,
-                              ground_truth, len(data), info, None, t_decode, time.perf_counter() - t1)
+                              ground_truth, len(data), info, bound if grid.native() else None, t_decode,
+                              time.perf_counter() - t1)
 
 
 def _write_and_compare(ns, path, out, prediction, spacing, origin, grid, ground_truth, file_bytes, info, bound,

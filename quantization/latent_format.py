@@ -12,7 +12,9 @@ predicted means too):
     per synthesis layer: step f32, weights int8 (out x in, C order), biases f16 |
     if skip: the linear path's weights (levels x channels) and bias f16 |
     if context_hidden > 0, per context layer (2): step f32, weights int8 (out x in), biases i32 |
-    ANS words u32 (count u32 first): the latents, the coarsest level first, each level C order.
+    ANS words u32 (count u32 first): the latents, the coarsest level first, each level C order |
+    optionally, an error bound: the Neurcomp file's error-bound record, then its correction
+    section (``quantization.bound``; FORMAT.md), applied on the file's own grid.
 
 Every latent is coded with a zero-mean Laplace. The coarsest level (and every level when
 context_hidden is 0) uses the scale b of its channel; a finer level's per-latent log scale is the
@@ -24,11 +26,14 @@ each level with one constriction call.
 from __future__ import annotations
 
 import struct
+import zlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from neurcomp.config.errors import InputError
+from neurcomp.quantization.bound import RECORD, ErrorBound, apply, decode_section, encode_section, read_record
 from neurcomp.model.latent_context import MAX_LOG_SCALE, integer_forward
 from neurcomp.model.latent_grid import MIN_SCALE, LatentGrid
 
@@ -56,7 +61,8 @@ def _quantize_weight(w: np.ndarray, bits: int) -> tuple[float, np.ndarray]:
     return float(step), np.clip(np.round(w / step), -levels, levels).astype(np.int8)
 
 
-def encode(model: LatentGrid, vmin: float, vmax: float) -> bytes:
+def encode(model: LatentGrid, vmin: float, vmax: float, bound: ErrorBound | None = None) -> bytes:
+    """The file of ``model`` and the value range; ``bound``'s corrections appended when given."""
     import constriction
 
     if model.weight_bits > 8:
@@ -92,6 +98,8 @@ def encode(model: LatentGrid, vmin: float, vmax: float) -> bytes:
     coder.encode_reverse(flat, constriction.stream.model.QuantizedLaplace(lo, hi), means, scales)
     words = coder.get_compressed()
     parts += [_COUNT.pack(len(words)), words.astype("<u4").tobytes()]
+    if bound is not None:
+        parts += list(encode_section(bound))
     return b"".join(parts)
 
 
@@ -111,8 +119,21 @@ class _Reader:
         return np.frombuffer(self.take(dtype.itemsize * count), dtype=dtype).copy()
 
 
+class LatentFile(NamedTuple):
+    model: LatentGrid
+    vmin: float
+    vmax: float
+    bound: ErrorBound | None  # corrections on the file's grid, if the file has an error bound
+
+
 def decode(data: bytes, source: str = "latent-grid file") -> tuple[LatentGrid, float, float]:
     """The network with its integer latents and dequantized weights, and the value range."""
+    model, vmin, vmax, _ = read(data, source)
+    return model, vmin, vmax
+
+
+def read(data: bytes, source: str = "latent-grid file") -> LatentFile:
+    """The network, the value range and the error bound's corrections (None without a bound)."""
     import constriction
 
     r = _Reader(bytes(data), source)
@@ -157,9 +178,30 @@ def decode(data: bytes, source: str = "latent-grid file") -> tuple[LatentGrid, f
             means = np.zeros_like(scales)
             symbols[level] = decoder.decode(laplace, means, scales).astype(np.int64).reshape(shape)
             model.latents[level].copy_(torch.from_numpy(symbols[level].astype(np.float32))[None])
+    bound = _read_bound(r, z * y * x) if r.pos < len(r.data) else None
     if r.pos != len(r.data):
         raise InputError(f"{source}: {len(r.data) - r.pos} unexpected bytes after the latents")
-    return model, vmin, vmax
+    return LatentFile(model, vmin, vmax, bound)
+
+
+def _read_bound(r: _Reader, num_voxels: int) -> ErrorBound:
+    """The error-bound record and correction section after the latents, checked as a Neurcomp
+    file's are (FORMAT.md, "Correction section"); a failure is one line naming the file."""
+    fields = RECORD.unpack(r.take(RECORD.size)) if len(r.data) - r.pos >= RECORD.size else None
+    if fields is None:
+        raise InputError(f"{r.source}: {len(r.data) - r.pos} unexpected bytes after the latents")
+    rec, problem = read_record(fields, num_voxels)
+    if problem is None and rec["stored_size"] != len(r.data) - r.pos:
+        problem = f"correction section of {rec['stored_size']} bytes, {len(r.data) - r.pos} left in the file"
+    if problem is None:
+        stored = r.take(rec["stored_size"])
+        if zlib.crc32(stored) != rec["crc"]:
+            problem = "correction section CRC mismatch (corrupt file)"
+        else:
+            bound, problem = decode_section(rec, stored, num_voxels)
+    if problem is not None:
+        raise InputError(f"{r.source}: {problem}")
+    return bound
 
 
 def _load_context(model: LatentGrid, layers) -> None:
@@ -173,8 +215,12 @@ def _load_context(model: LatentGrid, layers) -> None:
 
 
 def decode_volume(data: bytes, shape=None, source: str = "latent-grid file") -> np.ndarray:
-    """The decoded volume in physical units, float32, on the file's grid or on ``shape``."""
-    model, vmin, vmax = decode(data, source)
+    """The decoded volume in physical units, float32, on the file's grid or on ``shape``; the
+    error bound's corrections are added on the file's own grid (another resolution has none)."""
+    model, vmin, vmax, bound = read(data, source)
     with torch.no_grad():
         norm = model("round", shape).numpy().astype(np.float64)
-    return ((norm + 1.0) * 0.5 * (vmax - vmin) + vmin).astype(np.float32)
+    values = ((norm + 1.0) * 0.5 * (vmax - vmin) + vmin).astype(np.float32)
+    if shape is None or tuple(shape) == model.shape:
+        apply(bound, values, model.shape)
+    return values

@@ -113,7 +113,7 @@ def test_an_interrupted_run_saves_its_state_and_resume_continues_it(tmp_path, mo
 
 @pytest.mark.parametrize("extra, message", [
     ({"target_file_ratio": 0}, "set target_file_ratio"),
-    ({"max_rel_error": 0.01}, "not implemented for network = latent"),
+    ({"max_rel_error": 0.01, "target_file_ratio": 0}, "error bound alone"),
     ({"dropout_technique": "binary"}, "network = latent"),
     ({"features_per_layer": 16}, "sized from target_file_ratio"),
 ])
@@ -126,3 +126,48 @@ def test_a_file_too_small_for_the_network_is_one_line(tmp_path):
     with pytest.raises(InputError, match="lower the ratio"):
         train(config(tmp_path, shared_volume("bucky_32x32x32_uint8.raw"), tracking="none", target_file_ratio=400),
               progress=False)
+
+
+def test_a_bounded_run_and_a_bounded_reencoding_keep_the_bound_at_every_voxel(tmp_path):
+    """max_rel_error with network = latent: the file holds the corrections, the decoder (whole volume
+    and a --region box) keeps the bound at every voxel; NeurcompQuantization.py adds a tighter bound
+    to the trained network; a --resolution decode leaves the corrections (the file's grid) out."""
+    bucky = shared_volume("bucky_32x32x32_uint8.raw")
+    truth = np.fromfile(bucky, np.uint8).reshape(32, 32, 32).astype(np.float64)
+    info = train(config(tmp_path, bucky, tracking="none", max_rel_error=0.02), progress=False)
+    out = tmp_path / "exp" / "lat"
+    bound = 0.02 * 255
+    assert info["error_bound"] == pytest.approx(bound) and info["corrections"] > 0
+    assert info["max_abs_error"] <= bound and info["file_bytes"] > info["network_bytes"]
+    metrics = out / "m.json"
+    done = run_script("NeurcompDequantization.py", "--compressed_file", out / "lat.nclg", "--volume", bucky,
+                      "--decompressed_file", out / "d.npy", "--metrics_json", metrics)
+    assert done.returncode == 0, done.stderr
+    m = json.loads(metrics.read_text())
+    assert m["bound_held"] and m["error_bound"] == pytest.approx(bound) and m["max_abs_error"] <= bound
+    assert m["psnr"] == pytest.approx(info["psnr"], abs=1e-6)
+    done = run_script("NeurcompDequantization.py", "--compressed_file", out / "lat.nclg", "--region",
+                      3, 20, 0, 9, 5, 32, "--decompressed_file", out / "box.npy")
+    assert done.returncode == 0, done.stderr
+    assert np.abs(np.load(out / "box.npy") - truth[5:32, 0:9, 3:20]).max() <= bound
+    done = run_script("NeurcompDequantization.py", "--compressed_file", out / "lat.nclg", "--resolution", 16, 16, 16,
+                      "--decompressed_file", out / "half.npy")  # the corrections belong to the file's own grid
+    assert done.returncode == 0, done.stderr
+    assert np.load(out / "half.npy").shape == (16, 16, 16)
+
+    done = run_script("NeurcompQuantization.py", "--config", out / "config.txt", "--max_rel_error", 0.005)
+    assert done.returncode == 0, done.stderr
+    tighter = out / "lat_bounded.nclg"
+    assert tighter.stat().st_size > info["file_bytes"]
+    done = run_script("NeurcompDequantization.py", "--compressed_file", tighter, "--volume", bucky,
+                      "--decompressed_file", out / "t.npy", "--metrics_json", metrics)
+    assert done.returncode == 0, done.stderr
+    m = json.loads(metrics.read_text())
+    assert m["bound_held"] and m["max_abs_error"] <= 0.005 * 255
+
+
+def test_reencoding_a_latent_run_without_a_bound_is_one_line(tmp_path):
+    bucky = shared_volume("bucky_32x32x32_uint8.raw")
+    train(config(tmp_path, bucky, tracking="none", latent_steps=20), progress=False)
+    done = run_script("NeurcompQuantization.py", "--config", tmp_path / "exp" / "lat" / "config.txt")
+    assert done.returncode != 0 and "max_abs_error" in done.stderr and "Traceback" not in done.stderr

@@ -143,7 +143,8 @@ def load_model(path: str | Path, map_location="cpu") -> tuple[Neurcomp, VolumeIn
     if (state.get("architecture") or {}).get("network") == "latent":
         raise InputError(f"{path}: a latent-grid run (network = latent): its training wrote the compressed "
                          f"{state.get('file') or '<expname>.nclg'} beside it; decode that with "
-                         "NeurcompDequantization.py --compressed_file")
+                         "NeurcompDequantization.py --compressed_file (NeurcompQuantization.py re-encodes it "
+                         "only to add corrections: --max_abs_error / --max_rel_error)")
     try:
         model = build_network(Architecture.from_dict(state["architecture"]))
         model.load_state_dict(state["model_state"])

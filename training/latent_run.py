@@ -6,7 +6,9 @@ the compressed file ``<expname>.nclg`` (``quantization.latent_format``, what
 ``NeurcompDequantization.py`` decodes); ``checkpoint.pt``; ``info.json`` / ``info.txt``;
 ``ground_truth.vti``, ``prediction.vti``, ``error.vti`` and ``slices.png``; MLflow and TensorBoard
 (the fit's PSNR, rate and lambda every 50 steps, then the final metrics). The prediction written
-and measured is the file's own decoded volume, so ``psnr`` is the file's.
+and measured is the file's own decoded volume, so ``psnr`` is the file's. With ``max_abs_error`` or
+``max_rel_error`` the file also holds the corrections that keep every voxel within the bound
+(``quantization.bounded.encode_latent_bounded``, verified before the file is written).
 
 Ctrl-C or SIGTERM stop the fit between two steps: ``checkpoint.pt`` then holds the fit's whole
 state (``latent_fit``) and ``--resume checkpoint.pt`` continues it exactly (exit 130 / 143).
@@ -47,6 +49,30 @@ def save_latent_checkpoint(path: Path, info: VolumeInfo, describe: dict, model_s
     """A checkpoint ``read_checkpoint`` accepts; ``architecture.network = latent`` marks it."""
     atomic_torch_save(portable({"format_version": 1, "architecture": describe, "model_state": model_state,
                                 "volume": asdict(info), **extra}), path)
+
+
+def is_latent_checkpoint(state: dict) -> bool:
+    return (state.get("architecture") or {}).get("network") == "latent"
+
+
+def load_latent_model(state: dict, source: str):
+    """The trained network of a finished latent-grid run's checkpoint, with its value range:
+    (model with the file's quantized weights, vmin, vmax)."""
+    from neurcomp.model.latent_grid import LatentGrid
+
+    a, volume = state.get("architecture") or {}, state.get("volume") or {}
+    if "levels" not in a or "latent_fit" in state:
+        raise ConfigError(f"{source}: an interrupted latent-grid run; finish it with --resume first")
+    try:
+        model = LatentGrid(tuple(volume["shape"]), a["levels"], a["channels"], a["hidden"], a["layers"],
+                           a["weight_bits"], a["finest"], a["context_hidden"], bool(a["skip"]))
+        model.load_state_dict(state["model_state"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"{source}: not a latent-grid checkpoint this version reads ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:120]})") from None
+    model.quantized_weights = True
+    vmin, vmax = state.get("value_range") or (volume["vmin"], volume["vmax"])
+    return model, float(vmin), float(vmax)
 
 
 def resumed_state(cfg: NeurcompConfig, options: LatentFitOptions) -> dict | None:
@@ -106,8 +132,16 @@ def train_latent(cfg: NeurcompConfig, progress: bool = True) -> dict:
             stop.armed = False
         for h in report["history"]:
             tracker.log_metrics({"train_psnr": h["psnr"], "rate_bits": h["bits"], "lambda": h["lambda"]}, h["step"])
-        payload = latent_format.encode(model, vmin, vmax)
         file = out_dir / f"{cfg.expname}.nclg"
+        bound = None
+        if cfg.error_bound:  # the network at the ratio, plus the corrections that keep the bound
+            from neurcomp.quantization.bounded import encode_latent_bounded
+
+            mode, value = cfg.error_bound
+            payload, bound = encode_latent_bounded(model, vmin, vmax, np.asarray(volume.values), mode, value,
+                                                   option=f"max_{mode}_error")
+        else:
+            payload = latent_format.encode(model, vmin, vmax)
         prediction = latent_format.decode_volume(payload, source=str(file))
         metrics = volume_metrics(np.asarray(volume.values), prediction)
         if not math.isfinite(metrics["mse"]):
@@ -125,8 +159,12 @@ def train_latent(cfg: NeurcompConfig, progress: bool = True) -> dict:
                   "steps": options.steps + report["extra_steps"], "extra_steps": report["extra_steps"],
                   "training_time_s": report["train_seconds"], "device": str(device), "seed": cfg.seed,
                   "versions": versions()}
+        if bound is not None:
+            result.update({"error_bound": bound["max_abs_error_bound"], "corrections": bound["corrections"],
+                           "network_bytes": bound["network_bytes"],
+                           "max_abs_error_verified": bound["max_abs_error_verified"]})
         save_latent_checkpoint(ckpt_path, info, model.describe(), model.state_dict(), config=cfg.flat(),
-                               tracking_run_id=tracker.run_id, tag="final", file=file.name)
+                               tracking_run_id=tracker.run_id, tag="final", file=file.name, value_range=[vmin, vmax])
         write_info(out_dir, result)
         vti_paths = write_volumes(out_dir, volume, prediction, cfg.vti_dtype, cfg.vti_compression)
         save_slices_png(out_dir / "slices.png", volume.values, prediction,
