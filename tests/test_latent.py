@@ -232,3 +232,24 @@ def test_pyramid_start_lands_at_the_target_under_the_context_model():
     with torch.no_grad():
         bits = float(model.rate_bits(model.quantized("round")))
     assert abs(bits / target - 1) < 0.1  # the factorized estimate alone lands far under it
+
+
+def test_a_small_file_gets_a_smaller_network_that_fits():
+    """Where the default network's weights would take most of the file (bucky at ratio 200: 655
+    bytes against 1051), the fit drops the context and narrows the synthesis, and lands under the
+    budget better than the mean."""
+    from neurcomp.training.latent_fit import SMALL_SHARE, overhead_bytes, sized_model
+
+    volume = smooth_volume((32, 32, 32))
+    budget = volume.size * 4 // 200
+    options = LatentFitOptions(steps=120)
+    assert overhead_bytes(LatentGrid(volume.shape, hidden=16, finest=1, context_hidden=16)) > budget
+    small = sized_model(volume.shape, budget, options)
+    assert small.context is None and overhead_bytes(small) <= SMALL_SHARE * budget
+    big = sized_model(volume.shape, volume.size * 4 // 10, options)  # a roomy file keeps the options' network
+    assert big.context is not None and big.hidden == options.hidden
+    model, vmin, vmax, _ = fit(volume, budget, options)
+    data = latent_format.encode(model, vmin, vmax)
+    assert len(data) <= budget
+    decoded = latent_format.decode_volume(data)
+    assert np.mean((decoded - volume) ** 2) < np.var(volume)

@@ -124,7 +124,7 @@ def test_what_a_latent_run_does_not_do_is_one_line(tmp_path, extra, message):
 
 def test_a_file_too_small_for_the_network_is_one_line(tmp_path):
     with pytest.raises(InputError, match="lower the ratio"):
-        train(config(tmp_path, shared_volume("bucky_32x32x32_uint8.raw"), tracking="none", target_file_ratio=400),
+        train(config(tmp_path, shared_volume("bucky_32x32x32_uint8.raw"), tracking="none", target_file_ratio=3000),
               progress=False)
 
 

@@ -32,6 +32,9 @@ from neurcomp.quantization import latent_format
 ANS_SLACK_BYTES = 8  # the coder's last word, and the rate estimate's small optimism
 MAX_EXTRA_ROUNDS = 10
 MAX_LAMBDA = 1e6  # far above any lambda a fit that reaches its rate needs; keeps the loss finite
+SHRINK_ABOVE = 0.5  # the weights' share of the file above which a smaller network is used
+SMALL_SHARE = 0.25  # ... the first of SMALLER whose weights take at most this share
+SMALLER = ((16, 0), (8, 0), (4, 0))  # (synthesis width, context width), capped at the options' width
 RATE_MARGIN = 0.985  # the controller aims this far under the budget: its rate oscillates about the aim
 
 
@@ -78,6 +81,25 @@ def overhead_bytes(model: LatentGrid) -> int:
     return size + ANS_SLACK_BYTES
 
 
+def sized_model(shape, budget_bytes: int, o: LatentFitOptions) -> LatentGrid:
+    """The options' network, or, where its weights would take over SHRINK_ABOVE of the file, the
+    first of SMALLER (no context, then narrower synthesis) whose weights take at most SMALL_SHARE
+    (else the smallest). Measured on nucleon at ratio 200 (1378 bytes): 35.16 dB with the 1069
+    bytes of the default's weights, 36.66 without the context (497), 38.18 at width 8 too (225)."""
+    def build(hidden: int, context_hidden: int) -> LatentGrid:
+        return LatentGrid(shape, o.levels, o.channels, hidden, o.layers, o.weight_bits, o.finest,
+                          context_hidden, bool(o.skip))
+
+    model = build(o.hidden, o.context_hidden)
+    if overhead_bytes(model) <= SHRINK_ABOVE * budget_bytes:
+        return model
+    for hidden, context_hidden in SMALLER:
+        model = build(min(hidden, o.hidden), 0)
+        if overhead_bytes(model) <= SMALL_SHARE * budget_bytes:
+            break
+    return model
+
+
 def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None = None, *,
         progress: bool = False, stop=None, resume: dict | None = None) -> tuple[LatentGrid, float, float, dict]:
     """Train on ``values`` (3D float array) for a file of at most ``budget_bytes``; returns the
@@ -92,8 +114,7 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
     target = target.reshape(-1).to(device)
     n = target.numel()
     variance = max(float(target.var()), 1e-12)
-    model = LatentGrid(values.shape, o.levels, o.channels, o.hidden, o.layers, o.weight_bits, o.finest,
-                       o.context_hidden, bool(o.skip)).to(device)
+    model = sized_model(values.shape, budget_bytes, o).to(device)
     target_bits = 8.0 * (budget_bytes - overhead_bytes(model)) * RATE_MARGIN
     if target_bits <= 0:
         from neurcomp.config.errors import InputError
