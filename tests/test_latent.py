@@ -242,7 +242,7 @@ def test_a_small_file_gets_a_smaller_network_that_fits():
 
     volume = smooth_volume((32, 32, 32))
     budget = volume.size * 4 // 200
-    options = LatentFitOptions(steps=120)
+    options = LatentFitOptions(steps=300)
     assert overhead_bytes(LatentGrid(volume.shape, hidden=16, finest=1, context_hidden=16)) > budget
     small = sized_model(volume.shape, budget, options)
     assert small.context is None and overhead_bytes(small) <= SMALL_SHARE * budget
