@@ -33,7 +33,7 @@ from neurcomp.data.atomic import check_output_file
 def quantize_main(argv=None, parser=None) -> dict:
     """Quantize ``<experiment_dir>/checkpoint.pt`` into a compressed file; returns a summary dict."""
     from neurcomp.quantization.encode import EncoderOptions, encode_network, finetune_codebooks, quantize_network
-    from neurcomp.training.checkpoint import load_model, read_checkpoint
+    from neurcomp.training.checkpoint import model_from_state, read_checkpoint
     from neurcomp.training.latent_run import is_latent_checkpoint
 
     if parser is None:
@@ -58,7 +58,7 @@ def quantize_main(argv=None, parser=None) -> dict:
     state = read_checkpoint(checkpoint)
     if is_latent_checkpoint(state) and cfg.error_bound:
         return _quantize_latent(cfg, ns, state, checkpoint, t0)
-    model, info, _ = load_model(checkpoint)
+    model, info, _ = model_from_state(state, checkpoint)
     options = EncoderOptions(codebook_dtype=ns.codebook_dtype, bias=ns.bias_format,
                              quantize_first_last=ns.quantize_first_last, raw_dtype=ns.first_last_dtype,
                              compression=ns.entropy_coder, quantizer=ns.quantizer)

@@ -155,7 +155,9 @@ def read_record(fields: tuple, num_voxels: int) -> tuple[dict, str | None]:
 
 
 def decode_section(rec: dict, stored: bytes, num_voxels: int) -> tuple[ErrorBound | None, str | None]:
-    """The corrections from the stored section (after its CRC matched), or what is wrong with them."""
+    """The corrections from the stored section, or what is wrong with it (its CRC first)."""
+    if zlib.crc32(stored) != rec["crc"]:
+        return None, "correction section checksum mismatch (file corrupted)"
     count, method = rec["count"], SECTION_CODINGS[rec["coding"]]
     if method == "ans":
         if not entropy.available():

@@ -47,10 +47,7 @@ def encode_bounded(net: CompressedNetwork, truth: np.ndarray, mode: str, request
     plain_data = encode_network(net, level)
     plain = parse(plain_data, "<encoder>")  # the network exactly as the decoder reads it
     decoded, _, _ = decode_volume(plain, device=device)
-    bound_abs = absolute_bound(mode, requested, info.vmin, info.vmax)
-    if 2 * MARGIN * bound_abs > F32_MAX:  # the decoder refuses a correction step beyond float32
-        raise InputError(f"{option} = {requested:g}: a bound of {bound_abs:.6g} needs a correction step beyond "
-                         f"float32 ({F32_MAX:.4g})")
+    bound_abs = _bound_in_float32(mode, requested, info.vmin, info.vmax, option)
     data = serialize(replace(plain, bound=corrections_for(truth, decoded, mode, requested, bound_abs)), level)
     report = {"error_bound_mode": mode, "error_bound_requested": requested, "max_abs_error_bound": bound_abs,
               "corrections": int(parse(data, "<encoder>").bound.positions.size), "network_bytes": len(plain_data)}
@@ -61,7 +58,22 @@ def encode_bounded(net: CompressedNetwork, truth: np.ndarray, mode: str, request
 
 def verify_bound(data: bytes, truth: np.ndarray, bound_abs: float, requested: float, device, option: str) -> float:
     """Decode ``data`` as the decoder will and return its largest error; refuse it above the bound."""
-    worst = max_error(truth, decode_volume(parse(data, "<encoder>"), device=device)[0])
+    return _kept(max_error(truth, decode_volume(parse(data, "<encoder>"), device=device)[0]), bound_abs, requested,
+                 option)
+
+
+def _bound_in_float32(mode: str, requested: float, vmin: float, vmax: float, option: str) -> float:
+    """E in physical units; refused where the correction step 2 MARGIN E is beyond float32 (the
+    decoder refuses such a step)."""
+    bound_abs = absolute_bound(mode, requested, vmin, vmax)
+    if 2 * MARGIN * bound_abs > F32_MAX:
+        raise InputError(f"{option} = {requested:g}: a bound of {bound_abs:.6g} needs a correction step beyond "
+                         f"float32 ({F32_MAX:.4g})")
+    return bound_abs
+
+
+def _kept(worst: float, bound_abs: float, requested: float, option: str) -> float:
+    """The decoded file's largest error ``worst``, refused above the bound."""
     if not worst <= bound_abs:
         raise InputError(f"{option} = {requested:g}: the decoded file still misses the bound ({worst:.6g} > "
                          f"{bound_abs:.6g}): the bound is below the float32 precision of the values")
@@ -81,20 +93,14 @@ def encode_latent_bounded(model, vmin: float, vmax: float, truth: np.ndarray, mo
         raise InputError(f"{option}: the volume's shape {tuple(truth.shape)} differs from the network's {tuple(model.shape)}")
     plain = latent_format.encode(model, vmin, vmax)
     decoded = latent_format.decode_volume(plain, source="<encoder>")
-    bound_abs = absolute_bound(mode, requested, vmin, vmax)
-    if 2 * MARGIN * bound_abs > F32_MAX:
-        raise InputError(f"{option} = {requested:g}: a bound of {bound_abs:.6g} needs a correction step beyond "
-                         f"float32 ({F32_MAX:.4g})")
+    bound_abs = _bound_in_float32(mode, requested, vmin, vmax, option)
     bound = corrections_for(truth, decoded, mode, requested, bound_abs)
     data = latent_format.encode(model, vmin, vmax, bound)
     report = {"error_bound_mode": mode, "error_bound_requested": requested, "max_abs_error_bound": bound_abs,
               "corrections": int(bound.positions.size), "network_bytes": len(plain)}
     if verify:
-        worst = max_error(truth, latent_format.decode_volume(data, source="<encoder>"))
-        if not worst <= bound_abs:
-            raise InputError(f"{option} = {requested:g}: the decoded file still misses the bound ({worst:.6g} > "
-                             f"{bound_abs:.6g}): the bound is below the float32 precision of the values")
-        report["max_abs_error_verified"] = worst
+        report["max_abs_error_verified"] = _kept(max_error(truth, latent_format.decode_volume(data, source="<encoder>")),
+                                                 bound_abs, requested, option)
     return data, report
 
 

@@ -176,7 +176,8 @@ def _dequantize_latent(ns, cfg, path: Path, out: Path) -> dict:
 
     t0 = time.perf_counter()
     data = path.read_bytes()
-    model, vmin, vmax, bound = latent_format.read(data, str(path))
+    file = latent_format.read(data, str(path))
+    model, vmin, vmax, bound = file
     t_decode = time.perf_counter() - t0
     info = VolumeInfo(shape=model.shape, spacing=(1.0, 1.0, 1.0), vmin=vmin, vmax=vmax)
     grid = make_grid(info.shape, ns.region, ns.resolution)
@@ -188,7 +189,7 @@ def _dequantize_latent(ns, cfg, path: Path, out: Path) -> dict:
         info = VolumeInfo(info.shape, info.spacing, vmin, vmax, str(ground_truth.source_dtype))
     t1 = time.perf_counter()
     shape = tuple(grid.samples[::-1]) if ns.region is None else None
-    prediction = latent_format.decode_volume(data, shape, str(path))
+    prediction = latent_format.volume_of(file, shape)
     (x0, x1), (y0, y1), (z0, z1) = grid.box
     if ns.region is not None:
         prediction = np.ascontiguousarray(prediction[z0:z1, y0:y1, x0:x1])

@@ -303,10 +303,7 @@ def parse(data: bytes, source: str = "<bytes>") -> CompressedNetwork:
             raise _fail(source, problem)
     bound = None
     if h.bound:
-        section = data[size - section_size:]
-        if zlib.crc32(section) != h.bound["crc"]:
-            raise _fail(source, "correction section checksum mismatch (file corrupted)")
-        bound, problem = error_bound.decode_section(h.bound, section, h.volume.num_voxels)
+        bound, problem = error_bound.decode_section(h.bound, data[size - section_size:], h.volume.num_voxels)
         if problem:
             raise _fail(source, problem)
     return CompressedNetwork(arch=h.arch, volume=h.volume, settings=settings, tensors=tensors, bound=bound,

@@ -139,7 +139,11 @@ def _refused_pickle(path: Path, message: str) -> str:
 
 def load_model(path: str | Path, map_location="cpu") -> tuple[Neurcomp, VolumeInfo, dict]:
     """Rebuild the trained network from a checkpoint alone: (model in eval mode, volume info, raw state)."""
-    state = read_checkpoint(path, map_location)
+    return model_from_state(read_checkpoint(path, map_location), path)
+
+
+def model_from_state(state: dict, path) -> tuple[Neurcomp, VolumeInfo, dict]:
+    """``load_model`` on a checkpoint already read (``read_checkpoint``); ``path`` names it in errors."""
     if (state.get("architecture") or {}).get("network") == "latent":
         raise InputError(f"{path}: a latent-grid run (network = latent): its training wrote the compressed "
                          f"{state.get('file') or '<expname>.nclg'} beside it; decode that with "
