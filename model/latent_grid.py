@@ -8,6 +8,16 @@ voxel (trilinear, U_l) and concatenated:
 
     x_hat(v) = f_theta( [U_0(y_hat_0)(v), ..., U_{L-1}(y_hat_{L-1})(v)] ),   y_hat_l = round(y_l).
 
+U_l is trilinear, or (``upsampler = "cubic"``) the separable uniform cubic B-spline,
+
+    U(y)(x) = sum_k y[i - 1 + k] B_k(t),   i = floor(x), t = x - i,
+    B_0 = (1 - t)^3 / 6, B_1 = (3t^3 - 6t^2 + 4) / 6, B_2 = (-3t^3 + 3t^2 + 3t + 1) / 6, B_3 = t^3 / 6,
+
+along each axis (Unser, "Splines: a perfect fit for signal and image processing", IEEE SPM 1999):
+its span holds every cubic polynomial (approximation order 4) where trilinear's holds linear ones
+(order 2), so the latents being trained coefficients, a coarse level carries more of a smooth field,
+as a wavelet with more vanishing moments does.
+
 The coarse grids carry the smooth part compactly, as a wavelet coder's coarse bands do; the fine
 grids only the detail that pays for its bits. The latents are integers in the file, so the step of
 their quantization is 1 in latent units and the synthesis learns the scale: the same as a trained
@@ -58,6 +68,31 @@ def default_levels(shape: tuple[int, int, int], finest: int = 0) -> int:
     return levels
 
 
+UPSAMPLERS = ("linear", "cubic")
+
+
+def bspline_weights(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The uniform cubic B-spline's weights of the samples i-1, i, i+1, i+2 at i + t (0 <= t < 1)."""
+    return ((1 - t) ** 3 / 6, (3 * t ** 3 - 6 * t ** 2 + 4) / 6, (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6, t ** 3 / 6)
+
+
+def _sample_positions(n_out: int, n_in: int, dtype=torch.float64) -> torch.Tensor:
+    """Where the output samples fall in the input's index units (align_corners: ends on ends)."""
+    return torch.arange(n_out, dtype=dtype) * ((n_in - 1) / max(n_out - 1, 1))
+
+
+def bspline_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in): cubic B-spline upsampling along one axis, the samples beyond the ends
+    replicated (the same as ``grid_sample``'s border padding)."""
+    x = _sample_positions(n_out, n_in)
+    i = torch.floor(x)
+    rows = torch.arange(n_out)
+    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for k, w in enumerate(bspline_weights(x - i)):
+        matrix.index_put_((rows, (i.long() - 1 + k).clamp(0, n_in - 1)), w, accumulate=True)
+    return matrix.float()
+
+
 def quantize_latent(y: torch.Tensor, mode: str) -> torch.Tensor:
     """``noise``: y + U(-1/2, 1/2); ``ste``: round(y) with the identity's gradient; ``round``."""
     if mode == "noise":
@@ -102,8 +137,12 @@ class LatentGrid(nn.Module):
 
     def __init__(self, shape: tuple[int, int, int], levels: int = 0, channels: int = 1, hidden: int = 16,
                  layers: int = 2, weight_bits: int = 8, finest: int = 0, context_hidden: int = 0,
-                 skip: bool = False):
+                 skip: bool = False, upsampler: str = "linear"):
         super().__init__()
+        if upsampler not in UPSAMPLERS:
+            raise ValueError(f"latent-grid upsampler must be one of {UPSAMPLERS}, not {upsampler!r}")
+        self.upsampler = upsampler
+        self._matrices: dict = {}  # (level shape, output shape) -> the cubic upsampler's axis matrices
         self.shape = tuple(int(n) for n in shape)
         self.finest = finest  # the finest grid is 1 / 2^finest of the volume's resolution
         self.levels = levels or default_levels(self.shape, finest)
@@ -145,9 +184,22 @@ class LatentGrid(nn.Module):
     def features(self, y_hat: list[torch.Tensor], shape: tuple[int, int, int] | None = None) -> torch.Tensor:
         """Every level upsampled to ``shape`` (default: the volume's), as (voxels, L * C) rows."""
         shape = tuple(shape or self.shape)
-        grids = [y if tuple(y.shape[2:]) == shape else
-                 F.interpolate(y, size=shape, mode="trilinear", align_corners=True) for y in y_hat]
+        if self.upsampler == "cubic":
+            grids = [y if tuple(y.shape[2:]) == shape else self._cubic(y, shape) for y in y_hat]
+        else:
+            grids = [y if tuple(y.shape[2:]) == shape else
+                     F.interpolate(y, size=shape, mode="trilinear", align_corners=True) for y in y_hat]
         return torch.cat(grids, dim=1).flatten(2)[0].t()
+
+    def _cubic(self, y: torch.Tensor, shape) -> torch.Tensor:
+        """One level upsampled to ``shape`` by the separable cubic B-spline: three small matrix products."""
+        key = (tuple(y.shape[2:]), tuple(shape), y.device, y.dtype)
+        if key not in self._matrices:
+            self._matrices[key] = [bspline_matrix(o, i).to(y.device, y.dtype) for o, i in zip(shape, y.shape[2:])]
+        mz, my, mx = self._matrices[key]
+        g = torch.einsum("zk,bckyx->bczyx", mz, y)
+        g = torch.einsum("yl,bczlx->bczyx", my, g)
+        return torch.einsum("xm,bczym->bczyx", mx, g)
 
     def features_at(self, y_hat: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """The rows of ``features(y_hat)`` at the flat voxel indices ``index``, interpolated at those
@@ -155,6 +207,9 @@ class LatentGrid(nn.Module):
 
         ``grid_sample`` with align_corners maps -1 / +1 to a grid's first / last sample, as
         ``interpolate(align_corners=True)`` does, so one set of normalised coordinates serves every level."""
+        if self.upsampler == "cubic":  # three matrix products over the volume, then the sample's rows: at
+            # 128^3, 0.17 s forward and backward, where 64 samples (or 8 trilinear fetches) a point took 1.6 s
+            return self.features(y_hat)[index]
         zyx = torch.stack(torch.unravel_index(index, self.shape), dim=-1).to(y_hat[0].dtype)
         extent = torch.tensor([max(n - 1, 1) for n in self.shape], dtype=zyx.dtype, device=zyx.device)
         grid = (2 * zyx / extent - 1).flip(-1).view(1, 1, 1, -1, 3)  # grid_sample wants (x, y, z)
@@ -186,5 +241,5 @@ class LatentGrid(nn.Module):
         return {"network": "latent", "levels": self.levels, "channels": self.channels, "hidden": self.hidden,
                 "layers": self.layers, "weight_bits": self.weight_bits, "finest": self.finest,
                 "context_hidden": self.context_hidden if self.context is not None else 0,
-                "skip": self.skip is not None,
+                "skip": self.skip is not None, "upsampler": self.upsampler,
                 "level_shapes": [list(y.shape[2:]) for y in self.latents]}

@@ -3,11 +3,12 @@ model's integer weights, and the latents coded with constriction's ANS (Duda et 
 Bamler 2022) under the network's own entropy model, so the file holds what training counted as the
 rate.
 
-Layout, little-endian (version 3; version 2 had a trained mean per level and a context that
-predicted means too):
+Layout, little-endian (version 4; version 3, still read, had no upsampler flag; version 2 had a
+trained mean per level and a context that predicted means too):
 
     "NCLG" | version u8 | Z Y X u32 | levels, channels, hidden, layers, weight_bits, finest,
-    context_hidden, skip u8 | vmin vmax f64 | symbol min, max i16 |
+    context_hidden, flags u8 (bit 0: skip; bit 1: cubic B-spline upsampler, else trilinear) |
+    vmin vmax f64 | symbol min, max i16 |
     per level and channel: log b f16 |
     per synthesis layer: step f32, weights int8 (out x in, C order), biases f16 |
     if skip: the linear path's weights (levels x channels) and bias f16 |
@@ -37,7 +38,9 @@ from neurcomp.model.latent_context import MAX_LOG_SCALE, integer_forward
 from neurcomp.model.latent_grid import MIN_SCALE, LatentGrid
 
 MAGIC = b"NCLG"
-VERSION = 3
+VERSION = 4
+READ_VERSIONS = (3, 4)
+SKIP, CUBIC = 1, 2  # the header's flags
 _HEAD = struct.Struct("<4sB3I8B2d2h")
 _LAYER = struct.Struct("<f")
 _COUNT = struct.Struct("<I")
@@ -78,7 +81,8 @@ def encode(model: LatentGrid, vmin: float, vmax: float, bound: ErrorBound | None
     z, y, x = model.shape
     context = model.context.integer_layers() if model.context is not None else None
     parts = [_HEAD.pack(MAGIC, VERSION, z, y, x, model.levels, model.channels, model.hidden, model.layers,
-                        model.weight_bits, model.finest, model.context_hidden if context else 0, int(model.skip is not None),
+                        model.weight_bits, model.finest, model.context_hidden if context else 0,
+                        (SKIP if model.skip is not None else 0) | (CUBIC if model.upsampler == "cubic" else 0),
                         float(vmin), float(vmax), lo, hi),
              log_scale16.tobytes()]
     for layer in model.synthesis:
@@ -136,15 +140,17 @@ def read(data: bytes, source: str = "latent-grid file") -> LatentFile:
     import constriction
 
     r = _Reader(bytes(data), source)
-    (magic, version, z, y, x, levels, channels, hidden, layers, bits, finest, context_hidden, skip,
+    (magic, version, z, y, x, levels, channels, hidden, layers, bits, finest, context_hidden, flags,
      vmin, vmax, lo, hi) = _HEAD.unpack(r.take(_HEAD.size))
-    if magic != MAGIC or version != VERSION:
-        raise InputError(f"{source}: not a latent-grid file of version {VERSION} (magic {magic!r}, version {version})")
+    if magic != MAGIC or version not in READ_VERSIONS:
+        raise InputError(f"{source}: not a latent-grid file of version {' or '.join(map(str, READ_VERSIONS))} "
+                         f"(magic {magic!r}, version {version})")
     if min(z, y, x, levels, channels, hidden) < 1 or not 1 < bits <= 8 or hi <= lo:
         raise InputError(f"{source}: invalid latent-grid header")
-    if context_hidden and levels < 2 or skip > 1:
-        raise InputError(f"{source}: invalid latent-grid header (context or skip)")
-    model = LatentGrid((z, y, x), levels, channels, hidden, layers, bits, finest, context_hidden, bool(skip))
+    if context_hidden and levels < 2 or flags > (SKIP if version == 3 else SKIP | CUBIC):
+        raise InputError(f"{source}: invalid latent-grid header (context or flags)")
+    model = LatentGrid((z, y, x), levels, channels, hidden, layers, bits, finest, context_hidden, bool(flags & SKIP),
+                       "cubic" if flags & CUBIC else "linear")
     log_scale16 = r.array("<f2", levels * channels).reshape(levels, channels)
     with torch.no_grad():
         model.log_scale.copy_(torch.from_numpy(log_scale16.astype(np.float32)))

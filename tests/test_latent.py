@@ -9,7 +9,8 @@ import torch
 
 from neurcomp.compressors import get_codec
 from neurcomp.config.errors import InputError
-from neurcomp.model.latent_grid import LatentGrid, default_levels, laplace_bits, level_shapes, quantize_latent
+from neurcomp.model.latent_grid import (LatentGrid, bspline_matrix, default_levels, laplace_bits, level_shapes,
+                                        quantize_latent)
 from neurcomp.quantization import latent_format
 from neurcomp.training.latent_fit import LatentFitOptions, fit
 
@@ -63,9 +64,9 @@ def test_quantization_modes():
         quantize_latent(y, "soft")
 
 
-def random_model(shape=(10, 12, 14), seed=0):
+def random_model(shape=(10, 12, 14), seed=0, upsampler="linear"):
     torch.manual_seed(seed)
-    model = LatentGrid(shape, channels=2, hidden=8)
+    model = LatentGrid(shape, channels=2, hidden=8, upsampler=upsampler)
     with torch.no_grad():
         for p in model.latents:
             p.copy_(torch.randn_like(p) * 3)
@@ -114,6 +115,47 @@ def test_features_at_sampled_voxels_match_the_full_upsampling(finest):
     assert torch.allclose(model.features_at(y_hat, index), model.features(y_hat)[index], atol=1e-5)
 
 
+def test_cubic_bspline_matrix_keeps_constants_and_matches_the_spline():
+    m = bspline_matrix(9, 5).double()
+    assert torch.allclose(m.sum(1), torch.ones(9, dtype=torch.float64))
+    # inside, the cubic B-spline reproduces a linear ramp and, at a sample, weighs it 1/6, 4/6, 1/6
+    ramp = torch.arange(5, dtype=torch.float64)
+    assert torch.allclose((m @ ramp)[2:7], torch.linspace(1, 3, 5, dtype=torch.float64))
+    assert torch.allclose(m[4, 1:4], torch.tensor([1, 4, 1], dtype=torch.float64) / 6)
+
+
+@pytest.mark.parametrize("shape", [(9, 12, 7), (20, 6, 11)])
+def test_cubic_upsampling_is_separable_and_sampled_rows_match(shape):
+    torch.manual_seed(0)
+    model = LatentGrid(shape, channels=2, finest=1, upsampler="cubic")
+    with torch.no_grad():
+        for p in model.latents:
+            p.normal_(0, 3)
+    y_hat = model.quantized("round")
+    full = model.features(y_hat)
+    index = torch.randint(full.shape[0], (200,))
+    assert torch.allclose(model.features_at(y_hat, index), full[index])
+    # one level against the three 1D matrices applied as a dense 3D operator
+    level = y_hat[1][0, 0].double()
+    mz, my, mx = (bspline_matrix(o, i).double() for o, i in zip(shape, level.shape))
+    dense = torch.einsum("zk,yl,xm,klm->zyx", mz, my, mx, level)
+    assert torch.allclose(full[:, 2].view(shape).double(), dense, atol=1e-4)
+
+
+def test_cubic_file_round_trip_and_a_version_3_file_still_decodes():
+    cubic = random_model(upsampler="cubic")
+    data = latent_format.encode(cubic, 0.0, 1.0)
+    decoded, _, _ = latent_format.decode(data)
+    assert decoded.upsampler == "cubic"
+    with torch.no_grad():
+        assert np.allclose(decoded("round").numpy(), cubic("round").numpy(), atol=2e-3)
+    linear = latent_format.encode(random_model(), 0.0, 1.0)
+    old = linear[:4] + bytes([3]) + linear[5:]  # a version-3 file: the same bytes but the version
+    assert np.array_equal(latent_format.decode_volume(old), latent_format.decode_volume(linear))
+    with pytest.raises(InputError, match="flags"):  # a version-3 file has no upsampler flag
+        latent_format.decode(data[:4] + bytes([3]) + data[5:], "x.nclg")
+
+
 def test_another_resolution_decodes():
     data = latent_format.encode(random_model(), 0.0, 1.0)
     assert latent_format.decode_volume(data, shape=(20, 24, 28)).shape == (20, 24, 28)
@@ -140,9 +182,10 @@ def test_fit_lands_under_the_budget_and_beats_the_mean():
     assert report["history"] and report["train_seconds"] > 0
 
 
-def test_the_codec_reaches_its_ratio_and_decodes_from_bytes():
+@pytest.mark.parametrize("upsampler", ["linear", "cubic"])
+def test_the_codec_reaches_its_ratio_and_decodes_from_bytes(upsampler):
     values = smooth_volume()
-    codec = get_codec("latent", steps=200, lambda0=1e-2)
+    codec = get_codec("latent", steps=200, lambda0=1e-2, upsampler=upsampler)
     result = codec.compress_to_ratio(values, 20)
     assert result.ratio >= 20 * 0.999
     mse = float(np.mean((result.decoded - values) ** 2))

@@ -51,6 +51,7 @@ class LatentFitOptions:
     weight_bits: int = 8
     context_hidden: int = 16  # 0: factorized entropy model; else the coarse-level context's width
     skip: int = 0  # 1: a linear path from the latents to the value beside the MLP
+    upsampler: str = "linear"  # or "cubic": the cubic B-spline (model.latent_grid)
     init: str = "zero"  # zero latents, or "pyramid": a Laplacian pyramid at the target rate (needs skip)
     init_alpha: float = 1.0  # the pyramid's steps shrink 2^alpha per coarser level
     ste_share: float = 0.2
@@ -89,7 +90,7 @@ def sized_model(shape, budget_bytes: int, o: LatentFitOptions) -> LatentGrid:
     def build(hidden: int, context_hidden: int) -> LatentGrid:
         torch.manual_seed(o.seed)  # every candidate starts as a direct build of its sizes would
         return LatentGrid(shape, o.levels, o.channels, hidden, o.layers, o.weight_bits, o.finest,
-                          context_hidden, bool(o.skip))
+                          context_hidden, bool(o.skip), o.upsampler)
 
     model = build(o.hidden, o.context_hidden)
     if overhead_bytes(model) <= SHRINK_ABOVE * budget_bytes:
@@ -150,6 +151,16 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
                 "step": step, "history": history, "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "seconds": time.perf_counter() - t0, "options": asdict(o)}
 
+    def decoded_psnr(idx, ref) -> float:
+        """PSNR of what the file would decode to (rounded latents, stored-precision weights) at the
+        step's voxels: the noise phase's training PSNR is not the file's."""
+        with torch.no_grad():
+            saved, model.quantized_weights = model.quantized_weights, True
+            y_round = model.quantized("round")
+            pred = model.synthesize(model.features(y_round) if idx is None else model.features_at(y_round, idx))
+            model.quantized_weights = saved
+            return 10 * math.log10(4.0 / max(float(torch.mean((pred - ref) ** 2)), 1e-20))
+
     def train(steps: int, first: int, total: int):
         nonlocal log_lambda
         bar = tqdm(range(steps), desc="latent grid", disable=not progress, leave=False)
@@ -180,9 +191,10 @@ def fit(values: np.ndarray, budget_bytes: int, options: LatentFitOptions | None 
             excess = float(bits.detach()) / target_bits - 1.0
             log_lambda = min(log_lambda + o.lambda_gain * max(-1.0, min(1.0, excess)), math.log(MAX_LAMBDA))
             if step % 50 == 0 or i == steps - 1:
-                psnr = 10 * math.log10(4.0 / max(float(mse.detach()), 1e-20))
-                history.append({"step": step, "psnr": psnr, "bits": float(bits.detach()), "lambda": math.exp(log_lambda),
-                                "seconds": time.perf_counter() - t0})
+                train_psnr = 10 * math.log10(4.0 / max(float(mse.detach()), 1e-20))
+                psnr = decoded_psnr(idx if n > o.points_per_step else None, ref)
+                history.append({"step": step, "psnr": psnr, "train_psnr": train_psnr, "bits": float(bits.detach()),
+                                "lambda": math.exp(log_lambda), "seconds": time.perf_counter() - t0})
                 bar.set_postfix(psnr=f"{psnr:.2f}", kbytes=f"{float(bits.detach()) / 8e3:.2f}")
 
     train(o.steps - start, start, o.steps)

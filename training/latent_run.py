@@ -65,7 +65,8 @@ def load_latent_model(state: dict, source: str):
         raise ConfigError(f"{source}: an interrupted latent-grid run; finish it with --resume first")
     try:
         model = LatentGrid(tuple(volume["shape"]), a["levels"], a["channels"], a["hidden"], a["layers"],
-                           a["weight_bits"], a["finest"], a["context_hidden"], bool(a["skip"]))
+                           a["weight_bits"], a["finest"], a["context_hidden"], bool(a["skip"]),
+                           a.get("upsampler", "linear"))
         model.load_state_dict(state["model_state"])
     except (KeyError, TypeError, RuntimeError) as exc:
         raise ConfigError(f"{source}: not a latent-grid checkpoint this version reads ({type(exc).__name__}: "
@@ -131,7 +132,7 @@ def train_latent(cfg: NeurcompConfig, progress: bool = True) -> dict:
         finally:
             stop.armed = False
         for h in report["history"]:
-            tracker.log_metrics({"train_psnr": h["psnr"], "rate_bits": h["bits"], "lambda": h["lambda"]}, h["step"])
+            tracker.log_metrics({"psnr": h["psnr"], "train_psnr": h["train_psnr"], "rate_bits": h["bits"], "lambda": h["lambda"]}, h["step"])
         file = out_dir / f"{cfg.expname}.nclg"
         bound = None
         if cfg.error_bound:  # the network at the ratio, plus the corrections that keep the bound
