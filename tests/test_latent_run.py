@@ -45,7 +45,7 @@ def test_training_writes_the_file_volumes_tracking_and_decodes_to_the_same_psnr(
     client = MlflowClient(tracking_uri="sqlite:///" + str(tmp_path / "exp" / "mlflow.db"))
     run = client.search_runs([client.get_experiment_by_name("neurcomp").experiment_id])[0]
     assert run.info.status == "FINISHED" and abs(run.data.metrics["psnr"] - info["psnr"]) < 1e-9
-    assert run.data.params["network"] == "latent" and "train_psnr" in run.data.metrics
+    assert run.data.params["network"] == "latent" and {"train_psnr", "sampled_psnr"} <= set(run.data.metrics)
 
     # the user's decoder: the same PSNR as training measured, and a box equal to the whole's slice
     metrics = out / "m.json"
@@ -171,3 +171,18 @@ def test_reencoding_a_latent_run_without_a_bound_is_one_line(tmp_path):
     train(config(tmp_path, bucky, tracking="none", latent_steps=20), progress=False)
     done = run_script("NeurcompQuantization.py", "--config", tmp_path / "exp" / "lat" / "config.txt")
     assert done.returncode != 0 and "max_abs_error" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_upsampler_option_reaches_the_file_and_its_default_is_the_fits(tmp_path):
+    from neurcomp.config.schema import NetworkConfig
+    from neurcomp.quantization import latent_format
+
+    assert NetworkConfig().latent_upsampler == LatentFitOptions().upsampler
+    bucky = shared_volume("bucky_32x32x32_uint8.raw")
+    for upsampler in ("linear", "cubic"):
+        cfg = config(tmp_path / upsampler, bucky, tracking="none", latent_steps=30, latent_upsampler=upsampler)
+        train(cfg, progress=False)
+        model, _, _ = latent_format.decode((tmp_path / upsampler / "exp" / "lat" / "lat.nclg").read_bytes())
+        assert model.upsampler == upsampler
+    with pytest.raises(ConfigError, match="latent_upsampler"):
+        config(tmp_path, bucky, latent_upsampler="nearest")

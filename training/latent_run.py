@@ -42,7 +42,8 @@ FLOAT32_BYTES = 4  # the file ratio is float32 bytes / file bytes, as for Neurco
 
 
 def fit_options(cfg: NeurcompConfig, device) -> LatentFitOptions:
-    return LatentFitOptions(steps=cfg.network.latent_steps, seed=cfg.seed, device=str(device))
+    return LatentFitOptions(steps=cfg.network.latent_steps, upsampler=cfg.network.latent_upsampler, seed=cfg.seed,
+                            device=str(device))
 
 
 def save_latent_checkpoint(path: Path, info: VolumeInfo, describe: dict, model_state: dict, **extra) -> None:
@@ -132,7 +133,8 @@ def train_latent(cfg: NeurcompConfig, progress: bool = True) -> dict:
         finally:
             stop.armed = False
         for h in report["history"]:
-            tracker.log_metrics({"psnr": h["psnr"], "train_psnr": h["train_psnr"], "rate_bits": h["bits"], "lambda": h["lambda"]}, h["step"])
+            tracker.log_metrics({"sampled_psnr": h["psnr"], "train_psnr": h["train_psnr"], "rate_bits": h["bits"],
+                                 "lambda": h["lambda"]}, h["step"])
         file = out_dir / f"{cfg.expname}.nclg"
         bound = None
         if cfg.error_bound:  # the network at the ratio, plus the corrections that keep the bound
