@@ -296,3 +296,28 @@ def test_a_small_file_gets_a_smaller_network_that_fits():
     assert len(data) <= budget
     decoded = latent_format.decode_volume(data)
     assert np.mean((decoded - volume) ** 2) < np.var(volume)
+
+
+def test_a_fit_that_ends_at_the_mean_starts_again_from_another_seed(monkeypatch):
+    from neurcomp.training import latent_fit
+    from neurcomp.training.recovery import TrainingDiverged
+
+    once, starts = latent_fit._fit_once, []
+
+    def first_collapses(*args):
+        model, vmin, vmax, report = once(*args)
+        starts.append(report["seed"])
+        return model, vmin, vmax, {**report, "relative_mse": 1.0} if len(starts) == 1 else report
+
+    monkeypatch.setattr(latent_fit, "_fit_once", first_collapses)
+    values = smooth_volume((10, 12, 14))
+    options = LatentFitOptions(steps=40, context_hidden=0, hidden=8)
+    model, _, _, report = fit(values, values.size * 4 // 10, options)
+    assert starts == [0, latent_fit.RESTART_SEED_STEP] and report["restart"] == 1
+    assert report["relative_mse"] < latent_fit.COLLAPSE_MSE and report["options"]["seed"] == 0
+
+    monkeypatch.setattr(latent_fit, "COLLAPSE_MSE", -1.0)  # every start "collapses": a one-line refusal
+    starts.clear()
+    with pytest.raises(TrainingDiverged, match="no better than the volume's mean in 3 starts"):
+        fit(values, values.size * 4 // 10, options)
+    assert len(starts) == latent_fit.MAX_RESTARTS + 1
