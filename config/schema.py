@@ -132,8 +132,8 @@ class NetworkConfig:
                           "training writes its .nclg file)", choices=("neurcomp", "fvsrn", "latent"))
     latent_steps: int = option(1500, "network = latent: training steps (docs/latent_grid.md)", type=int,
                                check=between(1, INT_LIMIT))
-    latent_upsampler: str = option("linear", "network = latent: how a level reaches the voxels: linear "
-                                   "(trilinear) or cubic (cubic B-spline; docs/latent_grid.md)",
+    latent_upsampler: str = option("cubic", "network = latent: how a level reaches the voxels: cubic "
+                                   "(cubic B-spline) or linear (trilinear); docs/latent_grid.md",
                                    choices=("linear", "cubic"))
     n_layers: int = option(4, "hidden layers: a sine layer plus n_layers-1 residual blocks", type=int,
                            check=between(1, MAX_LAYERS), original=8,

@@ -54,7 +54,7 @@ class LatentFitOptions:
     weight_bits: int = 8
     context_hidden: int = 16  # 0: factorized entropy model; else the coarse-level context's width
     skip: int = 0  # 1: a linear path from the latents to the value beside the MLP
-    upsampler: str = "linear"  # or "cubic": the cubic B-spline (model.latent_grid)
+    upsampler: str = "cubic"  # the cubic B-spline (model.latent_grid; docs/latent_grid.md, seventh round), or "linear"
     init: str = "zero"  # zero latents, or "pyramid": a Laplacian pyramid at the target rate (needs skip)
     init_alpha: float = 1.0  # the pyramid's steps shrink 2^alpha per coarser level
     ste_share: float = 0.2
