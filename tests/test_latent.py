@@ -321,3 +321,19 @@ def test_a_fit_that_ends_at_the_mean_starts_again_from_another_seed(monkeypatch)
     with pytest.raises(TrainingDiverged, match="no better than the volume's mean in 3 starts"):
         fit(values, values.size * 4 // 10, options)
     assert len(starts) == latent_fit.MAX_RESTARTS + 1
+
+
+def test_the_time_benchmark_reports_seconds_to_within_1_db_and_to_sz3(tmp_path):
+    from benchmarks import latent_time
+
+    path = tmp_path / "smooth.npy"
+    np.save(path, smooth_volume((16, 16, 16)))
+    out = tmp_path / "time"
+    rows = latent_time.main(["--volumes", str(path), "--ratio", "20", "--steps", "80", "--output", str(out)])
+    row = rows[0]
+    assert row["psnr"] > 20 and row["train_s"] > 0 and row["history"][-1]["step"] >= 79
+    assert row["within_1db_s"] is not None and row["within_1db_s"] <= row["history"][-1]["seconds"]
+    assert row["to_sz3_s"] == latent_time.first_seconds(row["history"], row["sz3_psnr"])
+    assert (out / "latent_time.json").is_file() and "within 1 dB s" in (out / "latent_time.md").read_text()
+    assert latent_time.first_seconds([{"psnr": 30, "seconds": 1}, {"psnr": 40, "seconds": 2}], 35) == 2
+    assert latent_time.first_seconds([{"psnr": 30, "seconds": 1}], 35) is None
