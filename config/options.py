@@ -246,6 +246,7 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
         check_fvsrn(cfg, src)
     if net.network == "latent":
         check_latent(cfg, src)
+    choose_default_network(cfg, src)
     if cfg.target_file_ratio > 0 and cfg.pruning.enabled:
         _fail(src.of("target_file_ratio"), "target_file_ratio", cfg.target_file_ratio,
               "cannot be combined with a dropout_technique: pruning changes the size after the network is sized")
@@ -258,6 +259,24 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
     cfg.basedir = resolve_basedir(cfg.basedir, from_file=src.rank("basedir") == 1)
     check_memory(cfg, src.of)
     return cfg
+
+
+# target_file_ratio at or above this, network not set: the latent grid, which wins the README's
+# rate-distortion table from this ratio up (benchmarks/results/rd_latent_cubic; docs/latent_grid.md)
+LATENT_FROM_RATIO = 800.0
+
+
+def choose_default_network(cfg: NeurcompConfig, src) -> None:
+    """Where neither the command line nor the config file sets ``network``: the network that wins
+    the rate-distortion table at the target ratio, unless the config asks for what only Neurcomp
+    does (pruning, widths, a warm start, resume of a Neurcomp run: check_latent's refusals)."""
+    if src.rank("network") or cfg.network.network != "neurcomp" or cfg.target_file_ratio < LATENT_FROM_RATIO:
+        return
+    cfg.network.network = "latent"
+    try:
+        check_latent(cfg, src)
+    except ConfigError:
+        cfg.network.network = "neurcomp"
 
 
 def check_fvsrn(cfg: NeurcompConfig, src, network: str = "fvsrn") -> None:

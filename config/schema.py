@@ -129,7 +129,8 @@ class NetworkConfig:
                           "feeding a small SiLU MLP, Weiss et al. 2022: model.fvsrn), sized from compression_ratio "
                           "or target_file_ratio; or latent (multi-resolution integer latents, a tiny MLP and a "
                           "learned entropy model, Cool-chic: model.latent_grid; needs target_file_ratio, and "
-                          "training writes its .nclg file)", choices=("neurcomp", "fvsrn", "latent"))
+                          "training writes its .nclg file). Not set, with target_file_ratio >= 800: latent, the "
+                          "winner of the README's rate-distortion table there", choices=("neurcomp", "fvsrn", "latent"))
     latent_steps: int = option(1500, "network = latent: training steps (docs/latent_grid.md)", type=int,
                                check=between(1, INT_LIMIT))
     latent_upsampler: str = option("cubic", "network = latent: how a level reaches the voxels: cubic "

@@ -186,3 +186,23 @@ def test_the_upsampler_option_reaches_the_file_and_its_default_is_the_fits(tmp_p
         assert model.upsampler == upsampler
     with pytest.raises(ConfigError, match="latent_upsampler"):
         config(tmp_path, bucky, latent_upsampler="nearest")
+
+
+def test_target_file_ratio_picks_the_network_that_wins_at_that_ratio_unless_one_is_set(tmp_path):
+    from neurcomp.config.options import LATENT_FROM_RATIO
+    from neurcomp.config.schema import NetworkConfig, options_of
+
+    help_text = dict(options_of(NetworkConfig))["network"].help
+    assert f"target_file_ratio >= {LATENT_FROM_RATIO:g}" in help_text
+
+    bucky = shared_volume("bucky_32x32x32_uint8.raw")
+    base = {"data": bucky, "basedir": tmp_path / "exp", "expname": "auto", "tracking": "none"}
+    parse = lambda **o: parse_config([f"--{k}={v}" for k, v in {**base, **o}.items()]).network.network
+    assert parse(target_file_ratio=LATENT_FROM_RATIO) == "latent"
+    assert parse(target_file_ratio=LATENT_FROM_RATIO / 2) == "neurcomp"
+    assert parse(target_file_ratio=LATENT_FROM_RATIO, network="neurcomp") == "neurcomp"  # an explicit choice stays
+    assert parse(target_file_ratio=LATENT_FROM_RATIO, grad_lambda=0.1) == "neurcomp"  # what only Neurcomp does
+    assert parse(compression_ratio=LATENT_FROM_RATIO) == "neurcomp"  # a network size, not a file size
+    config_file = tmp_path / "c.txt"
+    config_file.write_text(f"network = neurcomp\ntarget_file_ratio = {LATENT_FROM_RATIO}\n")
+    assert parse_config(["--config", str(config_file), f"--data={bucky}"]).network.network == "neurcomp"
