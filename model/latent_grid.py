@@ -191,15 +191,29 @@ class LatentGrid(nn.Module):
                      F.interpolate(y, size=shape, mode="trilinear", align_corners=True) for y in y_hat]
         return torch.cat(grids, dim=1).flatten(2)[0].t()
 
-    def _cubic(self, y: torch.Tensor, shape) -> torch.Tensor:
-        """One level upsampled to ``shape`` by the separable cubic B-spline: three small matrix products."""
+    def _cubic(self, y: torch.Tensor, shape, rows=None) -> torch.Tensor:
+        """One level upsampled to ``shape`` by the separable cubic B-spline: three small matrix
+        products; ``rows`` (z, y, x index tensors) keeps only that sub-lattice of the output."""
         key = (tuple(y.shape[2:]), tuple(shape), y.device, y.dtype)
         if key not in self._matrices:
             self._matrices[key] = [bspline_matrix(o, i).to(y.device, y.dtype) for o, i in zip(shape, y.shape[2:])]
         mz, my, mx = self._matrices[key]
+        if rows is not None:
+            mz, my, mx = (m[r] for m, r in zip((mz, my, mx), rows))
         g = torch.einsum("zk,bckyx->bczyx", mz, y)
         g = torch.einsum("yl,bczlx->bczyx", my, g)
         return torch.einsum("xm,bczym->bczyx", mx, g)
+
+    def features_on(self, y_hat: list[torch.Tensor], rows) -> torch.Tensor:
+        """The rows of ``features(y_hat)`` on the sub-lattice ``rows`` (z, y, x index tensors), in C
+        order, with the cubic upsampler: the product of the axes' sampled matrix rows costs the
+        sample, not the volume (``training.latent_fit`` samples a step's voxels so)."""
+        if self.upsampler != "cubic":
+            raise ValueError("features_on needs the cubic upsampler (a separable one)")
+        zs, ys, xs = rows
+        grids = [y[:, :, zs][:, :, :, ys][..., xs] if tuple(y.shape[2:]) == self.shape else self._cubic(y, self.shape, rows)
+                 for y in y_hat]
+        return torch.cat(grids, dim=1).flatten(2)[0].t()
 
     def features_at(self, y_hat: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """The rows of ``features(y_hat)`` at the flat voxel indices ``index``, interpolated at those

@@ -142,6 +142,21 @@ def test_cubic_upsampling_is_separable_and_sampled_rows_match(shape):
     assert torch.allclose(full[:, 2].view(shape).double(), dense, atol=1e-4)
 
 
+@pytest.mark.parametrize("finest", [0, 1])
+def test_cubic_features_on_a_sub_lattice_are_the_full_upsamplings_rows(finest):
+    torch.manual_seed(0)
+    shape = (9, 12, 7)
+    model = LatentGrid(shape, channels=2, finest=finest, upsampler="cubic")
+    with torch.no_grad():
+        for p in model.latents:
+            p.normal_(0, 3)
+    y_hat = model.quantized("round")
+    rows = (torch.tensor([0, 3, 8]), torch.tensor([1, 2, 5, 11]), torch.tensor([0, 6]))
+    full = model.features(y_hat).view(*shape, -1)
+    expected = full[rows[0]][:, rows[1]][:, :, rows[2]].reshape(-1, full.shape[-1])
+    assert torch.allclose(model.features_on(y_hat, rows), expected, atol=1e-5)
+
+
 def test_cubic_file_round_trip_and_a_version_3_file_still_decodes():
     cubic = random_model(upsampler="cubic")
     data = latent_format.encode(cubic, 0.0, 1.0)
@@ -337,3 +352,12 @@ def test_the_time_benchmark_reports_seconds_to_within_1_db_and_to_sz3(tmp_path):
     assert (out / "latent_time.json").is_file() and "within 1 dB s" in (out / "latent_time.md").read_text()
     assert latent_time.first_seconds([{"psnr": 30, "seconds": 1}, {"psnr": 40, "seconds": 2}], 35) == 2
     assert latent_time.first_seconds([{"psnr": 30, "seconds": 1}], 35) is None
+
+
+@pytest.mark.parametrize("sample", ["voxels", "lattice"])
+def test_a_sampled_fit_of_a_larger_volume_beats_the_mean(sample):
+    values = smooth_volume((16, 18, 20))
+    options = LatentFitOptions(steps=150, context_hidden=0, points_per_step=1000, sample=sample)
+    model, vmin, vmax, report = fit(values, values.size * 4 // 20, options)
+    decoded = latent_format.decode_volume(latent_format.encode(model, vmin, vmax))
+    assert float(np.mean((decoded - values) ** 2)) < 0.1 * float(np.var(values))

@@ -59,6 +59,7 @@ class LatentFitOptions:
     init_alpha: float = 1.0  # the pyramid's steps shrink 2^alpha per coarser level
     ste_share: float = 0.2
     points_per_step: int = 1 << 18
+    sample: str = "voxels"  # a larger volume's step: random voxels, or "lattice": random z, y and x rows (cubic only)
     lambda0: float = 1e-2
     lambda_gain: float = 0.05
     seed: int = 0
@@ -182,13 +183,30 @@ def _fit_once(values, budget_bytes: int, o: LatentFitOptions, restart: int, prog
                 "torch_rng": torch.get_rng_state(), "seconds": time.perf_counter() - t0,
                 "options": asdict(user_options), "restart": restart}
 
-    def decoded_psnr(idx, ref) -> float:
+    if o.sample not in ("voxels", "lattice"):
+        raise ValueError(f"latent sample must be voxels or lattice, not {o.sample!r}")
+    lattice = o.sample == "lattice" and model.upsampler == "cubic"
+    side = [max(1, min(s, round(s * (o.points_per_step / n) ** (1 / 3)))) for s in values.shape]
+
+    def sampled_features():
+        """This step's voxels and the function of the latents that gives their features."""
+        if n <= o.points_per_step:
+            return slice(None), model.features
+        if lattice:  # every voxel equally likely, spread over the volume, at the sample's cost
+            rows = [torch.randperm(s, device=device, generator=generator)[:k].sort().values
+                    for s, k in zip(values.shape, side)]
+            index = ((rows[0][:, None, None] * values.shape[1] + rows[1][None, :, None]) * values.shape[2]
+                     + rows[2][None, None, :]).reshape(-1)
+            return index, lambda y: model.features_on(y, rows)
+        index = torch.randint(n, (o.points_per_step,), device=device, generator=generator)
+        return index, lambda y: model.features_at(y, index)
+
+    def decoded_psnr(features_of, ref) -> float:
         """PSNR of what the file would decode to (rounded latents, stored-precision weights) at the
         step's voxels: the noise phase's training PSNR is not the file's."""
         with torch.no_grad():
             saved, model.quantized_weights = model.quantized_weights, True
-            y_round = model.quantized("round")
-            pred = model.synthesize(model.features(y_round) if idx is None else model.features_at(y_round, idx))
+            pred = model.synthesize(features_of(model.quantized("round")))
             model.quantized_weights = saved
             return 10 * math.log10(4.0 / max(float(torch.mean((pred - ref) ** 2)), 1e-20))
 
@@ -205,11 +223,8 @@ def _fit_once(values, budget_bytes: int, o: LatentFitOptions, restart: int, prog
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * decay
             y_hat = model.quantized(mode)
-            if n > o.points_per_step:
-                idx = torch.randint(n, (o.points_per_step,), device=device, generator=generator)
-                pred, ref = model.synthesize(model.features_at(y_hat, idx)), target[idx]
-            else:
-                pred, ref = model.synthesize(model.features(y_hat)), target
+            index, features_of = sampled_features()
+            pred, ref = model.synthesize(features_of(y_hat)), target[index]
             mse = torch.mean((pred - ref) ** 2)
             bits = model.rate_bits(y_hat)
             loss = mse / variance + math.exp(log_lambda) * bits / n
@@ -223,7 +238,7 @@ def _fit_once(values, budget_bytes: int, o: LatentFitOptions, restart: int, prog
             log_lambda = min(log_lambda + o.lambda_gain * max(-1.0, min(1.0, excess)), math.log(MAX_LAMBDA))
             if step % 50 == 0 or i == steps - 1:
                 train_psnr = 10 * math.log10(4.0 / max(float(mse.detach()), 1e-20))
-                psnr = decoded_psnr(idx if n > o.points_per_step else None, ref)
+                psnr = decoded_psnr(features_of, ref)
                 history.append({"step": step, "psnr": psnr, "train_psnr": train_psnr, "bits": float(bits.detach()),
                                 "lambda": math.exp(log_lambda), "seconds": time.perf_counter() - t0})
                 bar.set_postfix(psnr=f"{psnr:.2f}", kbytes=f"{float(bits.detach()) / 8e3:.2f}")
