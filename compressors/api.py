@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from neurcomp.config.errors import InputError
+from neurcomp.config.errors import ConfigError, InputError
 from neurcomp.data import atomic
+from neurcomp.quantization import latent_format
 from neurcomp.quantization.decode import decode_volume
 from neurcomp.quantization.format import parse, parse_header
 from neurcomp.quantization.region import make_grid
@@ -45,7 +46,8 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
     sized by the default ``compression_ratio``. ``max_abs_error`` / ``max_rel_error`` (at most one):
     every voxel decodes within that error (corrections are added to the file, which grows); a bound
     without ``ratio`` searches the network size whose file, network plus corrections, is the
-    smallest (``training.bound_search``).
+    smallest (``training.bound_search``). A ``ratio`` of 800 or more trains the latent grid
+    (``network = latent``, config.options.LATENT_FROM_RATIO), whose file ``decompress`` reads too.
     ``steps`` > 0 trains that many steps instead of the training defaults (quick trials).
     """
     from neurcomp.config.options import parse_config
@@ -60,7 +62,8 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
             flags += [f"--{name}", repr(float(value))]
     if steps:
         passes = steps * 1024 * 16 / values.size
-        flags += ["--max_pass", repr(passes), "--pass_decay", repr(passes / 3), "--min_steps", str(steps)]
+        flags += ["--max_pass", repr(passes), "--pass_decay", repr(passes / 3), "--min_steps", str(steps),
+                  "--latent_steps", str(steps)]
     if path is not None:
         path = atomic.check_output_file(Path(path), "path")
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -115,8 +118,22 @@ def decompress(source, region=None, resolution=None, device: str = "cpu") -> np.
     """The (Z, Y, X) float32 volume of a compressed file (bytes or a path): whole, a ``region``
     (x0, x1, y0, y1, z0, z1: voxel indices, half-open) or resampled at ``resolution`` (x, y, z)."""
     data, name = _bytes(source)
+    if data[:len(latent_format.MAGIC)] == latent_format.MAGIC:
+        return _decompress_latent(data, name, region, resolution)
     net = parse(data, name)
     return decode_volume(net, make_grid(net.volume.shape, region, resolution, "region"), device=device)[0]
+
+
+def _decompress_latent(data: bytes, name: str, region, resolution) -> np.ndarray:
+    """A latent-grid file (network = latent), as NeurcompDequantization.py decodes it: a region is cut
+    from the corrected volume on the file's own grid (so an error bound holds in it)."""
+    file = latent_format.read(data, name)
+    grid = make_grid(file.model.shape, region, resolution, "region")
+    if region is not None and not grid.native():
+        raise ConfigError(f"{name}: a latent-grid file decodes a region at its own resolution only")
+    volume = latent_format.volume_of(file, tuple(grid.samples[::-1]) if region is None else None)
+    (x0, x1), (y0, y1), (z0, z1) = grid.box
+    return volume if region is None else np.ascontiguousarray(volume[z0:z1, y0:y1, x0:x1])
 
 
 def read_header(source) -> dict:
@@ -125,6 +142,14 @@ def read_header(source) -> dict:
     checks it (length, both checksums, every record), so it refuses what ``decompress`` refuses
     short of the decode itself (the grid's memory, a volume that is not finite)."""
     data, name = _bytes(source)
+    if data[:len(latent_format.MAGIC)] == latent_format.MAGIC:
+        model, vmin, vmax, bound = latent_format.read(data, name)
+        return {"version": data[len(latent_format.MAGIC)], "shape": model.shape, "value_range": (vmin, vmax),
+                "architecture": model.describe(), "file_bytes": len(data),
+                "compression_ratio": int(np.prod(model.shape)) * 4 / len(data),
+                "error_bound": None if bound is None else {"mode": bound.mode, "requested": bound.requested,
+                                                           "max_abs_error": bound.max_abs_error,
+                                                           "count": int(bound.positions.size)}}
     parse(data, name)  # the whole file, as decompress reads it: length, checksums, records
     h = parse_header(data, name)
     v = h.volume

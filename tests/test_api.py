@@ -77,3 +77,18 @@ def test_compress_to_a_ratio_and_a_file(tmp_path):
     assert np.abs(api.decompress(bounded) - values).max() <= 0.05
     with pytest.raises(InputError, match="3D"):
         api.compress(values[0])
+
+
+def test_a_ratio_where_the_latent_grid_wins_compresses_and_decodes_with_it():
+    from neurcomp.config.options import LATENT_FROM_RATIO
+
+    z, y, x = np.mgrid[0:48, 0:48, 0:48] / 12.0
+    values = np.sin(x) + np.cos(y) * z
+    data = api.compress(values, ratio=LATENT_FROM_RATIO, steps=400, device="cpu")
+    header = api.read_header(data)
+    assert header["architecture"]["network"] == "latent" and header["compression_ratio"] >= LATENT_FROM_RATIO * 0.999
+    decoded = api.decompress(data)
+    assert decoded.shape == values.shape and np.mean((decoded - values) ** 2) < 0.5 * np.var(values)
+    box = api.decompress(data, region=(2, 20, 0, 9, 5, 48))
+    assert np.array_equal(box, decoded[5:48, 0:9, 2:20])
+    assert api.decompress(data, resolution=(24, 24, 24)).shape == (24, 24, 24)
