@@ -59,8 +59,13 @@ def test_target_ratio_refuses_pruning(tmp_path):
 
 
 def test_unreachable_ratio_is_a_clear_error(tmp_path, tiny_volume):
+    from neurcomp.config.errors import InputError
+
     with pytest.raises(ConfigError, match="smallest network"):
-        train(target_config(tmp_path, tiny_volume, 5000), progress=False)
+        train(target_config(tmp_path, tiny_volume, 5000, network="neurcomp"), progress=False)
+    # without a network, 5000 trains the latent grid (config.options.LATENT_FROM_RATIO): its own one line
+    with pytest.raises(InputError, match="cannot hold a latent-grid network"):
+        train(target_config(tmp_path, tiny_volume, 5000, expname="latent"), progress=False)
 
 
 def test_neurcomp_codec_interface(tmp_path):
