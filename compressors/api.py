@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurcomp.config.errors import ConfigError, InputError
+from neurcomp.config.errors import InputError
 from neurcomp.data import atomic
 from neurcomp.quantization import latent_format
 from neurcomp.quantization.decode import decode_volume
@@ -125,15 +125,9 @@ def decompress(source, region=None, resolution=None, device: str = "cpu") -> np.
 
 
 def _decompress_latent(data: bytes, name: str, region, resolution) -> np.ndarray:
-    """A latent-grid file (network = latent), as NeurcompDequantization.py decodes it: a region is cut
-    from the corrected volume on the file's own grid (so an error bound holds in it)."""
+    """A latent-grid file (network = latent), decoded as NeurcompDequantization.py decodes it."""
     file = latent_format.read(data, name)
-    grid = make_grid(file.model.shape, region, resolution, "region")
-    if region is not None and not grid.native():
-        raise ConfigError(f"{name}: a latent-grid file decodes a region at its own resolution only")
-    volume = latent_format.volume_of(file, tuple(grid.samples[::-1]) if region is None else None)
-    (x0, x1), (y0, y1), (z0, z1) = grid.box
-    return volume if region is None else np.ascontiguousarray(volume[z0:z1, y0:y1, x0:x1])
+    return latent_format.volume_on(file, make_grid(file.model.shape, region, resolution, "region"), name)
 
 
 def read_header(source) -> dict:
@@ -149,7 +143,7 @@ def read_header(source) -> dict:
                 "compression_ratio": int(np.prod(model.shape)) * 4 / len(data),
                 "error_bound": None if bound is None else {"mode": bound.mode, "requested": bound.requested,
                                                            "max_abs_error": bound.max_abs_error,
-                                                           "count": int(bound.positions.size)}}
+                                                           "count": int(bound.positions.size)}}  # as below
     parse(data, name)  # the whole file, as decompress reads it: length, checksums, records
     h = parse_header(data, name)
     v = h.volume

@@ -76,15 +76,10 @@ def bspline_weights(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return ((1 - t) ** 3 / 6, (3 * t ** 3 - 6 * t ** 2 + 4) / 6, (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6, t ** 3 / 6)
 
 
-def _sample_positions(n_out: int, n_in: int, dtype=torch.float64) -> torch.Tensor:
-    """Where the output samples fall in the input's index units (align_corners: ends on ends)."""
-    return torch.arange(n_out, dtype=dtype) * ((n_in - 1) / max(n_out - 1, 1))
-
-
 def bspline_matrix(n_out: int, n_in: int) -> torch.Tensor:
     """(n_out, n_in): cubic B-spline upsampling along one axis, the samples beyond the ends
     replicated (the same as ``grid_sample``'s border padding)."""
-    x = _sample_positions(n_out, n_in)
+    x = torch.arange(n_out, dtype=torch.float64) * ((n_in - 1) / max(n_out - 1, 1))  # align_corners: ends on ends
     i = torch.floor(x)
     rows = torch.arange(n_out)
     matrix = torch.zeros(n_out, n_in, dtype=torch.float64)

@@ -181,18 +181,13 @@ def _dequantize_latent(ns, cfg, path: Path, out: Path) -> dict:
     t_decode = time.perf_counter() - t0
     info = VolumeInfo(shape=model.shape, spacing=(1.0, 1.0, 1.0), vmin=vmin, vmax=vmax)
     grid = make_grid(info.shape, ns.region, ns.resolution)
-    if ns.region is not None and not grid.native():
-        raise ConfigError("command line: a latent-grid file decodes a --region at its own resolution only; "
-                          "drop --resolution, or decode the whole volume at that resolution")
+    latent_format.check_grid(info.shape, grid, "command line: --region with --resolution")  # before reading --volume
     ground_truth = _ground_truth(ns, cfg, info.shape, grid)
     if ground_truth is not None:
         info = VolumeInfo(info.shape, info.spacing, vmin, vmax, str(ground_truth.source_dtype))
     t1 = time.perf_counter()
-    shape = tuple(grid.samples[::-1]) if ns.region is None else None
-    prediction = latent_format.volume_of(file, shape)
+    prediction = latent_format.volume_on(file, grid, "command line")
     (x0, x1), (y0, y1), (z0, z1) = grid.box
-    if ns.region is not None:
-        prediction = np.ascontiguousarray(prediction[z0:z1, y0:y1, x0:x1])
     spacing = tuple(((b - a - 1) / max(m - 1, 1)) if m != b - a else 1.0 for (a, b), m in zip(grid.box, grid.samples))
     return _write_and_compare(ns, path, out, prediction, spacing, (float(x0), float(y0), float(z0)), grid,
                               ground_truth, len(data), info, bound if grid.native() else None, t_decode,

@@ -230,3 +230,23 @@ def volume_of(file: LatentFile, shape=None) -> np.ndarray:
     if shape is None or tuple(shape) == model.shape:
         apply(bound, values, model.shape)
     return values
+
+
+def check_grid(shape, grid, where: str) -> None:
+    """A latent-grid file decodes a box at its own resolution only (the whole volume at any)."""
+    from neurcomp.config.errors import ConfigError
+
+    if grid.box != tuple((0, n) for n in tuple(shape)[::-1]) and not grid.native():
+        raise ConfigError(f"{where}: a latent-grid file decodes a region at its own resolution only; "
+                          "drop the resolution, or decode the whole volume at that resolution")
+
+
+def volume_on(file: LatentFile, grid, where: str) -> np.ndarray:
+    """``file``'s volume on a ``quantization.region`` grid: a box is cut from the volume on the
+    file's own grid, corrections and all (so an error bound holds in it); the whole volume may be
+    resampled (no corrections). ``where`` names the request in ``check_grid``'s error."""
+    check_grid(file.model.shape, grid, where)
+    (x0, x1), (y0, y1), (z0, z1) = grid.box
+    if grid.box != tuple((0, n) for n in file.model.shape[::-1]):
+        return np.ascontiguousarray(volume_of(file)[z0:z1, y0:y1, x0:x1])
+    return volume_of(file, tuple(grid.samples[::-1]))

@@ -92,3 +92,6 @@ def test_a_ratio_where_the_latent_grid_wins_compresses_and_decodes_with_it():
     box = api.decompress(data, region=(2, 20, 0, 9, 5, 48))
     assert np.array_equal(box, decoded[5:48, 0:9, 2:20])
     assert api.decompress(data, resolution=(24, 24, 24)).shape == (24, 24, 24)
+    from neurcomp.config.errors import ConfigError
+    with pytest.raises(ConfigError, match="own resolution only"):
+        api.decompress(data, region=(2, 20, 0, 9, 5, 48), resolution=(4, 4, 4))
