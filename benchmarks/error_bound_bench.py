@@ -6,7 +6,8 @@ full decode.
 Our file, by default (no ``--ratio``): the bound alone, as a user asks SZ3 for it: one training per
 volume and bound whose network size is searched for the smallest file, network plus corrections
 (``training.bound_search``: short trainings of ``--steps`` / 4, then the winner's ``--steps``); "enc
-s" is that whole search and training. With ``--ratio R``: one network trained per volume
+s" is that whole search and training. ``--network latent``: the latent grid's bound alone (its
+file's target ratio searched, short fits of ``--latent-steps`` / 4, at least 400 steps). With ``--ratio R``: one network trained per volume
 (``--steps`` steps, sized for voxels / parameters = R), then encoded at each bound with its
 corrections (``quantization.bounded``); the training time is reported once per volume, apart from
 the per-bound encode time (quantize + corrections + verification).
@@ -69,25 +70,25 @@ def ours_bound_only(values: np.ndarray, args) -> tuple[dict, dict]:
     import contextlib
     import tempfile
 
+    from neurcomp.compressors import api
     from neurcomp.config.options import parse_config
     from neurcomp.data.writers import write_vti
-    from neurcomp.quantization.decode import decode_volume
-    from neurcomp.quantization.format import parse
     from neurcomp.training.run import train
 
     out, searches = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         write_vti(Path(tmp) / "v.vti", values, (1.0, 1.0, 1.0))
         for rel in BOUNDS:
+            network = ["--network", args.network, "--latent_steps", str(args.latent_steps)]
             cfg = parse_config(["--data", str(Path(tmp) / "v.vti"), "--basedir", tmp, "--expname", f"b{rel:g}",
-                                "--max_rel_error", repr(rel), *_training_flags(values, args)])
+                                "--max_rel_error", repr(rel), *_training_flags(values, args), *network])
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):
                 info = train(cfg, progress=False)
             t1 = time.perf_counter()
             data = (cfg.experiment_dir / info["file"]).read_bytes()
             t2 = time.perf_counter()
-            decoded = decode_volume(parse(data))[0]
+            decoded = api.decompress(data)
             out[rel] = (data, decoded, t1 - t0, time.perf_counter() - t2)
             searches[rel] = info["bound_search"]
     return out, searches
@@ -145,9 +146,14 @@ def main(argv=None):
     p.add_argument("--ratio", type=float, default=0.0,
                    help="our network's voxels / parameters (0: the bound alone sizes it, training.bound_search)")
     p.add_argument("--bits", type=int, default=9)
+    p.add_argument("--network", choices=("neurcomp", "latent"), default="neurcomp",
+                   help="the network whose bound alone is measured (latent: no --ratio)")
+    p.add_argument("--latent-steps", type=int, default=1500, help="network = latent: the winner's fit steps")
     p.add_argument("--output", default="", help="also write the markdown table here")
     p.add_argument("--json", default="", help="also write every row (and our size searches) as JSON here")
     args = p.parse_args(argv)
+    if args.network == "latent" and args.ratio > 0:
+        p.error("--network latent measures the bound alone: leave out --ratio")
     lines = ["| volume | rel bound | codec | ratio | max err / bound | enc s | dec s |", "|---|---|---|---|---|---|---|"]
     notes, rows = [], []
     for name in args.volumes:
@@ -159,18 +165,19 @@ def main(argv=None):
         else:
             mine, searches = ours_bound_only(values, args)
         for rel in BOUNDS:
-            results = {"neurcomp": mine[rel], **classical(values, rel * span)}
+            results = {args.network: mine[rel], **classical(values, rel * span)}
             for codec, (payload, decoded, enc, dec) in results.items():
                 err = float(np.abs(decoded.astype(np.float64) - values).max()) / (rel * span)
                 ratio = values.size * 4 / len(payload)
                 lines.append(f"| {name} | {rel:g} | {codec} | {ratio:.1f} | {err:.3f} | {enc:.2f} | {dec:.3f} |")
                 rows.append({"volume": name, "rel_bound": rel, "codec": codec, "ratio": ratio, "bytes": len(payload),
                              "max_err_over_bound": err, "encode_s": enc, "decode_s": dec,
-                             **({"bound_search": searches[rel]} if codec == "neurcomp" and rel in searches else {})})
+                             **({"bound_search": searches[rel]} if codec == args.network and rel in searches else {})})
         full, box = region_timing(mine[BOUNDS[1]][0], values.shape)
         how = (f"training {training:.1f} s ({args.steps} steps, ratio {args.ratio:g}, {args.bits} bits)" if args.ratio > 0
-               else "sizes chosen by the bound: " + ", ".join(f"{rel:g} -> compression_ratio "
-                                                            f"{searches[rel]['chosen_compression_ratio']:g}" for rel in BOUNDS))
+               else "sizes chosen by the bound: " + ", ".join(f"{rel:g} -> {key[7:]} {searches[rel][key]:g}"
+                                                            for rel in BOUNDS for key in searches[rel]
+                                                            if key.startswith("chosen_")))
         notes.append(f"{name}: {how}; decode of the 1e-2 file: full {full:.3f} s, 32^3 box {box:.3f} s")
         write_outputs(args, lines, notes, rows)  # after every volume: a long run keeps what it measured
     print("\n".join(lines + [""] + [f"- {n}" for n in notes]))
@@ -186,6 +193,7 @@ def write_outputs(args, lines, notes, rows) -> None:
         import json
 
         atomic_write_bytes(Path(args.json), (json.dumps({"steps": args.steps, "ratio": args.ratio, "bits": args.bits,
+                                                         "network": args.network, "latent_steps": args.latent_steps,
                                                          "rows": rows}, indent=1) + "\n").encode())
 
 

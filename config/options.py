@@ -298,11 +298,10 @@ def check_fvsrn(cfg: NeurcompConfig, src, network: str = "fvsrn") -> None:
 def check_latent(cfg: NeurcompConfig, src) -> None:
     """What network = latent (model.latent_grid, training.latent_run) does not do, refused in one line."""
     check_fvsrn(cfg, src, "latent")
-    if cfg.target_file_ratio <= 0:
-        alone = " (an error bound alone sizes network = neurcomp only; with a ratio the latent file adds the " \
-                "bound's corrections)" if cfg.error_bound else ""
+    if cfg.target_file_ratio <= 0 and not cfg.error_bound:  # a bound alone searches the size (training.bound_search)
         raise ConfigError(f"{src.of('network')}: network = latent is sized by the file it writes: set "
-                          f"target_file_ratio (float32 bytes / file bytes, e.g. 200){alone}")
+                          "target_file_ratio (float32 bytes / file bytes, e.g. 200), or an error bound alone "
+                          "(max_abs_error or max_rel_error), which searches it")
     if cfg.checkpoint_path:
         _fail(src.of("checkpoint_path"), "checkpoint_path", cfg.checkpoint_path,
               "warm starts are for Neurcomp networks; a latent-grid run continues with resume only")

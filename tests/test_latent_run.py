@@ -112,8 +112,7 @@ def test_an_interrupted_run_saves_its_state_and_resume_continues_it(tmp_path, mo
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"target_file_ratio": 0}, "set target_file_ratio"),
-    ({"max_rel_error": 0.01, "target_file_ratio": 0}, "error bound alone"),
+    ({"target_file_ratio": 0}, "set target_file_ratio .* or an error bound alone"),
     ({"dropout_technique": "binary"}, "network = latent"),
     ({"features_per_layer": 16}, "sized from target_file_ratio"),
 ])
@@ -164,6 +163,39 @@ def test_a_bounded_run_and_a_bounded_reencoding_keep_the_bound_at_every_voxel(tm
     assert done.returncode == 0, done.stderr
     m = json.loads(metrics.read_text())
     assert m["bound_held"] and m["max_abs_error"] <= 0.005 * 255
+
+
+def test_a_bound_alone_searches_the_latent_files_size_and_keeps_the_bound(tmp_path):
+    """max_rel_error without target_file_ratio (training.bound_search): candidates at ratios
+    LATENT_START x 2^k, the smallest file (latents plus corrections) trained again as the run; at
+    these few steps the candidates train the run's whole fit, so the run's file is the winner's."""
+    from neurcomp.training import bound_search
+
+    bucky = shared_volume("bucky_32x32x32_uint8.raw")
+    truth = np.fromfile(bucky, np.uint8).reshape(32, 32, 32).astype(np.float64)
+    cfg = config(tmp_path, bucky, tracking="none", target_file_ratio=0, max_rel_error=0.05)
+    assert bound_search.applies(cfg) and cfg.network.network == "latent"
+    info = train(cfg, progress=False)
+    search = info["bound_search"]
+    sizes = {c["target_file_ratio"]: c["file_bytes"] for c in search["candidates"] if c["file_bytes"]}
+    chosen = search["chosen_target_file_ratio"]
+    assert search["network"] == "latent" and len(search["candidates"]) >= 2 and sizes
+    assert info["file_bytes"] == sizes[chosen] == min(sizes.values())
+    assert all(c["corrections"] >= 0 and c["network_bytes"] < c["file_bytes"] for c in search["candidates"]
+               if c["file_bytes"])
+    out = tmp_path / "exp" / "lat"
+    assert np.abs(api_decompress(out / "lat.nclg") - truth).max() <= 0.05 * 255
+    assert f"target_file_ratio = {chosen:g}" in (out / "config.txt").read_text().replace(".0\n", "\n")
+    resumed = config(tmp_path, bucky, tracking="none", target_file_ratio=0, max_rel_error=0.05,
+                     resume=out / "checkpoint.pt")
+    assert bound_search.resumed_ratio(resumed).target_file_ratio == chosen
+    assert not list(out.glob(bound_search.SEARCH_FOLDER))  # the candidates' folders are gone
+
+
+def api_decompress(path):
+    from neurcomp.compressors import api
+
+    return api.decompress(path).astype(np.float64)
 
 
 def test_reencoding_a_latent_run_without_a_bound_is_one_line(tmp_path):

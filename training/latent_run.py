@@ -91,8 +91,9 @@ def resumed_state(cfg: NeurcompConfig, options: LatentFitOptions) -> dict | None
     return state
 
 
-def train_latent(cfg: NeurcompConfig, progress: bool = True) -> dict:
-    """Train ``network = latent`` as ``cfg`` says and write every output; returns the info dict."""
+def train_latent(cfg: NeurcompConfig, progress: bool = True, extra_info: dict | None = None) -> dict:
+    """Train ``network = latent`` as ``cfg`` says and write every output; returns the info dict
+    (with ``extra_info``: the bound's size search, ``training.bound_search``)."""
     progress = progress and not cfg.quiet
     out_dir = cfg.experiment_dir
     check_output_folder(out_dir, "basedir/expname")
@@ -166,6 +167,7 @@ def train_latent(cfg: NeurcompConfig, progress: bool = True) -> dict:
             result.update({"error_bound": bound["max_abs_error_bound"], "corrections": bound["corrections"],
                            "network_bytes": bound["network_bytes"],
                            "max_abs_error_verified": bound["max_abs_error_verified"]})
+        result.update(extra_info or {})
         save_latent_checkpoint(ckpt_path, info, model.describe(), model.state_dict(), config=cfg.flat(),
                                tracking_run_id=tracker.run_id, tag="final", file=file.name, value_range=[vmin, vmax])
         write_info(out_dir, result)

@@ -20,19 +20,21 @@ def train(cfg: NeurcompConfig, progress: bool = True, prune_residual_width: bool
     ``prune_residual_width`` (pruning runs, not a config option): gate the residual stream's width
     too (``model.pruning.PrunableNeurcomp``), as ``benchmarks/pruning_bench.py`` compares.
     """
-    if cfg.network.network == "latent":  # its own fit and file (training.latent_run)
-        from neurcomp.training.latent_run import train_latent
-
-        return train_latent(cfg, progress)
-    # under torchrun: join the process group (training.distributed); a single process: nothing
-    distributed.init_from_env(resolve_device(cfg.device), cfg.scaling.dist_backend)
-    precision.use_full_float32()  # no TF32: it caps a SIREN's PSNR (training.precision)
+    latent = cfg.network.network == "latent"
+    if not latent:
+        # under torchrun: join the process group (training.distributed); a single process: nothing
+        distributed.init_from_env(resolve_device(cfg.device), cfg.scaling.dist_backend)
+        precision.use_full_float32()  # no TF32: it caps a SIREN's PSNR (training.precision)
     search = None
     if bound_search.applies(cfg):  # a bound alone: the network size that makes the smallest file
         if cfg.resume:
             cfg = bound_search.resumed_ratio(cfg)
         else:
             cfg, search = bound_search.choose_ratio(cfg, train, progress)
+    if latent:  # its own fit and file (training.latent_run)
+        from neurcomp.training.latent_run import train_latent
+
+        return train_latent(cfg, progress, extra_info={"bound_search": search} if search is not None else None)
     session = Session(cfg, progress)
     if search is not None:
         session.extra_info["bound_search"] = search
