@@ -38,7 +38,7 @@ def _bytes(source, what: str = "source") -> tuple[bytes, str]:
 
 def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max_abs_error: float | None = None,
              max_rel_error: float | None = None, path=None, quant_bits: int = 9, n_layers: int = 4, steps: int = 0,
-             device: str = "auto", seed: int = 0, work_dir=None) -> bytes:
+             device: str = "auto", seed: int = 0, work_dir=None, network: str | None = None) -> bytes:
     """Train a network on ``values`` ((Z, Y, X), physical units, ``spacing`` (x, y, z)) and return the
     compressed file's bytes (also written to ``path`` if given).
 
@@ -49,6 +49,7 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
     smallest (``training.bound_search``). A ``ratio`` of 800 or more trains the latent grid
     (``network = latent``, config.options.LATENT_FROM_RATIO), whose file ``decompress`` reads too.
     ``steps`` > 0 trains that many steps instead of the training defaults (quick trials).
+    ``network`` ("neurcomp" or "latent") overrides that choice, as the config's ``network`` does.
     """
     from neurcomp.config.options import parse_config
     from neurcomp.data.writers import write_vti
@@ -60,6 +61,8 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
     for name, value in (("target_file_ratio", ratio), ("max_abs_error", max_abs_error), ("max_rel_error", max_rel_error)):
         if value is not None:
             flags += [f"--{name}", repr(float(value))]
+    if network is not None:
+        flags += ["--network", str(network)]
     if steps:
         passes = steps * 1024 * 16 / values.size
         flags += ["--max_pass", repr(passes), "--pass_decay", repr(passes / 3), "--min_steps", str(steps),

@@ -128,8 +128,8 @@ class NetworkConfig:
     network: str = option("neurcomp", "neurcomp (residual SIREN, Lu et al. 2021) or fvsrn (a trainable latent grid "
                           "feeding a small SiLU MLP, Weiss et al. 2022: model.fvsrn), sized from compression_ratio "
                           "or target_file_ratio; or latent (multi-resolution integer latents, a tiny MLP and a "
-                          "learned entropy model, Cool-chic: model.latent_grid; needs target_file_ratio, and "
-                          "training writes its .nclg file). Not set, with target_file_ratio >= 800: latent, the "
+                          "learned entropy model, Cool-chic: model.latent_grid; needs target_file_ratio or an error "
+                          "bound alone, which searches it, and training writes its .nclg file). Not set, with target_file_ratio >= 800: latent, the "
                           "winner of the README's rate-distortion table there", choices=("neurcomp", "fvsrn", "latent"))
     latent_steps: int = option(1500, "network = latent: training steps (docs/latent_grid.md)", type=int,
                                check=between(1, INT_LIMIT))

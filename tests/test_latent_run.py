@@ -166,9 +166,8 @@ def test_a_bounded_run_and_a_bounded_reencoding_keep_the_bound_at_every_voxel(tm
 
 
 def test_a_bound_alone_searches_the_latent_files_size_and_keeps_the_bound(tmp_path):
-    """max_rel_error without target_file_ratio (training.bound_search): candidates at ratios
-    LATENT_START x 2^k, the smallest file (latents plus corrections) trained again as the run; at
-    these few steps the candidates train the run's whole fit, so the run's file is the winner's."""
+    """max_rel_error without target_file_ratio (training.bound_search): whole fits at ratios
+    LATENT_START x 2^k, and the smallest file (latents plus corrections) is the run's."""
     from neurcomp.training import bound_search
 
     bucky = shared_volume("bucky_32x32x32_uint8.raw")

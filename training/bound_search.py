@@ -16,12 +16,13 @@ The search runs only where nothing else sizes the network: an explicit ``compres
 ``features_per_layer``, ``feature_list`` or ``target_file_ratio`` keeps its network (plus
 corrections), and pruning runs keep theirs.
 
-``network = latent`` (``training.latent_run``) is sized by its file: its ladder is the
-latent file's ``target_file_ratio`` r = LATENT_START x 2^k, each candidate a fit of
-``latent_steps`` x SEARCH_SHARE steps (at least MIN_LATENT_SEARCH_STEPS), encoded with the
-corrections of the bound. The latent file that is smallest with its corrections is often one the
-bound alone would never suggest: on nucleon at 1e-2 of the range, the 200x file (11,502
-corrections) makes a smaller total than the 50x one (14,410), which the fit cannot make closer.
+``network = latent`` (``training.latent_run``) is sized by its file, so its ladder is the latent
+file's ``target_file_ratio`` r = LATENT_START x 2^k (``choose_latent_ratio``). Each candidate is a
+whole fit (``latent_fit.fit``, in memory) encoded with the bound's corrections, and the winner's
+fit is the run's: no second training. Short fits ranked the sizes wrongly: after 400 of 1500
+steps a fit has not yet used its budget (nucleon at r = 200 and 1e-1: 1055 bytes, the whole fit
+1423), so the search chose files up to 1.4x larger than a whole-fit search finds (bucky at 1e-2:
+r = 200, 12,393 bytes, where r = 50 makes 9,045; docs/latent_grid.md, eighth round).
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ from neurcomp.quantization.size_search import downhill
 SEARCH_SHARE = 0.25  # of the schedule (max_pass, pass_decay, min_steps): the candidates' short trainings
 MIN_SEARCH_STEPS = 1000  # but no shorter than this, or than the whole run
 RUNGS = (-3, 6)  # compression_ratio from c0 / 8 to 64 c0
-LATENT_START = 200.0  # network = latent: target_file_ratio of rung 0 (the probe in docs/latent_grid.md, eighth round)
-LATENT_RUNGS = (-3, 3)  # from 25 to 1600
-MIN_LATENT_SEARCH_STEPS = 400  # a latent candidate's fit: its last fifth trains on rounded latents
+LATENT_START = 100.0  # network = latent: target_file_ratio of rung 0
+LATENT_RUNGS = (-2, 4)  # from 25 to 1600
 SEARCH_FOLDER = "bound_search"  # inside the experiment folder, removed after each candidate
 
 
@@ -75,22 +75,14 @@ def schedule_share(cfg: NeurcompConfig, num_voxels: int) -> float:
     return min(1.0, max(SEARCH_SHARE, MIN_SEARCH_STEPS / max(steps, 1)))
 
 
-def latent_search_steps(cfg: NeurcompConfig) -> int:
-    steps = cfg.network.latent_steps
-    return min(steps, max(MIN_LATENT_SEARCH_STEPS, int(round(steps * SEARCH_SHARE))))
-
-
-def candidate_config(cfg: NeurcompConfig, ratio: float, share: float) -> NeurcompConfig:
+def candidate_config(cfg: NeurcompConfig, compression_ratio: float, share: float) -> NeurcompConfig:
     """A short (``share`` of the schedule), quiet, untracked training in the search folder."""
-    sized = with_ratio(cfg, ratio)
-    if size_key(cfg) == "target_file_ratio":
-        sized = replace(sized, network=replace(sized.network, latent_steps=latent_search_steps(cfg)))
-    else:
-        o = cfg.optim
-        sized = replace(sized, optim=replace(o, max_pass=o.max_pass * share, pass_decay=o.pass_decay * share,
-                                             min_steps=max(1, int(round(o.min_steps * share)))))
-    return replace(sized, basedir=str(cfg.experiment_dir / SEARCH_FOLDER), expname=f"ratio_{ratio:g}", trackers=(),
-                   checkpoint_every=0, quiet=True, resume="", tensorboard_dir="", mlflow_parent_run_id="")
+    o = cfg.optim
+    optim = replace(o, max_pass=o.max_pass * share, pass_decay=o.pass_decay * share,
+                    min_steps=max(1, int(round(o.min_steps * share))))
+    return replace(with_ratio(cfg, compression_ratio), optim=optim, basedir=str(cfg.experiment_dir / SEARCH_FOLDER),
+                   expname=f"ratio_{compression_ratio:g}", trackers=(), checkpoint_every=0, quiet=True, resume="",
+                   tensorboard_dir="", mlflow_parent_run_id="")
 
 
 def choose_ratio(cfg: NeurcompConfig, train, progress: bool = True) -> tuple[NeurcompConfig, dict]:
@@ -104,64 +96,112 @@ def choose_ratio(cfg: NeurcompConfig, train, progress: bool = True) -> tuple[Neu
         raise ConfigError(f"{cfg.source}: an error bound without a ratio searches the network size, which runs "
                           f"in one process: set compression_ratio or target_file_ratio under torchrun")
     num_voxels = load_training_volume(cfg).num_voxels
-    latent = size_key(cfg) == "target_file_ratio"
-    key = size_key(cfg)
-    share = schedule_share(cfg, num_voxels) if not latent else latent_search_steps(cfg) / cfg.network.latent_steps
+    share = schedule_share(cfg, num_voxels)
     mode, value = cfg.error_bound
-    c0, rungs = (LATENT_START, LATENT_RUNGS) if latent else (cfg.network.compression_ratio, RUNGS)
+    c0 = cfg.network.compression_ratio
     bar = tqdm(total=None, desc=f"bound search (max_{mode}_error {value:g})", unit="network",
                disable=not progress or cfg.quiet)
     candidates, sizes = [], {}  # sizes: network widths -> file bytes (ratios that clamp to one network)
 
     def total_bytes(rung: int) -> float | None:
         c = c0 * 2.0 ** rung
-        bar.set_postfix({key: f"{c:g}"})
+        bar.set_postfix(compression_ratio=f"{c:g}")
         candidate = candidate_config(cfg, c, share)
         quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
-        widths = None
         try:
             with quiet[0], quiet[1]:  # the candidates' own report lines and width warnings
-                if not latent:  # the latent grid is sized by its fit, not by a width rule
-                    widths = tuple(build_architecture(candidate.network, num_voxels,
-                                                      candidate.origin("compression_ratio")).widths)
+                widths = tuple(build_architecture(candidate.network, num_voxels, candidate.origin("compression_ratio")).widths)
                 if widths in sizes:  # the same network as a rung already trained: the same file
-                    candidates.append({key: c, "file_bytes": sizes[widths], "same_network_as_ratio":
-                                       next(d[key] for d in candidates if d.get("widths") == list(widths))})
+                    candidates.append({"compression_ratio": c, "file_bytes": sizes[widths], "same_network_as_ratio":
+                                       next(d["compression_ratio"] for d in candidates if d.get("widths") == list(widths))})
                     return sizes[widths]
                 info = train(candidate, progress=False)
         except (ConfigError, InputError) as exc:  # a network that cannot be built or bounded at c
-            candidates.append({key: c, "file_bytes": None, "why": str(exc)})
+            candidates.append({"compression_ratio": c, "file_bytes": None, "why": str(exc)})
             return None
         finally:
             shutil.rmtree(cfg.experiment_dir / SEARCH_FOLDER, ignore_errors=True)
             bar.update(1)
-        candidates.append({key: c, **({"widths": list(widths)} if widths else {}),
-                           "num_parameters": info["num_parameters"], "file_bytes": info["file_bytes"],
-                           "bits": info.get("file_bits"),
-                           "network_bytes": info.get("file_network_bytes", info.get("network_bytes")),
-                           "corrections": info.get("file_corrections", info.get("corrections"))})
-        bar.set_postfix({key: f"{c:g}", "kbytes": f"{info['file_bytes'] / 1000:.1f}"})
-        if widths is None:
-            return float(info["file_bytes"])
+        candidates.append({"compression_ratio": c, "widths": list(widths), "num_parameters": info["num_parameters"],
+                           "file_bytes": info["file_bytes"], "bits": info.get("file_bits"),
+                           "network_bytes": info.get("file_network_bytes"), "corrections": info.get("file_corrections")})
+        bar.set_postfix(compression_ratio=f"{c:g}", kbytes=f"{info['file_bytes'] / 1000:.1f}")
         sizes[widths] = float(info["file_bytes"])
         return sizes[widths]
 
     try:
-        best, _ = downhill(total_bytes, *rungs)
+        best, _ = downhill(total_bytes, *RUNGS)
     except ValueError:
         raise InputError(f"{cfg.source}: max_{mode}_error = {value:g}: no network size could be trained and "
                          f"bounded ({candidates[-1].get('why', '')})") from None
     finally:
         bar.close()
     c = c0 * 2.0 ** best
-    report = {f"chosen_{key}": c, "search_share_of_schedule": share, "network": cfg.network.network,
-              "candidates": sorted(candidates, key=lambda d: d[key])}
+    report = {"chosen_compression_ratio": c, "search_share_of_schedule": share,
+              "candidates": sorted(candidates, key=lambda d: d["compression_ratio"])}
     return with_ratio(cfg, c), report
 
 
+def choose_latent_ratio(cfg: NeurcompConfig, progress: bool = True) -> tuple[NeurcompConfig, dict, tuple]:
+    """network = latent: (cfg with the winning target_file_ratio, the search's report, the winner's
+    fit (model, vmin, vmax, fit report), which ``latent_run.train_latent`` writes as the run)."""
+    import time
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from neurcomp.quantization.bounded import encode_latent_bounded
+    from neurcomp.training.latent_fit import fit
+    from neurcomp.training.latent_run import FLOAT32_BYTES, fit_options
+    from neurcomp.training.recovery import TrainingDiverged
+    from neurcomp.training.session import load_training_volume, resolve_device
+
+    from neurcomp.data.atomic import check_output_folder
+
+    check_output_folder(cfg.experiment_dir, "basedir/expname")  # before the fits, not after
+    volume = load_training_volume(cfg)
+    values = np.asarray(volume.values)
+    options = fit_options(cfg, resolve_device(cfg.device))
+    mode, value = cfg.error_bound
+    bar = tqdm(total=None, desc=f"bound search (max_{mode}_error {value:g})", unit="fit",
+               disable=not progress or cfg.quiet)
+    candidates, best = [], {}
+    t0 = time.perf_counter()
+
+    def total_bytes(rung: int) -> float | None:
+        r = LATENT_START * 2.0 ** rung
+        bar.set_postfix(target_file_ratio=f"{r:g}")
+        try:
+            fitted = fit(values, int(volume.num_voxels * FLOAT32_BYTES / r), options, progress=progress and not cfg.quiet)
+            data, bound = encode_latent_bounded(*fitted[:3], values, mode, value, option=f"max_{mode}_error",
+                                                verify=False)  # the run verifies the winner's file
+        except (InputError, TrainingDiverged) as exc:  # a file too small for the network, or a collapsed fit
+            candidates.append({"target_file_ratio": r, "file_bytes": None, "why": str(exc)})
+            return None
+        finally:
+            bar.update(1)
+        candidates.append({"target_file_ratio": r, "file_bytes": len(data), "network_bytes": bound["network_bytes"],
+                           "corrections": bound["corrections"], "fit_seconds": fitted[3]["train_seconds"]})
+        bar.set_postfix(target_file_ratio=f"{r:g}", kbytes=f"{len(data) / 1000:.1f}")
+        if not best or len(data) < best["bytes"]:
+            best.update(bytes=len(data), fitted=fitted)
+        return float(len(data))
+
+    try:
+        rung, _ = downhill(total_bytes, *LATENT_RUNGS)
+    except ValueError:
+        raise InputError(f"{cfg.source}: max_{mode}_error = {value:g}: no latent-grid file size could be fitted and "
+                         f"bounded ({candidates[-1].get('why', '')})") from None
+    finally:
+        bar.close()
+    r = LATENT_START * 2.0 ** rung
+    report = {"chosen_target_file_ratio": r, "network": "latent", "search_seconds": time.perf_counter() - t0,
+              "candidates": sorted(candidates, key=lambda d: d["target_file_ratio"])}
+    return with_ratio(cfg, r), report, best["fitted"]
+
+
 def resumed_ratio(cfg: NeurcompConfig) -> NeurcompConfig:
-    """A resumed bound-only run keeps the size its search chose (the checkpoint's config; an
-    interrupted latent-grid run saves it too)."""
+    """A resumed bound-only run keeps the size its search chose (the checkpoint's config)."""
     import math
 
     from neurcomp.training.checkpoint import read_checkpoint

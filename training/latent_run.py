@@ -91,9 +91,11 @@ def resumed_state(cfg: NeurcompConfig, options: LatentFitOptions) -> dict | None
     return state
 
 
-def train_latent(cfg: NeurcompConfig, progress: bool = True, extra_info: dict | None = None) -> dict:
-    """Train ``network = latent`` as ``cfg`` says and write every output; returns the info dict
-    (with ``extra_info``: the bound's size search, ``training.bound_search``)."""
+def train_latent(cfg: NeurcompConfig, progress: bool = True, extra_info: dict | None = None,
+                 fitted: tuple | None = None) -> dict:
+    """Train ``network = latent`` as ``cfg`` says and write every output; returns the info dict.
+    ``fitted``: the fit already done, (model, vmin, vmax, report) of ``latent_fit.fit`` at this
+    cfg (the bound's size search, ``training.bound_search``, whose report ``extra_info`` adds)."""
     progress = progress and not cfg.quiet
     out_dir = cfg.experiment_dir
     check_output_folder(out_dir, "basedir/expname")
@@ -116,11 +118,11 @@ def train_latent(cfg: NeurcompConfig, progress: bool = True, extra_info: dict | 
     with tracked(tracker), stop:
         tracker.log_params({**cfg.flat(), **{f"latent_{k}": v for k, v in asdict(options).items()},
                             "budget_bytes": budget})
-        stop.armed = True
+        stop.armed = fitted is None
         try:
-            model, vmin, vmax, report = fit(np.asarray(volume.values), budget, options, progress=progress,
-                                            stop=lambda: stop.requested,
-                                            resume=resumed["latent_fit"] if resumed else None)
+            model, vmin, vmax, report = fitted or fit(np.asarray(volume.values), budget, options, progress=progress,
+                                                      stop=lambda: stop.requested,
+                                                      resume=resumed["latent_fit"] if resumed else None)
         except FitStopped as stopped:
             save_latent_checkpoint(ckpt_path, info, {"network": "latent"}, stopped.state["model"],
                                    latent_fit=stopped.state, config=cfg.flat(), tracking_run_id=tracker.run_id,

@@ -25,16 +25,19 @@ def train(cfg: NeurcompConfig, progress: bool = True, prune_residual_width: bool
         # under torchrun: join the process group (training.distributed); a single process: nothing
         distributed.init_from_env(resolve_device(cfg.device), cfg.scaling.dist_backend)
         precision.use_full_float32()  # no TF32: it caps a SIREN's PSNR (training.precision)
-    search = None
+    search = fitted = None
     if bound_search.applies(cfg):  # a bound alone: the network size that makes the smallest file
         if cfg.resume:
             cfg = bound_search.resumed_ratio(cfg)
+        elif latent:  # the winner's fit is the run's
+            cfg, search, fitted = bound_search.choose_latent_ratio(cfg, progress)
         else:
             cfg, search = bound_search.choose_ratio(cfg, train, progress)
     if latent:  # its own fit and file (training.latent_run)
         from neurcomp.training.latent_run import train_latent
 
-        return train_latent(cfg, progress, extra_info={"bound_search": search} if search is not None else None)
+        return train_latent(cfg, progress, extra_info={"bound_search": search} if search is not None else None,
+                            fitted=fitted)
     session = Session(cfg, progress)
     if search is not None:
         session.extra_info["bound_search"] = search
