@@ -46,8 +46,9 @@ def compress(values, spacing=(1.0, 1.0, 1.0), *, ratio: float | None = None, max
     sized by the default ``compression_ratio``. ``max_abs_error`` / ``max_rel_error`` (at most one):
     every voxel decodes within that error (corrections are added to the file, which grows); a bound
     without ``ratio`` searches the network size whose file, network plus corrections, is the
-    smallest (``training.bound_search``). A ``ratio`` of 800 or more trains the latent grid
-    (``network = latent``, config.options.LATENT_FROM_RATIO), whose file ``decompress`` reads too.
+    smallest (``training.bound_search``). A ``ratio`` of 800 or more, or a bound without ``ratio``,
+    trains the latent grid (``network = latent``: config.options.LATENT_FROM_RATIO and
+    LATENT_FOR_A_BOUND_ALONE), whose file ``decompress`` reads too.
     ``steps`` > 0 trains that many steps instead of the training defaults (quick trials).
     ``network`` ("neurcomp" or "latent") overrides that choice, as the config's ``network`` does.
     """

@@ -264,19 +264,40 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
 # target_file_ratio at or above this, network not set: the latent grid, which wins the README's
 # rate-distortion table from this ratio up (benchmarks/results/rd_latent_cubic; docs/latent_grid.md)
 LATENT_FROM_RATIO = 800.0
+# an error bound alone, network not set: the latent grid, whose smallest bounded file is smaller
+# than Neurcomp's on every volume and bound measured (README, benchmarks/results/error_bound_latent)
+LATENT_FOR_A_BOUND_ALONE = True
 
 
 def choose_default_network(cfg: NeurcompConfig, src) -> None:
     """Where neither the command line nor the config file sets ``network``: the network that wins
-    the rate-distortion table at the target ratio, unless the config asks for what only Neurcomp
-    does (pruning, widths, a warm start, resume of a Neurcomp run: check_latent's refusals)."""
-    if src.rank("network") or cfg.network.network != "neurcomp" or cfg.target_file_ratio < LATENT_FROM_RATIO:
+    the rate-distortion table at the target ratio, or the error-bounded table for a bound alone,
+    unless the config asks for what only Neurcomp does (pruning, widths, a warm start: check_latent's
+    refusals; a network size; resuming a Neurcomp run)."""
+    if src.rank("network") or cfg.network.network != "neurcomp":
+        return
+    bound_alone = (LATENT_FOR_A_BOUND_ALONE and cfg.error_bound is not None and cfg.target_file_ratio <= 0
+                   and not cfg.given("compression_ratio"))
+    if cfg.target_file_ratio < LATENT_FROM_RATIO and not bound_alone:
+        return
+    if cfg.resume and not _is_latent_checkpoint(cfg.resume):
         return
     cfg.network.network = "latent"
     try:
         check_latent(cfg, src)
     except ConfigError:
         cfg.network.network = "neurcomp"
+
+
+def _is_latent_checkpoint(path: str) -> bool:
+    """Whether ``path`` (a checkpoint to resume) holds a latent-grid run (training.latent_run)."""
+    try:
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # an unreadable checkpoint: the run's own reader says why, in one line
+        return False
+    return isinstance(state, dict) and (state.get("architecture") or {}).get("network") == "latent"
 
 
 def check_fvsrn(cfg: NeurcompConfig, src, network: str = "fvsrn") -> None:

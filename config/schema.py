@@ -129,8 +129,9 @@ class NetworkConfig:
                           "feeding a small SiLU MLP, Weiss et al. 2022: model.fvsrn), sized from compression_ratio "
                           "or target_file_ratio; or latent (multi-resolution integer latents, a tiny MLP and a "
                           "learned entropy model, Cool-chic: model.latent_grid; needs target_file_ratio or an error "
-                          "bound alone, which searches it, and training writes its .nclg file). Not set, with target_file_ratio >= 800: latent, the "
-                          "winner of the README's rate-distortion table there", choices=("neurcomp", "fvsrn", "latent"))
+                          "bound alone, which searches it, and training writes its .nclg file). Not set, with target_file_ratio >= 800 or "
+                          "an error bound alone: latent, the winner of the README's rate-distortion and error-bounded "
+                          "tables there", choices=("neurcomp", "fvsrn", "latent"))
     latent_steps: int = option(1500, "network = latent: training steps (docs/latent_grid.md)", type=int,
                                check=between(1, INT_LIMIT))
     latent_upsampler: str = option("cubic", "network = latent: how a level reaches the voxels: cubic "

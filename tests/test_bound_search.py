@@ -58,7 +58,7 @@ def runs(tmp_path_factory):
     values = smooth()
     np.save(root / "v.npy", values)
     common = ["--data", str(root / "v.npy"), "--basedir", str(root), "--tracking", "none", "--checkpoint_every",
-              "0", "--quiet", "true", "--max_rel_error", str(BOUND), *schedule(values.size)]
+              "0", "--quiet", "true", "--max_rel_error", str(BOUND), "--network", "neurcomp", *schedule(values.size)]
     assert run_cli(main, common + ["--expname", "alone"]) == 0
     assert run_cli(main, common + ["--expname", "default", "--compression_ratio", "50"]) == 0
     return root, values
@@ -108,7 +108,7 @@ def test_quantization_without_quant_bits_picks_the_bits_of_the_smallest_bounded_
 @pytest.mark.slow
 def test_api_compress_with_a_bound_alone_beats_the_default_network(runs, tmp_path):
     root, values = runs
-    data = api.compress(values, max_rel_error=BOUND, steps=STEPS, device="cpu", work_dir=tmp_path)
+    data = api.compress(values, max_rel_error=BOUND, steps=STEPS, device="cpu", work_dir=tmp_path, network="neurcomp")
     assert max_error_over_bound(api.decompress(data), values) <= 1.0
     assert api.read_header(data)["error_bound"]["requested"] == BOUND
     _, default_file = file_of(root, "default")
@@ -127,3 +127,24 @@ def test_an_explicit_ratio_keeps_its_network_and_a_resumed_run_its_chosen_size(r
     assert bound_search.applies(cfg) and math.isclose(bound_search.resumed_ratio(cfg).network.compression_ratio, 100)
     assert not bound_search.applies(parse_config(["--max_rel_error", "0.1", "--compression_ratio", "50"]))
     assert not bound_search.applies(parse_config(["--max_rel_error", "0.1", "--target_file_ratio", "100"]))
+
+
+def test_a_bound_alone_trains_the_latent_grid_unless_a_network_or_a_size_is_set(runs, tmp_path):
+    """config.options.LATENT_FOR_A_BOUND_ALONE: the latent grid's bounded files are the smaller
+    ones measured (README); api.compress with a bound alone writes its .nclg file."""
+    from neurcomp.config.options import parse_config
+    from neurcomp.quantization import latent_format
+
+    root, values = runs
+    network = lambda *flags: parse_config(["--data", str(root / "v.npy"), *flags]).network.network
+    assert network("--max_rel_error", "0.01") == "latent"
+    assert network("--max_abs_error", "0.5") == "latent"
+    assert network("--max_rel_error", "0.01", "--network", "neurcomp") == "neurcomp"
+    assert network("--max_rel_error", "0.01", "--compression_ratio", "50") == "neurcomp"  # a network size
+    assert network("--max_rel_error", "0.01", "--features_per_layer", "16") == "neurcomp"
+    assert network("--max_rel_error", "0.01", "--resume", str(root / "alone" / "checkpoint.pt")) == "neurcomp"
+    assert network("--max_rel_error", "0.01", "--target_file_ratio", "100") == "neurcomp"  # below LATENT_FROM_RATIO
+    data = api.compress(values, max_rel_error=BOUND, steps=60, device="cpu", work_dir=tmp_path)
+    assert data.startswith(latent_format.MAGIC)
+    assert max_error_over_bound(api.decompress(data), values) <= 1.0
+    assert api.read_header(data)["error_bound"]["requested"] == BOUND

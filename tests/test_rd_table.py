@@ -59,3 +59,23 @@ def test_one_column_per_codec_with_the_gap_to_the_better_error_bounded_rival(tmp
     assert "| v1 | 200 | 35.00 (202) | - | - | 36.00 (202) | - |  |" in text
     doc = readme.read_text()
     assert "kept" in doc and "old" not in doc and text in doc
+
+
+def test_the_bound_table_puts_our_best_network_beside_the_better_classical_codec(tmp_path):
+    from benchmarks import bound_table
+
+    def row(codec, ratio, volume="v.raw", bound=0.01):
+        return {"volume": volume, "rel_bound": bound, "codec": codec, "ratio": ratio}
+
+    classical = [row("sz3", 20.0), row("sperr", 25.0), row("zfp", 12.0)]
+    (tmp_path / "n.json").write_text(json.dumps({"rows": [row("neurcomp", 10.0), *classical]}))
+    (tmp_path / "l.json").write_text(json.dumps({"rows": [row("latent", 15.0), *classical]}))
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- bound-latent -->\nold\n<!-- /bound-latent -->\nb\n")
+    text = bound_table.main([str(tmp_path / "n.json"), str(tmp_path / "l.json"), "--readme", str(readme)])
+    assert "| v | 0.01 | **15.0** | 10.0 | 25.0 (SPERR) | 0.60x | 12.0 |" in text
+    assert text in readme.read_text() and "old" not in readme.read_text()
+    (tmp_path / "z.json").write_text(json.dumps({"rows": [row("latent", 11.0), *classical]}))
+    assert "12.0 **ahead of us**" in bound_table.main([str(tmp_path / "z.json")])
+    with pytest.raises(SystemExit, match="x.json: not an error_bound_bench --json file"):
+        bound_table.main([str(tmp_path / "x.json")])
