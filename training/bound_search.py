@@ -129,17 +129,24 @@ def choose_ratio(cfg: NeurcompConfig, train, progress: bool = True) -> tuple[Neu
         sizes[widths] = float(info["file_bytes"])
         return sizes[widths]
 
-    try:
-        best, _ = downhill(total_bytes, *RUNGS)
-    except ValueError:
-        raise InputError(f"{cfg.source}: max_{mode}_error = {value:g}: no network size could be trained and "
-                         f"bounded ({candidates[-1].get('why', '')})") from None
-    finally:
-        bar.close()
+    best = walk(total_bytes, RUNGS, bar, cfg, candidates, "network size could be trained")
     c = c0 * 2.0 ** best
     report = {"chosen_compression_ratio": c, "search_share_of_schedule": share,
               "candidates": sorted(candidates, key=lambda d: d["compression_ratio"])}
     return with_ratio(cfg, c), report
+
+
+def walk(total_bytes, rungs: tuple[int, int], bar, cfg: NeurcompConfig, candidates: list, what: str) -> int:
+    """The best rung of ``downhill`` over ``rungs`` (closing the progress bar); a one-line error if
+    no rung gave a file (the last candidate's reason)."""
+    mode, value = cfg.error_bound
+    try:
+        return downhill(total_bytes, *rungs)[0]
+    except ValueError:
+        raise InputError(f"{cfg.source}: max_{mode}_error = {value:g}: no {what} and bounded "
+                         f"({candidates[-1].get('why', '')})") from None
+    finally:
+        bar.close()
 
 
 def choose_latent_ratio(cfg: NeurcompConfig, progress: bool = True) -> tuple[NeurcompConfig, dict, tuple]:
@@ -150,13 +157,12 @@ def choose_latent_ratio(cfg: NeurcompConfig, progress: bool = True) -> tuple[Neu
     import numpy as np
     from tqdm.auto import tqdm
 
+    from neurcomp.data.atomic import check_output_folder
     from neurcomp.quantization.bounded import encode_latent_bounded
     from neurcomp.training.latent_fit import fit
     from neurcomp.training.latent_run import FLOAT32_BYTES, fit_options
     from neurcomp.training.recovery import TrainingDiverged
     from neurcomp.training.session import load_training_volume, resolve_device
-
-    from neurcomp.data.atomic import check_output_folder
 
     check_output_folder(cfg.experiment_dir, "basedir/expname")  # before the fits, not after
     volume = load_training_volume(cfg)
@@ -187,13 +193,7 @@ def choose_latent_ratio(cfg: NeurcompConfig, progress: bool = True) -> tuple[Neu
             best.update(bytes=len(data), fitted=fitted)
         return float(len(data))
 
-    try:
-        rung, _ = downhill(total_bytes, *LATENT_RUNGS)
-    except ValueError:
-        raise InputError(f"{cfg.source}: max_{mode}_error = {value:g}: no latent-grid file size could be fitted and "
-                         f"bounded ({candidates[-1].get('why', '')})") from None
-    finally:
-        bar.close()
+    rung = walk(total_bytes, LATENT_RUNGS, bar, cfg, candidates, "latent-grid file size could be fitted")
     r = LATENT_START * 2.0 ** rung
     report = {"chosen_target_file_ratio": r, "network": "latent", "search_seconds": time.perf_counter() - t0,
               "candidates": sorted(candidates, key=lambda d: d["target_file_ratio"])}
