@@ -191,6 +191,28 @@ def test_a_bound_alone_searches_the_latent_files_size_and_keeps_the_bound(tmp_pa
     assert not list(out.glob(bound_search.SEARCH_FOLDER))  # the candidates' folders are gone
 
 
+def test_fits_shared_across_bounds_are_fitted_once_and_give_the_same_files(tmp_path):
+    """choose_latent_ratio(fits=...): the fit does not depend on the bound, so a second bound's
+    search reuses every size the first one fitted, and its file is the one a fresh search finds."""
+    from neurcomp.training import bound_search
+
+    nucleon = shared_volume("nucleon_41x41x41_uint8.raw")
+    fits = {}
+
+    def search(rel, fits):
+        cfg = config(tmp_path, nucleon, tracking="none", target_file_ratio=0, max_rel_error=rel, latent_steps=40)
+        return bound_search.choose_latent_ratio(cfg, False, fits=fits)[1]
+
+    first = search(0.05, fits)
+    assert not any(c.get("reused") for c in first["candidates"]) and len(fits) == len(first["candidates"])
+    assert any(c["file_bytes"] is None for c in first["candidates"])  # a failed size is remembered too
+    shared, fresh = search(0.1, fits), search(0.1, None)
+    fitted = {c["target_file_ratio"] for c in first["candidates"]}
+    assert all(c.get("reused") == (c["target_file_ratio"] in fitted) for c in shared["candidates"])
+    assert [(c["target_file_ratio"], c["file_bytes"]) for c in shared["candidates"]] == \
+        [(c["target_file_ratio"], c["file_bytes"]) for c in fresh["candidates"]]
+
+
 def api_decompress(path):
     from neurcomp.compressors import api
 

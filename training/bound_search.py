@@ -149,9 +149,15 @@ def walk(total_bytes, rungs: tuple[int, int], bar, cfg: NeurcompConfig, candidat
         bar.close()
 
 
-def choose_latent_ratio(cfg: NeurcompConfig, progress: bool = True) -> tuple[NeurcompConfig, dict, tuple]:
+def choose_latent_ratio(cfg: NeurcompConfig, progress: bool = True,
+                        fits: dict | None = None) -> tuple[NeurcompConfig, dict, tuple]:
     """network = latent: (cfg with the winning target_file_ratio, the search's report, the winner's
-    fit (model, vmin, vmax, fit report), which ``latent_run.train_latent`` writes as the run)."""
+    fit (model, vmin, vmax, fit report), which ``latent_run.train_latent`` writes as the run).
+
+    ``fits``: fits already made for this volume and these options, by target bytes, and filled with
+    the new ones. The fit does not depend on the bound, so a caller that compresses one volume at
+    several bounds (``benchmarks.error_bound_bench``) fits each size once; such candidates say
+    ``"reused": true``."""
     import time
 
     import numpy as np
@@ -174,20 +180,36 @@ def choose_latent_ratio(cfg: NeurcompConfig, progress: bool = True) -> tuple[Neu
     candidates, best = [], {}
     t0 = time.perf_counter()
 
+    def fit_once(budget: int) -> tuple:
+        """(the fit at ``budget`` bytes or the error it ended with, whether ``fits`` already held it)."""
+        if fits is not None and budget in fits:
+            return fits[budget], True
+        try:
+            fitted = fit(values, budget, options, progress=progress and not cfg.quiet)
+        except (InputError, TrainingDiverged) as exc:  # a size that cannot be fitted is not tried again
+            fitted = exc
+        if fits is not None:
+            fits[budget] = fitted
+        return fitted, False
+
     def total_bytes(rung: int) -> float | None:
         r = LATENT_START * 2.0 ** rung
         bar.set_postfix(target_file_ratio=f"{r:g}")
+        fitted, reused = fit_once(int(volume.num_voxels * FLOAT32_BYTES / r))
         try:
-            fitted = fit(values, int(volume.num_voxels * FLOAT32_BYTES / r), options, progress=progress and not cfg.quiet)
+            if isinstance(fitted, Exception):
+                raise fitted
             data, bound = encode_latent_bounded(*fitted[:3], values, mode, value, option=f"max_{mode}_error",
                                                 verify=False)  # the run verifies the winner's file
         except (InputError, TrainingDiverged) as exc:  # a file too small for the network, or a collapsed fit
-            candidates.append({"target_file_ratio": r, "file_bytes": None, "why": str(exc)})
+            candidates.append({"target_file_ratio": r, "file_bytes": None, "why": str(exc),
+                               **({"reused": True} if reused else {})})
             return None
         finally:
             bar.update(1)
         candidates.append({"target_file_ratio": r, "file_bytes": len(data), "network_bytes": bound["network_bytes"],
-                           "corrections": bound["corrections"], "fit_seconds": fitted[3]["train_seconds"]})
+                           "corrections": bound["corrections"], "fit_seconds": fitted[3]["train_seconds"],
+                           **({"reused": True} if reused else {})})
         bar.set_postfix(target_file_ratio=f"{r:g}", kbytes=f"{len(data) / 1000:.1f}")
         if not best or len(data) < best["bytes"]:
             best.update(bytes=len(data), fitted=fitted)
