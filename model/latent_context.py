@@ -74,15 +74,28 @@ class LatentContext(nn.Module):
         return out
 
     def forward(self, parent: torch.Tensor, child_shape) -> torch.Tensor:
-        """The log b offsets (1, C, *child_shape) from the parent level (1, C, ...)."""
-        feats = torch_features(parent, child_shape)
-        h = feats
-        layers = self.quantized_layers()
-        for i, (w, b) in enumerate(layers):
-            h = F.linear(h, w, b)
-            if i < len(layers) - 1:
-                h = torch.relu(h)
-        return h.t().reshape(1, self.channels, *child_shape)
+        """The log b offsets (1, C, *child_shape) from the parent level (1, C, ...).
+
+        The eight children of a parent voxel share its neighbourhood and differ only in parity, so
+        the hidden layer's neighbourhood part is computed once per parent voxel and the parity's
+        part once per parity class (the children z = pz + 2j, ...): the same function as the rows
+        ``torch_features`` gives, for an eighth of the products and no gather (at 128^3, half the
+        rate's time)."""
+        (w1, b1), (w2, b2) = self.quantized_layers()
+        k = NEIGHBOURS * self.channels
+        size = tuple(parent.shape[2:])
+        nb = torch.cat(_shifted_neighbourhood(F.pad(parent, (1, 1, 1, 1, 1, 1)), size), dim=1)[0]
+        per_parent = (w1[:, :k] @ nb.flatten(1)).view(-1, *size)  # (hidden, pz, py, px)
+        out = parent.new_empty(self.channels, *child_shape)
+        for parity in itertools.product(range(2), repeat=3):
+            n = [(c - q + 1) // 2 for q, c in zip(parity, child_shape)]  # this class's children per axis
+            if min(n) == 0:
+                continue
+            shift = w1[:, k:] @ parent.new_tensor(parity) + b1
+            h = torch.relu(per_parent[:, :n[0], :n[1], :n[2]] + shift.view(-1, 1, 1, 1))
+            out[:, parity[0]::2, parity[1]::2, parity[2]::2] = (
+                torch.einsum("ch,hzyx->czyx", w2, h) + b2.view(-1, 1, 1, 1))
+        return out.unsqueeze(0)
 
     # -- the file's integer form -----------------------------------------------------------------
     def integer_layers(self) -> list[tuple[float, np.ndarray, np.ndarray]]:

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from neurcomp.compressors import get_codec
 from neurcomp.config.errors import InputError
@@ -135,6 +136,10 @@ def test_cubic_upsampling_is_separable_and_sampled_rows_match(shape):
     full = model.features(y_hat)
     index = torch.randint(full.shape[0], (200,))
     assert torch.allclose(model.features_at(y_hat, index), full[index])
+    weights = torch.randn(200, full.shape[1])  # and the same gradient reaches every latent
+    grads = [torch.autograd.grad((f * weights).sum(), model.latents)
+             for f in (model.features_at(model.quantized("ste"), index), model.features(model.quantized("ste"))[index])]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
     # one level against the three 1D matrices applied as a dense 3D operator
     level = y_hat[1][0, 0].double()
     mz, my, mx = (bspline_matrix(o, i).double() for o, i in zip(shape, level.shape))
@@ -361,3 +366,28 @@ def test_a_sampled_fit_of_a_larger_volume_beats_the_mean(sample):
     model, vmin, vmax, report = fit(values, values.size * 4 // 20, options)
     decoded = latent_format.decode_volume(latent_format.encode(model, vmin, vmax))
     assert float(np.mean((decoded - values) ** 2)) < 0.1 * float(np.var(values))
+
+
+@pytest.mark.parametrize("child_shape", [(12, 14, 16), (5, 7, 6), (1, 3, 2)])
+def test_context_forward_per_parent_is_the_mlp_on_every_childs_rows(child_shape):
+    """LatentContext.forward computes the hidden layer once per parent voxel and parity class: the
+    same values and gradients as the MLP applied to each child's row of torch_features."""
+    from neurcomp.model.latent_context import torch_features
+
+    context = context_model().context
+    # not integers: with integer latents and quantized weights a hidden unit can sit exactly at 0,
+    # where the two summation orders may fall on either side of the ReLU's kink
+    parent = (torch.randn(1, 2, *((n + 1) // 2 for n in child_shape)) * 3).requires_grad_()
+
+    def rows_form(parent):
+        (w1, b1), (w2, b2) = context.quantized_layers()
+        h = torch.relu(F.linear(torch_features(parent, child_shape), w1, b1))
+        return F.linear(h, w2, b2).t().reshape(1, 2, *child_shape)
+
+    fast, rows = context(parent, child_shape), rows_form(parent)
+    assert torch.allclose(fast, rows, atol=1e-5)
+    weights = torch.randn_like(rows)
+    params = [parent, *context.parameters()]
+    for a, b in zip(torch.autograd.grad((fast * weights).sum(), params),
+                    torch.autograd.grad((rows * weights).sum(), params)):
+        assert torch.allclose(a, b, atol=1e-4)

@@ -198,7 +198,8 @@ def _fit_once(values, budget_bytes: int, o: LatentFitOptions, restart: int, prog
             index = ((rows[0][:, None, None] * values.shape[1] + rows[1][None, :, None]) * values.shape[2]
                      + rows[2][None, None, :]).reshape(-1)
             return index, lambda y: model.features_on(y, rows)
-        index = torch.randint(n, (o.points_per_step,), device=device, generator=generator)
+        # sorted: the same sample, gathered and scattered in memory order
+        index = torch.randint(n, (o.points_per_step,), device=device, generator=generator).sort().values
         return index, lambda y: model.features_at(y, index)
 
     def decoded_psnr(features_of, ref) -> float:
