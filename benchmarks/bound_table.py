@@ -43,7 +43,7 @@ def render(table: dict) -> str:
         best_net = max(ours, key=ours.get)
         rival = max(CLASSICAL, key=lambda c: codecs[c]["ratio"])
         better = codecs[rival]["ratio"]
-        cells = [f"**{ours[n]:.1f}**" if n == best_net and len(ours) > 1 else f"{ours[n]:.1f}" if n in ours else ""
+        cells = [f"**{ours[n]:.1f}**" if n == best_net and len(ours) > 1 else f"{ours[n]:.1f}" if n in ours else "-"
                  for n in nets]
         zfp = codecs.get("zfp", {}).get("ratio")
         zfp_cell = "" if zfp is None else f"{zfp:.1f}" + (" **ahead of us**" if zfp > ours[best_net] else "")
