@@ -41,7 +41,7 @@ SEARCH_SHARE = 0.25  # of the schedule (max_pass, pass_decay, min_steps): the ca
 MIN_SEARCH_STEPS = 1000  # but no shorter than this, or than the whole run
 RUNGS = (-3, 6)  # compression_ratio from c0 / 8 to 64 c0
 LATENT_START = 100.0  # network = latent: target_file_ratio of rung 0
-LATENT_RUNGS = (-2, 4)  # from 25 to 1600
+LATENT_RUNGS = (-2, 8)  # from 25 to 25,600: hydrogen at 1e-1 was still falling at 1600 (3,129 bytes, 800: 9,605)
 SEARCH_FOLDER = "bound_search"  # inside the experiment folder, removed after each candidate
 
 
