@@ -158,7 +158,8 @@ def main(argv=None):
     p.add_argument("--bits", type=int, default=9)
     p.add_argument("--network", choices=("neurcomp", "latent"), default="neurcomp",
                    help="the network whose bound alone is measured (latent: no --ratio)")
-    p.add_argument("--latent-steps", type=int, default=1500, help="network = latent: the winner's fit steps")
+    p.add_argument("--latent-steps", type=int, default=0,
+                   help="network = latent: every candidate's fit steps (0: training.latent_fit.default_steps)")
     p.add_argument("--output", default="", help="also write the markdown table here")
     p.add_argument("--json", default="", help="also write every row (and our size searches) as JSON here")
     args = p.parse_args(argv)

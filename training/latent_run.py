@@ -162,7 +162,7 @@ def train_latent(cfg: NeurcompConfig, progress: bool = True, extra_info: dict | 
                   **{k: metrics[k] for k in ("psnr", "mse", "rmse", "l1_diff", "max_abs_error")},
                   "file": file.name, "file_bytes": len(payload), "file_ratio": ratio, "compression_ratio": ratio,
                   "target_file_ratio": cfg.target_file_ratio, "budget_bytes": budget,
-                  "steps": options.steps + report["extra_steps"], "extra_steps": report["extra_steps"],
+                  "steps": report["steps"] + report["extra_steps"], "extra_steps": report["extra_steps"],
                   "training_time_s": report["train_seconds"], "device": str(device), "seed": cfg.seed,
                   "versions": versions()}
         if bound is not None:
