@@ -34,7 +34,7 @@ class LatentCodec(Codec):
         t0 = time.perf_counter()
         decoded = self.decompress(payload, values.shape)
         params = {**self.options(), **model.describe(), "train_seconds": round(report["train_seconds"], 2),
-                  "extra_steps": report["extra_steps"]}
+                  "steps_run": report["steps"], "extra_steps": report["extra_steps"]}
         return CodecResult.build(self.name, target_ratio, payload, decoded, encode_seconds,
                                  time.perf_counter() - t0, params)
 

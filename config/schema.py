@@ -132,8 +132,8 @@ class NetworkConfig:
                           "bound alone, which searches it, and training writes its .nclg file). Not set, with target_file_ratio >= 800 or "
                           "an error bound alone: latent, the winner of the README's rate-distortion and error-bounded "
                           "tables there", choices=("neurcomp", "fvsrn", "latent"))
-    latent_steps: int = option(0, "network = latent: training steps; 0: 3000 where the volume has at most "
-                               "2^18 voxels (a step is the whole volume), else 1500 (docs/latent_grid.md)", type=int,
+    latent_steps: int = option(0, "network = latent: training steps; 0: 3000 up to 2^19 voxels, 1500 above "
+                               "(a 128^3 volume in under 5 minutes; docs/latent_grid.md)", type=int,
                                check=between(0, INT_LIMIT))
     latent_upsampler: str = option("cubic", "network = latent: how a level reaches the voxels: cubic "
                                    "(cubic B-spline) or linear (trilinear); docs/latent_grid.md",

@@ -393,17 +393,18 @@ def test_context_forward_per_parent_is_the_mlp_on_every_childs_rows(child_shape)
         assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_steps_left_to_the_volume_are_more_where_a_step_is_the_whole_volume(monkeypatch):
-    """LatentFitOptions(steps=0): default_steps, WHOLE_VOLUME_STEPS where the volume fits in one
-    step, SAMPLED_STEPS where a step samples it; the report says which were run."""
+def test_steps_left_to_the_volume_are_more_on_a_small_volume(monkeypatch):
+    """LatentFitOptions(steps=0): default_steps, SMALL_VOLUME_STEPS up to SMALL_VOLUME_VOXELS and
+    LARGE_VOLUME_STEPS above; the report says how many were run."""
     from neurcomp.training import latent_fit
 
-    assert latent_fit.default_steps(64 ** 3, 1 << 18) == latent_fit.WHOLE_VOLUME_STEPS
-    assert latent_fit.default_steps(128 ** 3, 1 << 18) == latent_fit.SAMPLED_STEPS
-    monkeypatch.setattr(latent_fit, "WHOLE_VOLUME_STEPS", 40)
-    monkeypatch.setattr(latent_fit, "SAMPLED_STEPS", 20)
+    assert latent_fit.default_steps(66 ** 3) == latent_fit.SMALL_VOLUME_STEPS
+    assert latent_fit.default_steps(128 * 96 * 114) == latent_fit.LARGE_VOLUME_STEPS
+    monkeypatch.setattr(latent_fit, "SMALL_VOLUME_STEPS", 40)
+    monkeypatch.setattr(latent_fit, "LARGE_VOLUME_STEPS", 20)
     z, y, x = np.mgrid[:12, :12, :12] / 11.0
     values = np.exp(-((z - 0.5) ** 2 + (y - 0.4) ** 2 + (x - 0.6) ** 2) * 8)  # smooth: a fit beats the mean
-    for points, steps in ((12 ** 3, 40), (500, 20)):
-        report = fit(values, 12 ** 3, LatentFitOptions(steps=0, points_per_step=points, context_hidden=0))[3]
+    for voxels, steps in ((12 ** 3, 40), (12 ** 3 - 1, 20)):
+        monkeypatch.setattr(latent_fit, "SMALL_VOLUME_VOXELS", voxels)
+        report = fit(values, 12 ** 3, LatentFitOptions(steps=0, context_hidden=0))[3]
         assert report["steps"] == steps and len(report["history"]) >= 1

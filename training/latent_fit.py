@@ -43,7 +43,7 @@ RATE_MARGIN = 0.985  # the controller aims this far under the budget: its rate o
 
 @dataclass
 class LatentFitOptions:
-    steps: int = 0  # 0: default_steps (docs/latent_grid.md: 1500 beat 800, then 3000 beat 1500 where a step is the volume)
+    steps: int = 0  # 0: default_steps, by the volume's size (docs/latent_grid.md: 1500 beat 800, 3000 beat 1500)
     lr: float = 1e-2  # the synthesis and the entropy model
     latent_lr: float = 0.05  # Adam moves a latent about lr a step: integers need larger steps
     levels: int = 0  # 0: halve until the coarsest grid is 2 samples thick
@@ -66,15 +66,16 @@ class LatentFitOptions:
     device: str = "cpu"
 
 
-WHOLE_VOLUME_STEPS = 3000  # a volume of at most points_per_step voxels: a step is the volume (docs, ninth round)
-SAMPLED_STEPS = 1500  # a larger volume's step costs its whole upsampling: 128^3 in 222 s, within 5 minutes
+SMALL_VOLUME_STEPS = 3000  # volumes up to SMALL_VOLUME_VOXELS (docs/latent_grid.md, ninth round)
+SMALL_VOLUME_VOXELS = 1 << 19
+LARGE_VOLUME_STEPS = 1500  # a step costs the whole volume's upsampling: 128^3 in 222 s, within 5 minutes
 
 
-def default_steps(num_voxels: int, points_per_step: int) -> int:
+def default_steps(num_voxels: int) -> int:
     """Steps where the options leave them to the volume: twice as many where each is cheap. At
-    ratio 200, 3000 against 1500 steps gave +0.94 dB on viscous fingers t050, +1.53 on neghip and
-    +0.65 on nucleon; a 128^3 step costs about 4x a 64^3 one, and 1500 there take 222 s."""
-    return WHOLE_VOLUME_STEPS if num_voxels <= points_per_step else SAMPLED_STEPS
+    ratio 200, 3000 against 1500 steps gave +0.94 dB on viscous fingers t050 (64^3), +1.53 on
+    neghip (66^3) and +0.65 on nucleon (41^3); 1500 steps on a 128^3 volume take 222 s."""
+    return SMALL_VOLUME_STEPS if num_voxels <= SMALL_VOLUME_VOXELS else LARGE_VOLUME_STEPS
 
 
 class FitStopped(Exception):
@@ -158,7 +159,7 @@ def _fit_once(values, budget_bytes: int, o: LatentFitOptions, restart: int, prog
     target = target.reshape(-1).to(device)
     n = target.numel()
     if o.steps <= 0:
-        o = replace(o, steps=default_steps(n, o.points_per_step))
+        o = replace(o, steps=default_steps(n))
     variance = max(float(target.var()), 1e-12)
     model = sized_model(values.shape, budget_bytes, o).to(device)
     target_bits = 8.0 * (budget_bytes - overhead_bytes(model)) * RATE_MARGIN
