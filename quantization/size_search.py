@@ -14,10 +14,13 @@ import math
 from typing import Callable
 
 
-def downhill(evaluate: Callable[[int], float | None], lo: int, hi: int, start: int = 0) -> tuple[int, dict]:
+def downhill(evaluate: Callable[[int], float | None], lo: int, hi: int, start: int = 0,
+             patience: int = 0) -> tuple[int, dict]:
     """Walk rungs ``lo <= k <= hi`` from ``start`` towards the smaller ``evaluate(k)`` (a size; None:
-    that rung is impossible, e.g. a network too small to build) and stop where it rises again.
-    Returns (best rung, {rung: size or None for every rung evaluated})."""
+    that rung is impossible, e.g. a network too small to build) and stop where it rises again, after
+    looking ``patience`` rungs past the rise (a ladder with a bump: a smaller size further on is
+    walked to; an impossible rung ends the look). Returns (best rung, {rung: size or None for every
+    rung evaluated})."""
     if not lo <= start <= hi:
         raise ValueError(f"start rung {start} outside [{lo}, {hi}]")
     seen: dict[int, float | None] = {}
@@ -28,11 +31,20 @@ def downhill(evaluate: Callable[[int], float | None], lo: int, hi: int, start: i
         value = seen[k]
         return math.inf if value is None else value
 
+    def lower_ahead(k: int, direction: int) -> int | None:
+        """The first rung within patience + 1 of k, that way, smaller than k's; None if none is."""
+        for j in range(k + direction, k + direction * (patience + 2), direction):
+            if not lo <= j <= hi or math.isinf(size(j)):
+                return None
+            if size(j) < size(k):
+                return j
+        return None
+
     best = start
     for direction in (+1, -1):
         k = start
-        while lo <= k + direction <= hi and size(k + direction) < size(k):
-            k += direction
+        while (j := lower_ahead(k, direction)) is not None:
+            k = j
         if size(k) < size(best):
             best = k
         if k != start:  # it fell this way: the other way rises from the start (unimodal), no need to look

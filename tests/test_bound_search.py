@@ -43,6 +43,16 @@ def test_downhill_treats_an_impossible_rung_as_a_wall():
         downhill(lambda k: None, -1, 1)
 
 
+def test_downhill_with_patience_walks_past_one_bump():
+    """A bump as in the latent grid's sizes (Isabel at 1e-1: 4,539 / 4,706 bytes at r = 400 / 800,
+    where another run had 3,026 at 1600)."""
+    sizes = {-1: 12.0, 0: 10.0, 1: 8.0, 2: 9.0, 3: 5.0, 4: 7.0, 5: 6.0}
+    assert downhill(sizes.get, -1, 5)[0] == 1
+    rung, seen = downhill(sizes.get, -1, 5, patience=1)
+    assert rung == 3 and set(seen) == {0, 1, 2, 3, 4, 5}  # the look past 3's rise (4, 5) found nothing
+    assert downhill(lambda k: None if k == 2 else sizes[k], -1, 5, patience=1)[0] == 1  # a wall ends the look
+
+
 # -- the entry points ----------------------------------------------------------------------------
 def schedule(num_voxels: int) -> list[str]:
     passes = STEPS * 1024 * 16 / num_voxels  # the schedule api.compress(steps=STEPS) trains

@@ -41,6 +41,9 @@ SEARCH_SHARE = 0.25  # of the schedule (max_pass, pass_decay, min_steps): the ca
 MIN_SEARCH_STEPS = 1000  # but no shorter than this, or than the whole run
 RUNGS = (-3, 6)  # compression_ratio from c0 / 8 to 64 c0
 LATENT_START = 100.0  # network = latent: target_file_ratio of rung 0
+# one rung past a rise: Isabel at 1e-1 gave 4,539 / 4,706 bytes at r = 400 / 800 and stopped, where
+# an earlier run of the same fits (summed in another order) had 4,473 / 4,342 and then 3,026 at 1600
+LATENT_PATIENCE = 1
 LATENT_RUNGS = (-2, 8)  # from 25 to 25,600: hydrogen at 1e-1 was still falling at 1600 (3,129 bytes, 800: 9,605)
 SEARCH_FOLDER = "bound_search"  # inside the experiment folder, removed after each candidate
 
@@ -136,12 +139,13 @@ def choose_ratio(cfg: NeurcompConfig, train, progress: bool = True) -> tuple[Neu
     return with_ratio(cfg, c), report
 
 
-def walk(total_bytes, rungs: tuple[int, int], bar, cfg: NeurcompConfig, candidates: list, what: str) -> int:
+def walk(total_bytes, rungs: tuple[int, int], bar, cfg: NeurcompConfig, candidates: list, what: str,
+         patience: int = 0) -> int:
     """The best rung of ``downhill`` over ``rungs`` (closing the progress bar); a one-line error if
     no rung gave a file (the last candidate's reason)."""
     mode, value = cfg.error_bound
     try:
-        return downhill(total_bytes, *rungs)[0]
+        return downhill(total_bytes, *rungs, patience=patience)[0]
     except ValueError:
         raise InputError(f"{cfg.source}: max_{mode}_error = {value:g}: no {what} and bounded "
                          f"({candidates[-1].get('why', '')})") from None
@@ -215,7 +219,8 @@ def choose_latent_ratio(cfg: NeurcompConfig, progress: bool = True,
             best.update(bytes=len(data), fitted=fitted)
         return float(len(data))
 
-    rung = walk(total_bytes, LATENT_RUNGS, bar, cfg, candidates, "latent-grid file size could be fitted")
+    rung = walk(total_bytes, LATENT_RUNGS, bar, cfg, candidates, "latent-grid file size could be fitted",
+                patience=LATENT_PATIENCE)
     r = LATENT_START * 2.0 ** rung
     report = {"chosen_target_file_ratio": r, "network": "latent", "search_seconds": time.perf_counter() - t0,
               "candidates": sorted(candidates, key=lambda d: d["target_file_ratio"])}
