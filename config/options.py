@@ -265,8 +265,8 @@ def config_from_namespace(ns: argparse.Namespace) -> NeurcompConfig:
 # rate-distortion table from this ratio up (benchmarks/results/rd_latent_cubic; docs/latent_grid.md)
 LATENT_FROM_RATIO = 800.0
 # an error bound alone, network not set: the latent grid, whose smallest bounded file is smaller
-# than Neurcomp's at 19 of 21 points measured (Isabel at 1e-2 and 1e-3 are Neurcomp's; README,
-# benchmarks/results/error_bound_latent)
+# than Neurcomp's at 19 of the 21 points where both were measured (Isabel at 1e-2 and 1e-3 are
+# Neurcomp's; README, benchmarks/results/error_bound_latent)
 LATENT_FOR_A_BOUND_ALONE = True
 
 

@@ -200,20 +200,19 @@ def choose_latent_ratio(cfg: NeurcompConfig, progress: bool = True,
         r = LATENT_START * 2.0 ** rung
         bar.set_postfix(target_file_ratio=f"{r:g}")
         fitted, reused = fit_once(int(volume.num_voxels * FLOAT32_BYTES / r))
+        entry = {"target_file_ratio": r, **({"reused": True} if reused else {})}
         try:
             if isinstance(fitted, Exception):
                 raise fitted
             data, bound = encode_latent_bounded(*fitted[:3], values, mode, value, option=f"max_{mode}_error",
                                                 verify=False)  # the run verifies the winner's file
         except (InputError, TrainingDiverged) as exc:  # a file too small for the network, or a collapsed fit
-            candidates.append({"target_file_ratio": r, "file_bytes": None, "why": str(exc),
-                               **({"reused": True} if reused else {})})
+            candidates.append({**entry, "file_bytes": None, "why": str(exc)})
             return None
         finally:
             bar.update(1)
-        candidates.append({"target_file_ratio": r, "file_bytes": len(data), "network_bytes": bound["network_bytes"],
-                           "corrections": bound["corrections"], "fit_seconds": fitted[3]["train_seconds"],
-                           **({"reused": True} if reused else {})})
+        candidates.append({**entry, "file_bytes": len(data), "network_bytes": bound["network_bytes"],
+                           "corrections": bound["corrections"], "fit_seconds": fitted[3]["train_seconds"]})
         bar.set_postfix(target_file_ratio=f"{r:g}", kbytes=f"{len(data) / 1000:.1f}")
         if not best or len(data) < best["bytes"]:
             best.update(bytes=len(data), fitted=fitted)
