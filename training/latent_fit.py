@@ -283,6 +283,6 @@ def _fit_once(values, budget_bytes: int, o: LatentFitOptions, restart: int, prog
     with torch.no_grad():
         relative_mse = float(torch.mean((model("round").reshape(-1) - target) ** 2)) / variance
     report = {"options": asdict(user_options), "model": model.describe(), "train_seconds": time.perf_counter() - t0,
-              "steps": o.steps, "extra_steps": extra, "target_bits": target_bits, "history": history, "restart": restart,
-              "seed": o.seed, "relative_mse": relative_mse}
+              "steps": o.steps, "extra_steps": extra, "target_bits": target_bits, "history": history,
+              "restart": restart, "seed": o.seed, "relative_mse": relative_mse}
     return model.cpu(), vmin, vmax, report
