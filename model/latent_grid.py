@@ -148,11 +148,20 @@ class LatentGrid(nn.Module):
         self.synthesis = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         # a linear path from the features to the value, beside the MLP (f16 weights in the file)
         self.skip = nn.Linear(self.levels * channels, 1) if skip else None
+        # the synthesis reads latent * gain: a pyramid start (training.latent_init) sets each level's gain
+        # to its quantization step, so that the MLP and the skip path see values, not latent counts of
+        # up to 10^3 that Adam's first steps would blow up (f16 in the file; ones: the plain network)
+        self.register_buffer("feature_gain", torch.ones(self.levels * channels))
         self.log_scale = nn.Parameter(torch.full((self.levels, channels), math.log(INIT_SCALE)))
         self.quantized_weights = False  # set for the last phase of training, and by the decoder
         # 0: the factorized model; otherwise every level but the coarsest coded from its parent level
         self.context_hidden = context_hidden
         self.context = LatentContext(channels, context_hidden) if context_hidden and self.levels > 1 else None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the gains existed hold none: theirs were ones
+        state_dict.setdefault(prefix + "feature_gain", torch.ones_like(self.feature_gain))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- the latents and their rate --------------------------------------------------------------
     def quantized(self, mode: str) -> list[torch.Tensor]:
@@ -230,6 +239,7 @@ class LatentGrid(nn.Module):
         return torch.cat(rows, dim=0).t()
 
     def synthesize(self, feats: torch.Tensor) -> torch.Tensor:
+        feats = feats * self.feature_gain
         h = feats
         for i, layer in enumerate(self.synthesis):
             if self.quantized_weights:

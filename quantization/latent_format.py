@@ -3,13 +3,15 @@ model's integer weights, and the latents coded with constriction's ANS (Duda et 
 Bamler 2022) under the network's own entropy model, so the file holds what training counted as the
 rate.
 
-Layout, little-endian (version 4; version 3, still read, had no upsampler flag; version 2 had a
-trained mean per level and a context that predicted means too):
+Layout, little-endian (version 5; version 4, still read, had no gain flag; version 3, still read,
+had no upsampler flag either; version 2 had a trained mean per level and a context that predicted
+means too):
 
     "NCLG" | version u8 | Z Y X u32 | levels, channels, hidden, layers, weight_bits, finest,
-    context_hidden, flags u8 (bit 0: skip; bit 1: cubic B-spline upsampler, else trilinear) |
-    vmin vmax f64 | symbol min, max i16 |
+    context_hidden, flags u8 (bit 0: skip; bit 1: cubic B-spline upsampler, else trilinear; bit 2:
+    feature gains) | vmin vmax f64 | symbol min, max i16 |
     per level and channel: log b f16 |
+    if gains: per level and channel, the gain the synthesis multiplies the latent by, f16 |
     per synthesis layer: step f32, weights int8 (out x in, C order), biases f16 |
     if skip: the linear path's weights (levels x channels) and bias f16 |
     if context_hidden > 0, per context layer (2): step f32, weights int8 (out x in), biases i32 |
@@ -38,9 +40,10 @@ from neurcomp.model.latent_context import MAX_LOG_SCALE, integer_forward
 from neurcomp.model.latent_grid import MIN_SCALE, LatentGrid
 
 MAGIC = b"NCLG"
-VERSION = 4
-READ_VERSIONS = (3, 4)
-SKIP, CUBIC = 1, 2  # the header's flags
+VERSION = 5
+READ_VERSIONS = (3, 4, 5)
+SKIP, CUBIC, GAIN = 1, 2, 4  # the header's flags
+FLAGS = {3: SKIP, 4: SKIP | CUBIC, 5: SKIP | CUBIC | GAIN}  # those each version may set
 _HEAD = struct.Struct("<4sB3I8B2d2h")
 _LAYER = struct.Struct("<f")
 _COUNT = struct.Struct("<I")
@@ -80,11 +83,15 @@ def encode(model: LatentGrid, vmin: float, vmax: float, bound: ErrorBound | None
     hi = max(hi, lo + 1)  # constriction needs at least two symbols
     z, y, x = model.shape
     context = model.context.integer_layers() if model.context is not None else None
+    gain = model.feature_gain.detach().cpu().numpy().astype("<f2")
     parts = [_HEAD.pack(MAGIC, VERSION, z, y, x, model.levels, model.channels, model.hidden, model.layers,
                         model.weight_bits, model.finest, model.context_hidden if context else 0,
-                        (SKIP if model.skip is not None else 0) | (CUBIC if model.upsampler == "cubic" else 0),
+                        (SKIP if model.skip is not None else 0) | (CUBIC if model.upsampler == "cubic" else 0)
+                        | (GAIN if np.any(gain != 1) else 0),
                         float(vmin), float(vmax), lo, hi),
              log_scale16.tobytes()]
+    if np.any(gain != 1):
+        parts.append(gain.tobytes())
     for layer in model.synthesis:
         step, q = _quantize_weight(layer.weight.detach().cpu().numpy(), model.weight_bits)
         parts += [_LAYER.pack(step), q.tobytes(), layer.bias.detach().cpu().numpy().astype(np.float16).tobytes()]
@@ -147,13 +154,15 @@ def read(data: bytes, source: str = "latent-grid file") -> LatentFile:
                          f"(magic {magic!r}, version {version})")
     if min(z, y, x, levels, channels, hidden) < 1 or not 1 < bits <= 8 or hi <= lo:
         raise InputError(f"{source}: invalid latent-grid header")
-    if context_hidden and levels < 2 or flags > (SKIP if version == 3 else SKIP | CUBIC):
+    if context_hidden and levels < 2 or flags & ~FLAGS[version]:
         raise InputError(f"{source}: invalid latent-grid header (context or flags)")
     model = LatentGrid((z, y, x), levels, channels, hidden, layers, bits, finest, context_hidden, bool(flags & SKIP),
                        "cubic" if flags & CUBIC else "linear")
     log_scale16 = r.array("<f2", levels * channels).reshape(levels, channels)
     with torch.no_grad():
         model.log_scale.copy_(torch.from_numpy(log_scale16.astype(np.float32)))
+        if flags & GAIN:
+            model.feature_gain.copy_(torch.from_numpy(r.array("<f2", levels * channels).astype(np.float32)))
         for layer in model.synthesis:
             (step,) = _LAYER.unpack(r.take(_LAYER.size))
             q = r.array("i1", layer.weight.numel()).reshape(layer.weight.shape)

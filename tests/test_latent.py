@@ -176,6 +176,32 @@ def test_cubic_file_round_trip_and_a_version_3_file_still_decodes():
         latent_format.decode(data[:4] + bytes([3]) + data[5:], "x.nclg")
 
 
+def test_feature_gains_travel_in_the_file_and_a_file_without_them_reads_as_before():
+    model = random_model(upsampler="cubic")
+    with torch.no_grad():
+        model.feature_gain.copy_(0.5 ** torch.arange(model.feature_gain.numel()) * 1.5)  # f16-exact
+    data = latent_format.encode(model, 0.0, 1.0)
+    decoded, _, _ = latent_format.decode(data)
+    assert torch.equal(decoded.feature_gain, model.feature_gain)
+    with torch.no_grad():
+        assert np.allclose(decoded("round").numpy(), model("round").numpy(), atol=2e-3)
+    plain = latent_format.encode(random_model(upsampler="cubic"), 0.0, 1.0)
+    assert not plain[4 + 1 + 12 + 7] & latent_format.GAIN  # the flags byte; ones: no gains in the file, no bytes spent
+    old = plain[:4] + bytes([4]) + plain[5:]  # a version-4 file: the same bytes but the version
+    assert np.array_equal(latent_format.decode_volume(old), latent_format.decode_volume(plain))
+    with pytest.raises(InputError, match="flags"):  # version 4 had no gain flag
+        latent_format.decode(data[:4] + bytes([4]) + data[5:], "x.nclg")
+
+
+def test_a_checkpoint_from_before_the_gains_loads_with_unit_gains():
+    model = random_model()
+    state = {k: v for k, v in model.state_dict().items() if k != "feature_gain"}
+    fresh = LatentGrid(model.shape, channels=2, hidden=8)
+    fresh.feature_gain.fill_(3.0)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.feature_gain, torch.ones_like(fresh.feature_gain))
+
+
 def test_another_resolution_decodes():
     data = latent_format.encode(random_model(), 0.0, 1.0)
     assert latent_format.decode_volume(data, shape=(20, 24, 28)).shape == (20, 24, 28)
@@ -295,6 +321,29 @@ def test_pyramid_start_lands_at_the_target_under_the_context_model():
     with torch.no_grad():
         bits = float(model.rate_bits(model.quantized("round")))
     assert abs(bits / target - 1) < 0.1  # the factorized estimate alone lands far under it
+
+
+def test_cubic_pyramid_start_decodes_the_volume_before_any_training():
+    """The start is a working coder: the least-squares spline pyramid, the gains at the steps and
+    the skip path at one decode the smooth volume far better than its mean, at the target rate, and
+    the MLP and the skip path see values of order one (a latent count of 10^3 would not be)."""
+    from neurcomp.training.latent_init import pyramid_init
+
+    values = smooth_volume((24, 26, 28))
+    volume = torch.from_numpy(((values - values.min()) / np.ptp(values) * 2 - 1).astype(np.float32))
+    torch.manual_seed(0)
+    model = LatentGrid(volume.shape, hidden=8, finest=1, skip=True, upsampler="cubic")
+    target = 6000.0
+    pyramid_init(model, volume, target)
+    with torch.no_grad():
+        y_hat = model.quantized("round")
+        bits = float(model.rate_bits(y_hat))
+        relative_mse = float(torch.mean((model("round") - volume) ** 2) / volume.var())
+        gained = model.features(y_hat) * model.feature_gain
+    assert abs(bits / target - 1) < 0.1
+    assert relative_mse < 1e-3
+    assert float(gained.abs().max()) < 4.0
+    assert torch.equal(model.feature_gain, model.feature_gain.half().float())  # as the file stores them
 
 
 def test_a_small_file_gets_a_smaller_network_that_fits():
