@@ -170,12 +170,12 @@ def _fit_once(values, budget_bytes: int, o: LatentFitOptions, restart: int, prog
         from neurcomp.config.errors import InputError
         raise InputError(f"a {budget_bytes}-byte file cannot hold a latent-grid network of this size "
                          f"(its weights and header take {overhead_bytes(model)} bytes); lower the ratio")
-    if o.init == "pyramid" and resume is None:  # a resumed fit loads its latents below
+    if o.init not in ("zero", "pyramid"):
+        raise ValueError(f"latent init must be zero or pyramid, not {o.init!r}")
+    if o.init == "pyramid" and resume is None:  # a resumed fit loads its latents (and gains) below
         from neurcomp.training.latent_init import pyramid_init
 
         pyramid_init(model, target.view(values.shape), target_bits, o.init_alpha)
-    elif o.init != "zero":
-        raise ValueError(f"latent init must be zero or pyramid, not {o.init!r}")
     # the entropy model's log b follows the latents' spread at the latents' pace
     context = list(model.context.parameters()) if model.context is not None else []
     synthesis = list(model.synthesis.parameters()) + (list(model.skip.parameters()) if model.skip is not None else [])
