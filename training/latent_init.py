@@ -16,8 +16,9 @@ factorized Laplace rate of the rounded latents is the target (with a context mod
 steps on the context's fitted rate follow). The MLP's last layer starts small, so it adds to the
 skip path instead of replacing it.
 
-Measured (docs/latent_grid.md, tenth round; 800-step fits at ratio 200): against zero latents, +12
-dB on the hydrogen crop, +4 to +8 dB on viscous fingers t050 and nucleon, +2.5 dB on neghip; the
+Measured (docs/latent_grid.md, tenth round; 800-step fits at ratio 200): against zero latents,
++12.6 dB on the hydrogen crop (at ratio 100), +6.6 on viscous fingers t050 and +9.9 on nucleon (with
+the warmup), +2.5 on neghip (without it); the
 zero start had left the coarse levels almost ternary (max |y| of 1 to 6), the smooth part coarsely
 quantized.
 """
